@@ -2,7 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! vCPU exit handling for KVM guests with private memory.
-//!
-//! This crate will decode `KVM_RUN` outcomes into typed, validated exits (memory faults,
-//! MAP_GPA_RANGE conversion requests, I/O), dispatch them to handler traits, and run one
-//! thread per vCPU. None of it is written yet: the crate exports nothing.
+
+mod abi;
+mod request;
+
+pub use abi::{
+    HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_HC_MAP_GPA_RANGE,
+    KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_1G, KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
+    KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK, MAP_GPA_RANGE_RESERVED_MASK, msr,
+};
+pub use request::{
+    GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
+};

@@ -1,0 +1,94 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! KVM ABI values that kvm-bindings 0.14 does not carry, each defined once with its
+//! kernel source, and the values veil adds on top (the port-I/O hypercall).
+
+/// `KVM_HC_MAP_GPA_RANGE`: the hypercall number of a conversion request.
+///
+/// Source: `include/uapi/linux/kvm_para.h`.
+pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+
+/// Page-size hint of a MAP_GPA_RANGE request: 4 KiB (`KVM_MAP_GPA_RANGE_PAGE_SZ_4K`).
+///
+/// Source: `arch/x86/include/uapi/asm/kvm_para.h`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_4K: u64 = 0;
+
+/// Page-size hint of a MAP_GPA_RANGE request: 2 MiB (`KVM_MAP_GPA_RANGE_PAGE_SZ_2M`).
+///
+/// Source: `arch/x86/include/uapi/asm/kvm_para.h`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_2M: u64 = 1 << 0;
+
+/// Page-size hint of a MAP_GPA_RANGE request: 1 GiB (`KVM_MAP_GPA_RANGE_PAGE_SZ_1G`).
+///
+/// Source: `arch/x86/include/uapi/asm/kvm_para.h`.
+pub const KVM_MAP_GPA_RANGE_PAGE_SZ_1G: u64 = 1 << 1;
+
+/// The page-size field of the MAP_GPA_RANGE attribute word: bits 3:0.
+pub const MAP_GPA_RANGE_PAGE_SIZE_MASK: u64 = 0xf;
+
+/// `KVM_MAP_GPA_RANGE_ENCRYPTED` (`KVM_MAP_GPA_RANGE_ENC_STAT(1)`, bit 4): the range is
+/// to become private. Its absence (`KVM_MAP_GPA_RANGE_DECRYPTED`) means to-shared.
+///
+/// Source: `arch/x86/include/uapi/asm/kvm_para.h`.
+pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
+
+/// Bits 63:5 of the MAP_GPA_RANGE attribute word, which no ABI defines: they must be zero.
+pub const MAP_GPA_RANGE_RESERVED_MASK: u64 =
+    !(KVM_MAP_GPA_RANGE_ENCRYPTED | MAP_GPA_RANGE_PAGE_SIZE_MASK);
+
+/// `KVM_EXIT_HYPERCALL_LONG_MODE`: bit 0 of `kvm_run.hypercall.flags`, set when the guest
+/// made the hypercall from 64-bit mode. When clear, the arguments are 32-bit.
+///
+/// Source: `arch/x86/include/uapi/asm/kvm.h`. Before Linux 6.8 the field was a `u32`
+/// called `longmode`; the low bit means the same in both layouts, and the upper half of
+/// the 64-bit field may hold stale bytes on older kernels, so only bit 0 is read.
+pub const KVM_EXIT_HYPERCALL_LONG_MODE: u64 = 1 << 0;
+
+/// The I/O port of veil's port-I/O hypercall.
+///
+/// On hosts where guest `vmcall`/`vmmcall` cannot reach userspace, a guest loads the
+/// registers exactly as for `KVM_HC_MAP_GPA_RANGE` (`rax` = 12, `rbx` = gpa, `rcx` =
+/// number of 4 KiB pages, `rdx` = attribute word) and executes `out 0x5e, al` instead of
+/// the hypercall instruction; the result comes back in `rax`, with the same values as
+/// `hypercall.ret` (see [`HypercallResult`](crate::HypercallResult)). The data written
+/// by `out` is ignored.
+///
+/// The port fits the 8-bit immediate form of `out`, so `dx` stays free for the attribute
+/// word. 0x5e lies in the 0x44-0x5f block that PC chipsets leave unassigned (the PIT
+/// decodes 0x40-0x43; Super I/O configuration sits at 0x2e/0x2f or 0x4e/0x4f).
+pub const HYPERCALL_PORT: u16 = 0x5e;
+
+/// Architectural MSR indices used for the boot MSRs.
+///
+/// Source: `arch/x86/include/asm/msr-index.h`.
+pub mod msr {
+    /// `MSR_IA32_SYSENTER_CS`.
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    /// `MSR_IA32_SYSENTER_ESP`.
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    /// `MSR_IA32_SYSENTER_EIP`.
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    /// `MSR_IA32_TSC`.
+    pub const IA32_TSC: u32 = 0x10;
+    /// `MSR_IA32_MISC_ENABLE`.
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    /// `MSR_IA32_MISC_ENABLE_FAST_STRING` (bit 0 of `MSR_IA32_MISC_ENABLE`).
+    pub const IA32_MISC_ENABLE_FAST_STRING: u64 = 1 << 0;
+    /// `MSR_MTRRdefType`.
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// `MTRR_DEF_TYPE_E` (bit 11 of `MSR_MTRRdefType`): MTRRs enabled.
+    pub const MTRR_DEF_TYPE_ENABLE: u64 = 1 << 11;
+    /// `MTRR_TYPE_WRBACK`: write-back memory type.
+    pub const MTRR_TYPE_WRBACK: u64 = 6;
+    /// `MSR_STAR`.
+    pub const STAR: u32 = 0xc000_0081;
+    /// `MSR_LSTAR`.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// `MSR_CSTAR`.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// `MSR_SYSCALL_MASK`.
+    pub const SYSCALL_MASK: u32 = 0xc000_0084;
+    /// `MSR_KERNEL_GS_BASE`.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+}
