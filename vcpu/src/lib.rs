@@ -4,18 +4,26 @@
 //! vCPU exit handling for KVM guests with private memory.
 
 mod abi;
+mod dispatch;
 mod exit;
+mod handler;
+mod ratelimit;
 mod request;
+mod stats;
 
 pub use abi::{
     HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_1G, KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
     KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK, MAP_GPA_RANGE_RESERVED_MASK, msr,
 };
+pub use dispatch::{IoAccess, RunError};
 pub use exit::{
     Access, Exit, ExitData, ExitError, MemoryFault, MmioData, PioData, RunOutcome,
     SystemEventKind, decode,
 };
+pub use handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
+pub use ratelimit::RateLimiter;
 pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
 };
+pub use stats::{ExitCounters, ExitKind, ExitStats};

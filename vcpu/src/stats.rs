@@ -1,0 +1,234 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Exit statistics: how many exits of each kind a vCPU took, and how long their handlers
+//! ran.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::exit::Exit;
+
+/// The kinds of exit counted separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitKind {
+    /// `KVM_EXIT_MEMORY_FAULT`.
+    MemoryFault,
+    /// `KVM_EXIT_HYPERCALL` (MAP_GPA_RANGE).
+    Hypercall,
+    /// The port-I/O hypercall.
+    PortHypercall,
+    /// Port I/O read.
+    PioIn,
+    /// Port I/O write.
+    PioOut,
+    /// MMIO read.
+    MmioRead,
+    /// MMIO write.
+    MmioWrite,
+    /// `KVM_EXIT_HLT`.
+    Halt,
+    /// `KVM_EXIT_SHUTDOWN`.
+    Shutdown,
+    /// `KVM_EXIT_SYSTEM_EVENT`.
+    SystemEvent,
+    /// Kicks and signals (`EINTR`, `KVM_EXIT_INTR`).
+    Interrupted,
+    /// `KVM_EXIT_IRQ_WINDOW_OPEN`.
+    IrqWindowOpen,
+    /// Error exits and exits veil does not handle.
+    Error,
+}
+
+impl ExitKind {
+    /// Every kind, in order.
+    pub const ALL: [ExitKind; 13] = [
+        ExitKind::MemoryFault,
+        ExitKind::Hypercall,
+        ExitKind::PortHypercall,
+        ExitKind::PioIn,
+        ExitKind::PioOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Halt,
+        ExitKind::Shutdown,
+        ExitKind::SystemEvent,
+        ExitKind::Interrupted,
+        ExitKind::IrqWindowOpen,
+        ExitKind::Error,
+    ];
+
+    /// The kind of a decoded exit.
+    pub const fn of(exit: &Exit) -> ExitKind {
+        match exit {
+            Exit::MemoryFault(_) => ExitKind::MemoryFault,
+            Exit::Hypercall { .. } => ExitKind::Hypercall,
+            Exit::PortHypercall => ExitKind::PortHypercall,
+            Exit::PioIn { .. } => ExitKind::PioIn,
+            Exit::PioOut { .. } => ExitKind::PioOut,
+            Exit::MmioRead { .. } => ExitKind::MmioRead,
+            Exit::MmioWrite { .. } => ExitKind::MmioWrite,
+            Exit::Halt => ExitKind::Halt,
+            Exit::Shutdown => ExitKind::Shutdown,
+            Exit::SystemEvent { .. } => ExitKind::SystemEvent,
+            Exit::Interrupted => ExitKind::Interrupted,
+            Exit::IrqWindowOpen => ExitKind::IrqWindowOpen,
+        }
+    }
+
+    /// A short lower-case name.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitKind::MemoryFault => "memory-fault",
+            ExitKind::Hypercall => "hypercall",
+            ExitKind::PortHypercall => "port-hypercall",
+            ExitKind::PioIn => "pio-in",
+            ExitKind::PioOut => "pio-out",
+            ExitKind::MmioRead => "mmio-read",
+            ExitKind::MmioWrite => "mmio-write",
+            ExitKind::Halt => "halt",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::SystemEvent => "system-event",
+            ExitKind::Interrupted => "interrupted",
+            ExitKind::IrqWindowOpen => "irq-window-open",
+            ExitKind::Error => "error",
+        }
+    }
+
+    const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+const KINDS: usize = ExitKind::ALL.len();
+
+/// Live counters of one vCPU, updated by its thread and readable from any thread.
+#[derive(Debug, Default)]
+pub struct ExitCounters {
+    counts: [AtomicU64; KINDS],
+    handler_nanos: [AtomicU64; KINDS],
+}
+
+impl ExitCounters {
+    /// Counts one exit of `kind`.
+    pub fn count(&self, kind: ExitKind) {
+        // Relaxed: counters, not synchronisation; only this vCPU's thread writes.
+        self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Adds `elapsed` to the handler time of `kind`.
+    pub fn add_handler_time(&self, kind: ExitKind, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.handler_nanos[kind.index()].fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// A consistent-enough copy of the counters.
+    pub fn snapshot(&self) -> ExitStats {
+        let mut stats = ExitStats::default();
+        for kind in ExitKind::ALL {
+            stats.counts[kind.index()] = self.counts[kind.index()].load(Ordering::Relaxed);
+            stats.handler_nanos[kind.index()] =
+                self.handler_nanos[kind.index()].load(Ordering::Relaxed);
+        }
+        stats
+    }
+}
+
+/// A copy of one vCPU's exit statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    counts: [u64; KINDS],
+    handler_nanos: [u64; KINDS],
+}
+
+impl ExitStats {
+    /// How many exits of `kind` were taken.
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.counts[kind.index()]
+    }
+
+    /// Time spent in handlers for exits of `kind`.
+    pub fn handler_time(&self, kind: ExitKind) -> Duration {
+        Duration::from_nanos(self.handler_nanos[kind.index()])
+    }
+
+    /// Exits of every kind.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Time spent in handlers of every kind.
+    pub fn total_handler_time(&self) -> Duration {
+        Duration::from_nanos(
+            self.handler_nanos
+                .iter()
+                .fold(0, |a, &b| a.saturating_add(b)),
+        )
+    }
+
+    /// The sum of two sets of statistics (for example, of all vCPUs).
+    pub fn merged(&self, other: &ExitStats) -> ExitStats {
+        let mut out = *self;
+        for i in 0..KINDS {
+            out.counts[i] = out.counts[i].saturating_add(other.counts[i]);
+            out.handler_nanos[i] = out.handler_nanos[i].saturating_add(other.handler_nanos[i]);
+        }
+        out
+    }
+}
+
+impl fmt::Display for ExitStats {
+    /// One `kind=count (handler time)` item per kind that occurred.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for kind in ExitKind::ALL {
+            let n = self.count(kind);
+            if n == 0 {
+                continue;
+            }
+            if !first {
+                f.write_str(", ")?;
+            }
+            first = false;
+            write!(f, "{}={n} ({:?})", kind.name(), self.handler_time(kind))?;
+        }
+        if first {
+            f.write_str("no exits")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_times() {
+        let c = ExitCounters::default();
+        c.count(ExitKind::PioOut);
+        c.count(ExitKind::PioOut);
+        c.count(ExitKind::Halt);
+        c.add_handler_time(ExitKind::PioOut, Duration::from_nanos(1500));
+        let s = c.snapshot();
+        assert_eq!(s.count(ExitKind::PioOut), 2);
+        assert_eq!(s.count(ExitKind::Halt), 1);
+        assert_eq!(s.count(ExitKind::MmioRead), 0);
+        assert_eq!(s.total(), 3);
+        assert_eq!(s.handler_time(ExitKind::PioOut), Duration::from_nanos(1500));
+        assert_eq!(s.total_handler_time(), Duration::from_nanos(1500));
+        assert_eq!(s.to_string(), "pio-out=2 (1.5µs), halt=1 (0ns)");
+        let m = s.merged(&s);
+        assert_eq!(m.count(ExitKind::PioOut), 4);
+        assert_eq!(ExitStats::default().to_string(), "no exits");
+    }
+
+    #[test]
+    fn kinds_are_indexed_in_order() {
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
+        }
+        assert_eq!(ExitKind::of(&Exit::Halt), ExitKind::Halt);
+    }
+}
