@@ -9,6 +9,7 @@ mod exit;
 mod handler;
 mod ratelimit;
 mod request;
+mod runner;
 mod stats;
 
 pub use abi::{
@@ -25,5 +26,9 @@ pub use handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
 pub use ratelimit::RateLimiter;
 pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
+};
+pub use runner::{
+    KICK_SIGNAL_OFFSET, RunnerError, StopReason, Vcpu, VcpuEnd, VcpuReport, VcpuSet, VmReport,
+    port_hypercall_args,
 };
 pub use stats::{ExitCounters, ExitKind, ExitStats};
