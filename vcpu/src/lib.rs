@@ -11,6 +11,7 @@ mod ratelimit;
 mod request;
 mod runner;
 mod stats;
+pub mod x86_64;
 
 pub use abi::{
     HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_HC_MAP_GPA_RANGE,
