@@ -1,7 +1,7 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! vCPU exit handling for KVM guests with private memory.
+#![doc = include_str!("../README.md")]
 
 mod abi;
 mod dispatch;
@@ -20,8 +20,8 @@ pub use abi::{
 };
 pub use dispatch::{IoAccess, RunError};
 pub use exit::{
-    Access, Exit, ExitData, ExitError, MemoryFault, MmioData, PioData, RunOutcome,
-    SystemEventKind, decode,
+    Access, Exit, ExitData, ExitError, MemoryFault, MmioData, PioData, RunOutcome, SystemEventKind,
+    decode,
 };
 pub use handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
 pub use ratelimit::RateLimiter;

@@ -214,8 +214,8 @@ pub fn boot_msrs() -> Vec<kvm_msr_entry> {
 
 /// Adjusts the table `KVM_GET_SUPPORTED_CPUID` returned for vCPU `apic_id`.
 ///
-/// Sets the initial APIC id (leaf 1 EBX[31:24], and the x2APIC id in EDX of leaves 0xb
-/// and 0x1f), the hypervisor bit (leaf 1 ECX[31]), and makes sure the KVM leaves a Linux
+/// Sets the initial APIC id (leaf 1 EBX bits 31:24, and the x2APIC id in EDX of leaves 0xb
+/// and 0x1f), the hypervisor bit (leaf 1 ECX bit 31), and makes sure the KVM leaves a Linux
 /// guest looks for are there: 0x40000000 with the "KVMKVMKVM" signature, and 0x40000001
 /// (features; KVM's own bits are kept, an empty leaf is added if KVM gave none).
 pub fn normalize_cpuid(cpuid: &mut CpuId, apic_id: u32) -> Result<(), X86Error> {
