@@ -1,0 +1,326 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Shared by the `vcpu_*` tests: a VM with anonymous guest memory, boot data for 64-bit
+//! guests, a handler that records what the guest did, and the guests themselves.
+//!
+//! The page tables and GDT written here are a test helper only; placing boot data in a
+//! real VM is veil-loader's job.
+
+// Each test binary uses a different part of this module.
+#![allow(dead_code)]
+
+use std::ptr::NonNull;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use kvm_ioctls::{Kvm, VmFd};
+use veil_attrs::{AttrMap, FrameRange};
+use veil_vcpu::x86_64::{BOOT_GDT, LongModeEntry, setup_long_mode};
+use veil_vcpu::{
+    BoxError, Conversion, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
+    VcpuSet, VmReport,
+};
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// Guest memory: 2 MiB at guest-physical 0.
+pub const MEM_SIZE: usize = 2 << 20;
+/// Where the GDT goes.
+pub const GDT: u64 = 0x500;
+/// The PML4; the PDPT and the page directory follow it.
+pub const PML4: u64 = 0x1000;
+/// Top of the stack of 64-bit guests.
+pub const STACK: u64 = 0x8_0000;
+/// Where `spin.S` counters live: one u64 per vCPU.
+pub const COUNTERS: u64 = 0x9_0000;
+/// Guests report 32-bit values here.
+pub const REPORT_PORT: u16 = 0x10;
+/// Guests read a 32-bit value from here.
+pub const INPUT_PORT: u16 = 0x11;
+/// MMIO window used by `io.S` (no memory there).
+pub const MMIO_BASE: u64 = 0x1000_0000;
+
+/// A VM with `MEM_SIZE` bytes of anonymous memory in slot 0.
+pub struct TestVm {
+    pub kvm: Kvm,
+    pub vm: VmFd,
+    host: NonNull<u8>,
+}
+
+impl TestVm {
+    pub fn new() -> TestVm {
+        let kvm = Kvm::new().expect("open /dev/kvm");
+        let vm = kvm.create_vm().expect("KVM_CREATE_VM");
+        // SAFETY: a fresh private anonymous mapping; checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                MEM_SIZE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap guest memory");
+        let host = NonNull::new(p.cast::<u8>()).expect("mmap returned null");
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            guest_phys_addr: 0,
+            memory_size: MEM_SIZE as u64,
+            userspace_addr: host.as_ptr() as u64,
+            flags: 0,
+        };
+        // SAFETY: the mapping stays until `drop`, after every vCPU of the test stopped.
+        unsafe { vm.set_user_memory_region(region) }.expect("KVM_SET_USER_MEMORY_REGION");
+        TestVm { kvm, vm, host }
+    }
+
+    fn check(gpa: u64, len: usize) -> usize {
+        let start = usize::try_from(gpa).expect("gpa fits usize");
+        assert!(
+            start.checked_add(len).is_some_and(|end| end <= MEM_SIZE),
+            "{gpa:#x}+{len:#x} outside guest memory"
+        );
+        start
+    }
+
+    pub fn write(&self, gpa: u64, bytes: &[u8]) {
+        let start = Self::check(gpa, bytes.len());
+        // SAFETY: bounds checked against the mapping above.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.host.as_ptr().add(start),
+                bytes.len(),
+            )
+        };
+    }
+
+    /// Reads a u64 the guest may be writing concurrently.
+    pub fn read_u64(&self, gpa: u64) -> u64 {
+        let start = Self::check(gpa, 8);
+        assert_eq!(start % 8, 0);
+        // SAFETY: in bounds and aligned; a volatile read of memory another vCPU writes.
+        unsafe { std::ptr::read_volatile(self.host.as_ptr().add(start).cast::<u64>()) }
+    }
+
+    pub fn load(&self, guest: &Guest) {
+        self.write(guest.load, guest.code);
+    }
+
+    /// Identity-maps the first 1 GiB with 2 MiB pages, and writes `BOOT_GDT` at `GDT`.
+    pub fn write_boot_data(&self) {
+        let (pdpt, pd) = (PML4 + 0x1000, PML4 + 0x2000);
+        const PRESENT_RW: u64 = 0x3;
+        const HUGE: u64 = 0x80;
+        self.write(PML4, &(pdpt | PRESENT_RW).to_le_bytes());
+        self.write(pdpt, &(pd | PRESENT_RW).to_le_bytes());
+        for i in 0..512u64 {
+            self.write(pd + i * 8, &((i << 21) | PRESENT_RW | HUGE).to_le_bytes());
+        }
+        for (i, d) in BOOT_GDT.iter().enumerate() {
+            self.write(GDT + 8 * i as u64, &d.to_le_bytes());
+        }
+    }
+
+    /// vCPU `id`, set up for 64-bit entry at `guest`, with `rdi` preset.
+    pub fn long_mode_vcpu(&self, id: u64, guest: &Guest, rdi: u64) -> Vcpu {
+        self.write_boot_data();
+        self.load(guest);
+        let vcpu = Vcpu::new(&self.vm, id).expect("create vCPU");
+        let entry = LongModeEntry {
+            page_table_root: PML4,
+            gdt_base: GDT,
+            entry: guest.load,
+            stack: STACK - 0x1000 * id,
+            rsi: 0,
+        };
+        setup_long_mode(&self.kvm, vcpu.fd(), id as u32, &entry).expect("long-mode setup");
+        let mut regs = vcpu.fd().get_regs().expect("KVM_GET_REGS");
+        regs.rdi = rdi;
+        vcpu.fd().set_regs(&regs).expect("KVM_SET_REGS");
+        vcpu
+    }
+
+    /// vCPU `id` in real mode at `guest` (linked below 64 KiB), with `edit` applied to its
+    /// registers.
+    pub fn real_mode_vcpu(
+        &self,
+        id: u64,
+        guest: &Guest,
+        edit: impl FnOnce(&mut kvm_bindings::kvm_regs),
+    ) -> Vcpu {
+        assert!(
+            guest.load < 0x10000,
+            "real-mode guests live in the first 64 KiB"
+        );
+        self.load(guest);
+        let vcpu = Vcpu::new(&self.vm, id).expect("create vCPU");
+        let mut sregs = vcpu.fd().get_sregs().expect("KVM_GET_SREGS");
+        sregs.cs.base = 0;
+        sregs.cs.selector = 0;
+        vcpu.fd().set_sregs(&sregs).expect("KVM_SET_SREGS");
+        let mut regs = vcpu.fd().get_regs().expect("KVM_GET_REGS");
+        regs.rip = guest.load;
+        regs.rflags = 2;
+        edit(&mut regs);
+        vcpu.fd().set_regs(&regs).expect("KVM_SET_REGS");
+        vcpu
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `new`; no vCPU runs any more.
+        unsafe { libc::munmap(self.host.as_ptr().cast(), MEM_SIZE) };
+    }
+}
+
+/// Memory and I/O handler that records everything the guest did.
+pub struct Recorder {
+    pub layout: GuestLayout,
+    pub attrs: Mutex<AttrMap>,
+    pub requests: Mutex<Vec<MapGpaRange>>,
+    /// Conversion requests starting here are answered with `Conversion::Retry`.
+    pub retry_gpa: Option<u64>,
+    /// 32-bit values written to `REPORT_PORT`.
+    pub reports: Mutex<Vec<u32>>,
+    /// Writes to other ports.
+    pub pio_writes: Mutex<Vec<(u16, Vec<u8>)>>,
+    /// What `in` from `INPUT_PORT` returns.
+    pub input: u32,
+    pub mmio_writes: Mutex<Vec<(u64, Vec<u8>)>>,
+    pub mmio_reads: Mutex<Vec<(u64, usize)>>,
+    /// What MMIO reads return (little-endian bytes of it).
+    pub mmio_answer: u64,
+    /// Writes to this port fail.
+    pub fail_port: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Refused(pub u16);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "port {:#x} is configured to fail", self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            layout: GuestLayout::from_size(MEM_SIZE as u64),
+            attrs: Mutex::new(AttrMap::new(MEM_SIZE as u64).expect("attribute map")),
+            requests: Mutex::default(),
+            retry_gpa: None,
+            reports: Mutex::default(),
+            pio_writes: Mutex::default(),
+            input: 0x5a5a_0001,
+            mmio_writes: Mutex::default(),
+            mmio_reads: Mutex::default(),
+            mmio_answer: 0x1122_3344_5566_7788,
+            fail_port: None,
+        }
+    }
+}
+
+impl Recorder {
+    pub fn reports(&self) -> Vec<u32> {
+        self.reports.lock().unwrap().clone()
+    }
+}
+
+impl MemoryHandler for Recorder {
+    fn layout(&self) -> &GuestLayout {
+        &self.layout
+    }
+
+    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<Conversion, BoxError> {
+        self.requests.lock().unwrap().push(*request);
+        if self.retry_gpa == Some(request.gpa()) {
+            return Ok(Conversion::Retry);
+        }
+        self.attrs
+            .lock()
+            .unwrap()
+            .set(request.range(), request.to())?;
+        Ok(Conversion::Done)
+    }
+
+    fn memory_fault(&self, fault: &MemoryFault, range: FrameRange) -> Result<u64, BoxError> {
+        let changes = self
+            .attrs
+            .lock()
+            .unwrap()
+            .set(range, fault.access().attributes())?;
+        Ok(changes.pages())
+    }
+}
+
+impl IoHandler for Recorder {
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<(), BoxError> {
+        let value = if port == INPUT_PORT {
+            self.input
+        } else {
+            u32::MAX
+        };
+        for (d, s) in data.iter_mut().zip(value.to_le_bytes().iter().cycle()) {
+            *d = *s;
+        }
+        Ok(())
+    }
+
+    fn pio_write(&self, port: u16, data: &[u8]) -> Result<(), BoxError> {
+        if self.fail_port == Some(port) {
+            return Err(Box::new(Refused(port)));
+        }
+        if port == REPORT_PORT {
+            let mut bytes = [0u8; 4];
+            let n = data.len().min(4);
+            bytes[..n].copy_from_slice(&data[..n]);
+            self.reports.lock().unwrap().push(u32::from_le_bytes(bytes));
+        } else {
+            self.pio_writes.lock().unwrap().push((port, data.to_vec()));
+        }
+        Ok(())
+    }
+
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), BoxError> {
+        self.mmio_reads.lock().unwrap().push((addr, data.len()));
+        let n = data.len();
+        data.copy_from_slice(&self.mmio_answer.to_le_bytes()[..n]);
+        Ok(())
+    }
+
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), BoxError> {
+        self.mmio_writes.lock().unwrap().push((addr, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// Waits until `cond` holds, for at most `limit`; `false` if it never did.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+/// Waits for the VM to end by itself; stops it and fails the test if it has not after
+/// `limit` (a guest that runs away must not hang the test suite).
+pub fn wait_for_end(set: VcpuSet, limit: Duration) -> VmReport {
+    if !eventually(limit, || set.is_finished()) {
+        set.stop();
+        let report = set.wait();
+        panic!("the guest did not finish within {limit:?}: {report:#?}");
+    }
+    set.wait()
+}
