@@ -104,23 +104,34 @@ impl ExitKind {
 const KINDS: usize = ExitKind::ALL.len();
 
 /// Live counters of one vCPU, updated by its thread and readable from any thread.
+///
+/// Only the vCPU's own thread writes them, so an update is a relaxed load and store (no
+/// locked instruction on the exit path); readers may see a count without its latest
+/// handler time, never a torn value.
 #[derive(Debug, Default)]
 pub struct ExitCounters {
     counts: [AtomicU64; KINDS],
     handler_nanos: [AtomicU64; KINDS],
 }
 
+/// Adds `n` to a counter that only the calling thread writes.
+fn bump(counter: &AtomicU64, n: u64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).saturating_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 impl ExitCounters {
-    /// Counts one exit of `kind`.
+    /// Counts one exit of `kind`. Call from the vCPU's thread only.
     pub fn count(&self, kind: ExitKind) {
-        // Relaxed: counters, not synchronisation; only this vCPU's thread writes.
-        self.counts[kind.index()].fetch_add(1, Ordering::Relaxed);
+        bump(&self.counts[kind.index()], 1);
     }
 
-    /// Adds `elapsed` to the handler time of `kind`.
+    /// Adds `elapsed` to the handler time of `kind`. Call from the vCPU's thread only.
     pub fn add_handler_time(&self, kind: ExitKind, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        self.handler_nanos[kind.index()].fetch_add(nanos, Ordering::Relaxed);
+        bump(&self.handler_nanos[kind.index()], nanos);
     }
 
     /// A consistent-enough copy of the counters.

@@ -1,0 +1,15 @@
+# The benchmark guest: 100,000 port-I/O exits, then halt. Real mode, loaded at 0x1000.
+#
+# Assembled when the benchmark starts (`as --64`, `ld --oformat binary -Ttext=0x1000`).
+
+.intel_syntax noprefix
+.code16
+.text
+.global _start
+_start:
+    mov ecx, 100000
+1:
+    out 0x10, al
+    dec ecx
+    jnz 1b
+    hlt
