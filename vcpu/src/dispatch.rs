@@ -557,32 +557,59 @@ pub(crate) mod tests {
         assert_eq!(f.counters.snapshot().count(ExitKind::Hypercall), 1);
     }
 
+    const TOP: u64 = !0xfff_u64;
+
+    /// Every kind of malformed request: misaligned, zero pages, byte size or end
+    /// overflowing, out of range, straddling the end, reserved bits, bad page size.
+    const BAD: &[[u64; 3]] = &[
+        [0x1001, 1, 0],
+        [0x1000, 0, 0],
+        [0x1000, 1 << 52, 0],
+        [TOP, 1, 0],
+        [SIZE, 1, 0],
+        [SIZE - 0x1000, 2, 0],
+        [0, 1, 1 << 5],
+        [0, 1, (1 << 63) | KVM_MAP_GPA_RANGE_ENCRYPTED],
+        [0, 1, 3],
+        [0, 1, 0xf | KVM_MAP_GPA_RANGE_ENCRYPTED],
+    ];
+
+    fn assert_nothing_changed(f: &Fixture) {
+        assert_eq!(f.memory.calls(), 0);
+        let map = f.memory.map.lock().unwrap();
+        assert_eq!(map.run_count(), 1);
+        assert!(map.range_is(map.whole(), Attributes::empty()).unwrap());
+    }
+
     #[test]
     fn bad_hypercalls_answer_einval_and_call_nothing() {
-        let top = !0xfff_u64;
-        let bad: &[[u64; 3]] = &[
-            [0x1001, 1, 0],                                  // misaligned
-            [0x1000, 0, 0],                                  // zero pages
-            [0x1000, 1 << 52, 0],                            // byte size overflows
-            [top, 1, 0],                                     // end overflows
-            [SIZE, 1, 0],                                    // out of range
-            [SIZE - 0x1000, 2, 0],                           // straddles the end
-            [0, 1, 1 << 5],                                  // reserved bit 5
-            [0, 1, (1 << 63) | KVM_MAP_GPA_RANGE_ENCRYPTED], // reserved bit 63
-            [0, 1, 3],                                       // page size 3
-            [0, 1, 0xf | KVM_MAP_GPA_RANGE_ENCRYPTED],       // page size 15
-        ];
         let mut f = Fixture::new();
-        for a in bad {
+        for a in BAD {
             let h = f.turn(&hypercall_run(*a, 1), FaultPolicy::ConvertImplicitly);
             assert_eq!(ret(&h), 22, "{a:x?}");
             assert!(matches!(h.next, Next::Continue), "{a:x?}");
         }
-        assert_eq!(f.memory.calls(), 0);
-        // Nothing changed: the whole guest is still shared.
-        let map = f.memory.map.lock().unwrap();
-        assert_eq!(map.run_count(), 1);
-        assert!(map.range_is(map.whole(), Attributes::empty()).unwrap());
+        assert_nothing_changed(&f);
+    }
+
+    #[test]
+    fn bad_port_hypercalls_answer_einval_in_rax_and_call_nothing() {
+        let mut f = Fixture::new();
+        let run = io_run(
+            kvm_bindings::KVM_EXIT_IO_OUT,
+            crate::HYPERCALL_PORT,
+            1,
+            1,
+            4096,
+        );
+        for [gpa, pages, attributes] in BAD {
+            f.regs.args = args(*gpa, *pages, *attributes);
+            let h = f.turn(&run, FaultPolicy::ConvertImplicitly);
+            assert_eq!(h.write, Some(WriteBack::Rax(22)), "{:x?}", f.regs.args);
+            assert!(matches!(h.next, Next::Continue));
+        }
+        assert_nothing_changed(&f);
+        assert!(f.io.log.lock().unwrap().is_empty());
     }
 
     #[test]

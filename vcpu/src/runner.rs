@@ -451,15 +451,20 @@ where
     }
 }
 
-fn write_back(vcpu: &mut Vcpu, write: WriteBack, regs: Option<kvm_regs>) -> Result<(), RunError> {
+/// Writes a result into `kvm_run`; returns the value for `rax` if it goes there instead.
+fn write_run(run: &mut kvm_run, write: WriteBack) -> Option<u64> {
     match write {
-        WriteBack::HypercallRet(ret) => {
-            vcpu.fd.get_kvm_run().__bindgen_anon_1.hypercall.ret = ret;
-        }
-        WriteBack::MmioData(data, _) => {
-            vcpu.fd.get_kvm_run().__bindgen_anon_1.mmio.data = data;
-        }
-        WriteBack::Rax(rax) => {
+        WriteBack::HypercallRet(ret) => run.__bindgen_anon_1.hypercall.ret = ret,
+        WriteBack::MmioData(data, _) => run.__bindgen_anon_1.mmio.data = data,
+        WriteBack::Rax(rax) => return Some(rax),
+    }
+    None
+}
+
+fn write_back(vcpu: &mut Vcpu, write: WriteBack, regs: Option<kvm_regs>) -> Result<(), RunError> {
+    match write_run(vcpu.fd.get_kvm_run(), write) {
+        None => {}
+        Some(rax) => {
             // The registers were read to decode the request, so they are there.
             let Some(mut regs) = regs else {
                 return Err(RunError::Kvm {
@@ -754,6 +759,25 @@ mod tests {
         );
         sregs.cs.l = 1;
         assert!(port_hypercall_args(&regs, &sregs).long_mode);
+    }
+
+    #[test]
+    fn results_land_in_kvm_run() {
+        let mut run = kvm_run::default();
+        // KVM (since 6.13) zeroes `ret` before the exit; a stale value must not survive.
+        run.__bindgen_anon_1.hypercall.ret = 0xdead;
+        assert_eq!(write_run(&mut run, WriteBack::HypercallRet(22)), None);
+        // SAFETY: the member just written.
+        assert_eq!(unsafe { run.__bindgen_anon_1.hypercall.ret }, 22);
+        let mut run = kvm_run::default();
+        assert_eq!(
+            write_run(&mut run, WriteBack::MmioData([1, 2, 3, 4, 0, 0, 0, 0], 4)),
+            None
+        );
+        // SAFETY: the member just written.
+        let data = unsafe { run.__bindgen_anon_1.mmio.data };
+        assert_eq!(data, [1, 2, 3, 4, 0, 0, 0, 0]);
+        assert_eq!(write_run(&mut run, WriteBack::Rax(11)), Some(11));
     }
 
     #[test]
