@@ -24,7 +24,6 @@ pub use exit::{
     decode,
 };
 pub use handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
-pub use ratelimit::RateLimiter;
 pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
 };
@@ -32,4 +31,4 @@ pub use runner::{
     KICK_SIGNAL_OFFSET, RunnerError, StopReason, Vcpu, VcpuEnd, VcpuReport, VcpuSet, VmReport,
     port_hypercall_args,
 };
-pub use stats::{ExitCounters, ExitKind, ExitStats};
+pub use stats::{ExitKind, ExitStats};

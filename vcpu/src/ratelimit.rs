@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 /// A guest can issue bad requests in a tight loop; logging each one would let it flood
 /// the host's logs. Time is passed in, so the logic is tested without sleeping.
 #[derive(Debug, Clone)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     interval: Duration,
     burst: u32,
     window_start: Option<Instant>,

@@ -29,7 +29,10 @@ use crate::stats::{ExitCounters, ExitKind, ExitStats};
 /// The kick signal is `SIGRTMIN() + KICK_SIGNAL_OFFSET`.
 ///
 /// veil installs a handler for it the first time vCPUs are spawned; the rest of the
-/// process must not use that signal for anything else.
+/// process must not use that signal for anything else. The handler is installed without
+/// `SA_RESTART`, so a kick that lands while a handler on a vCPU thread is inside a
+/// blocking system call makes that call fail with `EINTR` (std's `read_exact` and
+/// `write_all` retry; other callers should too).
 pub const KICK_SIGNAL_OFFSET: i32 = 0;
 
 /// `EFER.LMA` (bit 10): long mode active. Source: `arch/x86/include/asm/msr-index.h`

@@ -109,7 +109,7 @@ const KINDS: usize = ExitKind::ALL.len();
 /// locked instruction on the exit path); readers may see a count without its latest
 /// handler time, never a torn value.
 #[derive(Debug, Default)]
-pub struct ExitCounters {
+pub(crate) struct ExitCounters {
     counts: [AtomicU64; KINDS],
     handler_nanos: [AtomicU64; KINDS],
 }
