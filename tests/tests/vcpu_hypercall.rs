@@ -12,9 +12,13 @@ mod vcpu_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use kvm_ioctls::Cap;
 use vcpu_support::{HYPERCALL, HYPERCALL16, Recorder, TestVm, wait_for_end};
 use veil_attrs::{Attributes, FrameRange, PageState};
-use veil_vcpu::{ExitKind, FaultPolicy, HYPERCALL_PORT, PageSize, StopReason, VcpuEnd, VcpuSet};
+use veil_vcpu::{
+    CapError, ExitKind, FaultPolicy, HYPERCALL_PORT, PageSize, StopReason, VcpuEnd, VcpuSet,
+    enable_conversion_exits,
+};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -135,4 +139,25 @@ fn port_hypercall_from_real_mode_uses_32_bit_arguments() {
         .unwrap();
     assert_eq!(regs.rax, 0);
     assert_eq!(regs.rbx, garbage | 0x10_1000, "arguments are left alone");
+}
+
+#[test]
+fn conversion_exits_are_enabled_where_offered() {
+    if !veil_tests::kvm_or_skip("conversion_exits_are_enabled_where_offered") {
+        return;
+    }
+    let vm = TestVm::new();
+    let mask = vm.vm.check_extension_int(Cap::ExitHypercall);
+    match enable_conversion_exits(&vm.vm) {
+        Ok(()) => assert_ne!(
+            mask & (1 << 12),
+            0,
+            "enabled although not offered: {mask:#x}"
+        ),
+        Err(CapError::Unsupported { mask: m }) => {
+            assert_eq!(m, mask);
+            assert_eq!(mask.max(0) & (1 << 12), 0, "offered but refused: {mask:#x}");
+        }
+        Err(e) => panic!("{e}"),
+    }
 }

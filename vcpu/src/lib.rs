@@ -4,6 +4,7 @@
 #![doc = include_str!("../README.md")]
 
 mod abi;
+mod caps;
 mod dispatch;
 mod exit;
 mod handler;
@@ -18,6 +19,7 @@ pub use abi::{
     KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_1G, KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
     KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK, MAP_GPA_RANGE_RESERVED_MASK, msr,
 };
+pub use caps::{CapError, enable_conversion_exits};
 pub use dispatch::{IoAccess, RunError};
 pub use exit::{
     Access, Exit, ExitData, ExitError, MemoryFault, MmioData, PioData, RunOutcome, SystemEventKind,
