@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use veil_attrs::FrameRange;
 
-use crate::exit::{Access, Exit, ExitData, ExitError, MemoryFault, SystemEventKind};
+use crate::exit::{Access, Exit, ExitData, ExitError, MemoryFault, PioData, SystemEventKind};
 use crate::handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
 use crate::ratelimit::RateLimiter;
 use crate::request::{HypercallResult, MapGpaRange, MapGpaRangeArgs};
@@ -143,6 +143,20 @@ impl Handled {
     }
 }
 
+/// The part of the vCPU's shared mapping that holds port-I/O data: the bytes from offset
+/// `base` on. `PioData` offsets count from the start of the mapping.
+pub(crate) struct PioWindow<'a> {
+    pub(crate) base: usize,
+    pub(crate) bytes: &'a mut [u8],
+}
+
+impl PioWindow<'_> {
+    fn get_mut(&mut self, data: PioData) -> Option<&mut [u8]> {
+        let start = data.offset.checked_sub(self.base)?;
+        self.bytes.get_mut(start..start.checked_add(data.len())?)
+    }
+}
+
 /// Source of the registers of a port-I/O hypercall, read only when one happens.
 pub(crate) trait HypercallRegisters {
     fn port_hypercall_args(&mut self) -> Result<MapGpaRangeArgs, RunError>;
@@ -161,12 +175,12 @@ pub(crate) struct Dispatcher<'a, M: ?Sized, I: ?Sized> {
 }
 
 impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
-    /// Decides what `exit` means. `pio` is the vCPU's shared mapping, where port-I/O data
-    /// sits; `regs` is read only for a port-I/O hypercall.
+    /// Decides what `exit` means. `pio` is where port-I/O data sits; `regs` is read only
+    /// for a port-I/O hypercall.
     pub(crate) fn handle(
         &mut self,
         exit: Exit,
-        pio: &mut [u8],
+        pio: &mut PioWindow<'_>,
         regs: &mut dyn HypercallRegisters,
     ) -> Handled {
         let kind = ExitKind::of(&exit);
@@ -205,7 +219,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             },
             Exit::PioIn { port, data } => {
                 let access = IoAccess::PioRead(port);
-                let Some(bytes) = pio.get_mut(data.range()) else {
+                let Some(bytes) = pio.get_mut(data) else {
                     return Handled::next(Next::Fail(malformed_pio(data)));
                 };
                 let r = self.timed(kind, || self.io.pio_read(port, bytes));
@@ -213,7 +227,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             }
             Exit::PioOut { port, data } => {
                 let access = IoAccess::PioWrite(port);
-                let Some(bytes) = pio.get(data.range()) else {
+                let Some(bytes) = pio.get_mut(data) else {
                     return Handled::next(Next::Fail(malformed_pio(data)));
                 };
                 let r = self.timed(kind, || self.io.pio_write(port, bytes));
@@ -320,7 +334,7 @@ fn io_next(access: IoAccess, r: Result<(), BoxError>) -> Next {
     }
 }
 
-fn malformed_pio(data: crate::exit::PioData) -> RunError {
+fn malformed_pio(data: PioData) -> RunError {
     RunError::Exit(ExitError::MalformedIo {
         direction: 0,
         size: data.size,
@@ -342,7 +356,7 @@ pub(crate) mod tests {
     use super::*;
     use crate::abi::{KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED};
     use crate::exit::tests::{MAP_LEN, fault_run, hypercall_run, io_run};
-    use crate::exit::{PioData, RunOutcome, decode};
+    use crate::exit::{RunOutcome, decode};
     use crate::request::GuestLayout;
     use std::sync::Mutex;
     use veil_attrs::{AttrMap, Attributes};
@@ -509,7 +523,14 @@ pub(crate) mod tests {
             };
             let mut d = self.dispatcher(policy);
             d.unfixed = self.unfixed;
-            let h = d.handle(exit, &mut pio, &mut regs);
+            let h = d.handle(
+                exit,
+                &mut PioWindow {
+                    base: 0,
+                    bytes: &mut pio,
+                },
+                &mut regs,
+            );
             let unfixed = d.unfixed;
             self.unfixed = unfixed;
             self.pio = pio;
@@ -772,9 +793,25 @@ pub(crate) mod tests {
             args: args(0, 1, 0),
             reads: 0,
         };
+        let mut window = PioWindow {
+            base: 0,
+            bytes: &mut small,
+        };
         let h = f
             .dispatcher(FaultPolicy::ConvertImplicitly)
-            .handle(exit, &mut small, &mut regs);
+            .handle(exit, &mut window, &mut regs);
+        assert!(matches!(
+            h.next,
+            Next::Fail(RunError::Exit(ExitError::MalformedIo { .. }))
+        ));
+        // An offset before the window is refused too.
+        let mut window = PioWindow {
+            base: 8192,
+            bytes: &mut small,
+        };
+        let h = f
+            .dispatcher(FaultPolicy::ConvertImplicitly)
+            .handle(exit, &mut window, &mut regs);
         assert!(matches!(
             h.next,
             Next::Fail(RunError::Exit(ExitError::MalformedIo { .. }))

@@ -19,7 +19,7 @@ use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-use crate::dispatch::{Dispatcher, HypercallRegisters, Next, RunError, WriteBack};
+use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
 use crate::exit::{ExitData, RunOutcome, SystemEventKind, decode};
 use crate::handler::{FaultPolicy, IoHandler, MemoryHandler};
 use crate::ratelimit::RateLimiter;
@@ -422,21 +422,29 @@ where
             }
         };
 
-        let base = ptr::from_mut::<kvm_run>(vcpu.fd.get_kvm_run()).cast::<u8>();
+        // Port-I/O data sits after `kvm_run` (`decode` checked that), so the window the
+        // dispatcher gets starts there and never covers `immediate_exit`.
+        let base = std::mem::size_of::<kvm_run>();
+        let start = ptr::from_mut::<kvm_run>(vcpu.fd.get_kvm_run())
+            .cast::<u8>()
+            .wrapping_add(base);
         // SAFETY: kvm-ioctls mapped `VmFd::run_size()` bytes of the vCPU fd at the address
         // `get_kvm_run()` returns (`KvmRunWrapper::mmap_from_fd(&vcpu, self.run_size)` in
-        // `VmFd::create_vcpu`), and `Vcpu::new` took `map_len` from that same `VmFd`. The
-        // mapping lives as long as `vcpu.fd`, which outlives this iteration, and nothing
-        // else in this process touches it while `pio` is in use: `Registers` only issues
-        // register ioctls, and the kick handler writes `immediate_exit` atomically, a byte
-        // the dispatcher never accesses through `pio` (it reads and writes the port-I/O
-        // window that `decode` bounds-checked).
-        let pio = unsafe { std::slice::from_raw_parts_mut(base, vcpu.map_len) };
+        // `VmFd::create_vcpu`), `Vcpu::new` took `map_len` from that same `VmFd`, and the
+        // mapping holds at least a `kvm_run` (`saturating_sub` keeps the length in bounds
+        // regardless). The mapping lives as long as `vcpu.fd`, which outlives this
+        // iteration; nothing else in this process touches the bytes past `kvm_run` while
+        // the slice is in use (`Registers` only issues register ioctls, the kick handler
+        // writes inside `kvm_run`), and the kernel does not write them while the vCPU is
+        // out of `KVM_RUN`.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(start, vcpu.map_len.saturating_sub(base)) };
+        let mut pio = PioWindow { base, bytes };
         let mut regs = Registers {
             fd: &vcpu.fd,
             regs: None,
         };
-        let handled = dispatcher.handle(exit, pio, &mut regs);
+        let handled = dispatcher.handle(exit, &mut pio, &mut regs);
         let saved_regs = regs.regs;
 
         if let Some(write) = handled.write
