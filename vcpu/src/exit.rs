@@ -930,4 +930,41 @@ pub(crate) mod tests {
             assert_eq!(ok(&run_with(reason)), Err(ExitError::Unhandled { reason }));
         }
     }
+
+    proptest::proptest! {
+        /// Whatever KVM (or a corrupted mapping) leaves in `kvm_run`, decoding returns a
+        /// value or an error: it never panics, and port-I/O data it accepts lies inside
+        /// the mapping and past `kvm_run`.
+        #[test]
+        fn decoding_never_panics(
+            reason in 0u32..48,
+            union in proptest::collection::vec(proptest::num::i8::ANY, 256),
+            errno in proptest::option::of(proptest::sample::select(
+                vec![libc::EINTR, libc::EFAULT, libc::EHWPOISON, libc::EINVAL, libc::EAGAIN],
+            )),
+        ) {
+            let mut run = run_with(reason);
+            let mut bytes = [0 as std::ffi::c_char; 256];
+            for (b, v) in bytes.iter_mut().zip(&union) {
+                *b = *v as std::ffi::c_char;
+            }
+            run.__bindgen_anon_1.padding = bytes;
+            let outcome = errno.map_or(RunOutcome::Exited, RunOutcome::Failed);
+            match decode(outcome, &run, MAP_LEN) {
+                Ok(Exit::PioIn { data, .. } | Exit::PioOut { data, .. }) => {
+                    proptest::prop_assert!(data.offset >= std::mem::size_of::<kvm_run>());
+                    proptest::prop_assert!(data.range().end <= MAP_LEN);
+                    proptest::prop_assert!(!data.is_empty());
+                }
+                Ok(Exit::MmioRead { len, .. }) => proptest::prop_assert!((1..=8).contains(&len)),
+                Ok(Exit::MmioWrite { data, .. }) => {
+                    proptest::prop_assert!((1..=8).contains(&data.as_slice().len()))
+                }
+                Ok(Exit::SystemEvent { data, .. }) => {
+                    proptest::prop_assert!(data.as_slice().len() <= 16)
+                }
+                _ => {}
+            }
+        }
+    }
 }

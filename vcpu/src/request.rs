@@ -506,4 +506,29 @@ mod tests {
         assert_eq!(HypercallResult::InvalidArgument.code(), 22);
         assert_eq!(HypercallResult::Retry.code(), 11);
     }
+
+    proptest::proptest! {
+        /// Any register contents: validation never panics, and whatever it accepts is
+        /// aligned, non-empty, inside guest memory, with bit 4 alone giving the direction.
+        #[test]
+        fn validation_holds_for_any_registers(
+            nr in proptest::prop_oneof![proptest::strategy::Just(12u64), proptest::num::u64::ANY],
+            gpa in proptest::prop_oneof![0u64..(16 * MIB), proptest::num::u64::ANY],
+            pages in proptest::prop_oneof![0u64..1024, proptest::num::u64::ANY],
+            attributes in proptest::prop_oneof![0u64..0x40, proptest::num::u64::ANY],
+            long_mode in proptest::bool::ANY,
+        ) {
+            let l = layout();
+            let a = MapGpaRangeArgs { nr, gpa, pages, attributes, long_mode };
+            if let Ok(req) = a.validate(&l) {
+                let w = |v: u64| if long_mode { v } else { v & u64::from(u32::MAX) };
+                proptest::prop_assert_eq!(w(nr), 12);
+                proptest::prop_assert_eq!(req.gpa(), w(gpa));
+                proptest::prop_assert_eq!(req.pages(), w(pages));
+                proptest::prop_assert!(l.contains(&req.range()));
+                proptest::prop_assert_eq!(w(attributes) >> 5, 0);
+                proptest::prop_assert_eq!(req.to().is_private(), w(attributes) & 0x10 != 0);
+            }
+        }
+    }
 }
