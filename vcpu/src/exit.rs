@@ -183,8 +183,8 @@ pub enum SystemEventKind {
     Wakeup,
     /// `KVM_SYSTEM_EVENT_SUSPEND`.
     Suspend,
-    /// `KVM_SYSTEM_EVENT_SEV_TERM`.
-    SevTerm,
+    /// `KVM_SYSTEM_EVENT_SEV_TERM`: the guest asked its hypervisor to terminate it.
+    TerminationRequest,
     /// A type veil does not know.
     Other(u32),
 }
@@ -197,7 +197,7 @@ impl SystemEventKind {
             kvm_bindings::KVM_SYSTEM_EVENT_CRASH => SystemEventKind::Crash,
             kvm_bindings::KVM_SYSTEM_EVENT_WAKEUP => SystemEventKind::Wakeup,
             kvm_bindings::KVM_SYSTEM_EVENT_SUSPEND => SystemEventKind::Suspend,
-            kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM => SystemEventKind::SevTerm,
+            kvm_bindings::KVM_SYSTEM_EVENT_SEV_TERM => SystemEventKind::TerminationRequest,
             other => SystemEventKind::Other(other),
         }
     }

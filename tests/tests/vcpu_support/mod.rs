@@ -4,7 +4,7 @@
 //! Shared by the `vcpu_*` tests: a VM with anonymous guest memory, boot data for 64-bit
 //! guests, a handler that records what the guest did, and the guests themselves.
 //!
-//! The page tables and GDT written here are a test helper only; placing boot data in a
+//! The page tables and GDT written here serve these tests only; placing boot data in a
 //! real VM is veil-loader's job.
 
 // Each test binary uses a different part of this module.
