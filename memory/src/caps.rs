@@ -1,0 +1,457 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! [`HostCaps`]: what the host's KVM offers for private memory, and which flavors it can
+//! therefore run.
+
+use std::path::Path;
+
+use kvm_bindings::{
+    KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES,
+    KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
+    KVM_MEMORY_ATTRIBUTE_PRIVATE,
+};
+use kvm_ioctls::Kvm;
+use serde::Serialize;
+
+use crate::backend::{
+    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
+};
+use crate::region::{Flavor, KvmSideMapping};
+
+/// `KVM_CAP_PRE_FAULT_MEMORY`; newer than kvm-bindings 0.14 knows.
+/// Linux 6.10 `include/uapi/linux/kvm.h`.
+pub const KVM_CAP_PRE_FAULT_MEMORY: u32 = 236;
+
+/// `KVM_HC_MAP_GPA_RANGE`, the hypercall whose bit in `KVM_CAP_EXIT_HYPERCALL` lets the
+/// guest ask for conversions. Linux `include/uapi/linux/kvm_para.h`.
+pub const KVM_HC_MAP_GPA_RANGE: u32 = 12;
+
+/// Where the probe looks for the PVM module (see [`HostCaps::kvm_side_mapping`]).
+pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
+
+/// Why probing failed or a flavor cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum CapsError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] std::io::Error),
+    /// KVM speaks an API version veil does not know.
+    #[error("KVM API version {found}, veil needs 12")]
+    ApiVersion {
+        /// The version found.
+        found: i32,
+    },
+    /// A flavor needs a capability the host lacks.
+    #[error("the {flavor} flavor needs {capability}, which this host lacks")]
+    Missing {
+        /// The flavor asked for.
+        flavor: Flavor,
+        /// The first missing capability, named as in the KVM API.
+        capability: String,
+    },
+}
+
+/// What KVM offers for one VM type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VmTypeCaps {
+    /// The VM type number (`KVM_CREATE_VM` argument).
+    pub vm_type: u32,
+    /// Its name in the KVM API.
+    pub name: String,
+    /// Why creating a VM of this type to probe it failed, if it did (the other fields are
+    /// then zero).
+    pub create_error: Option<String>,
+    /// `KVM_CAP_GUEST_MEMFD` on a VM of this type.
+    pub guest_memfd: bool,
+    /// `KVM_CAP_GUEST_MEMFD_FLAGS` (244) on a VM of this type.
+    pub guest_memfd_flags: u64,
+    /// `KVM_CAP_MEMORY_ATTRIBUTES` (233): the attributes `KVM_SET_MEMORY_ATTRIBUTES` takes.
+    pub memory_attributes: u64,
+}
+
+/// Whether a flavor can run here, and if not what is missing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FlavorSupport {
+    /// The flavor.
+    pub flavor: Flavor,
+    /// The VM type to create for it, when it can run.
+    pub vm_type: Option<u32>,
+    /// The missing capabilities, named as in the KVM API; empty when it can run.
+    pub missing: Vec<String>,
+}
+
+impl FlavorSupport {
+    /// Whether the flavor can run on this host.
+    pub fn supported(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// Whether KVM needs a separate mapping of guest memory, and why veil thinks so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KvmMappingNeed {
+    /// What regions should get.
+    pub mapping: KvmSideMapping,
+    /// The evidence.
+    pub reason: String,
+}
+
+/// What the host's KVM offers for guest-private memory.
+///
+/// [`HostCaps::probe`] asks KVM; [`HostCaps::from_probe`] decides from the raw answers,
+/// so the decision is tested without `/dev/kvm`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HostCaps {
+    /// `KVM_GET_API_VERSION`.
+    pub api_version: i32,
+    /// `KVM_CAP_VM_TYPES` (235), a bit per supported VM type (0 where the cap is missing:
+    /// only the default type).
+    pub vm_types_mask: u64,
+    /// Each supported VM type, probed on a VM of that type.
+    pub vm_types: Vec<VmTypeCaps>,
+    /// `KVM_CAP_USER_MEMORY2` (231): `KVM_SET_USER_MEMORY_REGION2`.
+    pub user_memory2: bool,
+    /// `KVM_CAP_MEMORY_FAULT_INFO` (232): memory fault exits.
+    pub memory_fault_info: bool,
+    /// `KVM_CAP_EXIT_HYPERCALL` (201): hypercalls KVM can forward to userspace, a bit each.
+    pub exit_hypercall_mask: u64,
+    /// `KVM_CAP_PRE_FAULT_MEMORY` (236).
+    pub pre_fault_memory: bool,
+    /// Whether regions need a separate KVM-side mapping.
+    pub kvm_side_mapping: KvmMappingNeed,
+    /// Each flavor, whether it runs here.
+    pub flavors: Vec<FlavorSupport>,
+}
+
+/// The raw answers a probe collects; input to [`HostCaps::from_probe`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RawProbe {
+    /// `KVM_GET_API_VERSION`.
+    pub api_version: i32,
+    /// `KVM_CAP_VM_TYPES`.
+    pub vm_types_mask: u64,
+    /// Per VM type (always including type 0).
+    pub vm_types: Vec<VmTypeCaps>,
+    /// `KVM_CAP_USER_MEMORY2`.
+    pub user_memory2: bool,
+    /// `KVM_CAP_MEMORY_FAULT_INFO`.
+    pub memory_fault_info: bool,
+    /// `KVM_CAP_EXIT_HYPERCALL`.
+    pub exit_hypercall_mask: u64,
+    /// `KVM_CAP_PRE_FAULT_MEMORY`.
+    pub pre_fault_memory: bool,
+    /// Whether the PVM module is loaded.
+    pub pvm_module: bool,
+}
+
+/// The name of x86 VM type `t` in the KVM API.
+pub fn vm_type_name(t: u32) -> String {
+    match t {
+        0 => "KVM_X86_DEFAULT_VM".into(),
+        1 => "KVM_X86_SW_PROTECTED_VM".into(),
+        2 => "KVM_X86_SEV_VM".into(),
+        3 => "KVM_X86_SEV_ES_VM".into(),
+        4 => "KVM_X86_SNP_VM".into(),
+        5 => "KVM_X86_TDX_VM".into(),
+        t => format!("VM type {t}"),
+    }
+}
+
+fn positive(v: i32) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const MISSING_VM_TYPE: &str = "a VM type with private memory (KVM_CAP_VM_TYPES, 235)";
+const MISSING_ATTRIBUTES: &str =
+    "KVM_CAP_MEMORY_ATTRIBUTES (233) with KVM_MEMORY_ATTRIBUTE_PRIVATE";
+const MISSING_GMEM: &str = "KVM_CAP_GUEST_MEMFD (234)";
+const MISSING_GMEM_MMAP: &str =
+    "KVM_CAP_GUEST_MEMFD_FLAGS (244) with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED";
+const MISSING_USER_MEMORY2: &str = "KVM_CAP_USER_MEMORY2 (231)";
+
+impl HostCaps {
+    /// Probes `/dev/kvm`.
+    pub fn probe() -> Result<HostCaps, CapsError> {
+        let kvm = Kvm::new().map_err(|e| CapsError::OpenKvm(e.errno_to_io()))?;
+        Self::probe_with(&kvm)
+    }
+
+    /// Probes an open KVM: system capabilities, then a VM of each supported type
+    /// (created and dropped) for the per-VM ones.
+    pub fn probe_with(kvm: &Kvm) -> Result<HostCaps, CapsError> {
+        let api_version = kvm.get_api_version();
+        if api_version != 12 {
+            return Err(CapsError::ApiVersion { found: api_version });
+        }
+        let check = |cap: u32| kvm.check_extension_raw(cap.into());
+        let vm_types_mask = positive(check(KVM_CAP_VM_TYPES));
+        let mut vm_types = Vec::new();
+        for t in 0..64u32 {
+            if t != 0 && vm_types_mask & (1 << t) == 0 {
+                continue;
+            }
+            let mut caps = VmTypeCaps {
+                vm_type: t,
+                name: vm_type_name(t),
+                create_error: None,
+                guest_memfd: false,
+                guest_memfd_flags: 0,
+                memory_attributes: 0,
+            };
+            match kvm.create_vm_with_type(t.into()) {
+                Ok(vm) => {
+                    let check = |cap: u32| vm.check_extension_raw(cap.into());
+                    caps.guest_memfd = check(KVM_CAP_GUEST_MEMFD) > 0;
+                    caps.guest_memfd_flags = positive(check(KVM_CAP_GUEST_MEMFD_FLAGS));
+                    caps.memory_attributes = positive(check(KVM_CAP_MEMORY_ATTRIBUTES));
+                }
+                Err(e) => caps.create_error = Some(e.errno_to_io().to_string()),
+            }
+            vm_types.push(caps);
+        }
+        Ok(Self::from_probe(RawProbe {
+            api_version,
+            vm_types_mask,
+            vm_types,
+            user_memory2: check(KVM_CAP_USER_MEMORY2) > 0,
+            memory_fault_info: check(KVM_CAP_MEMORY_FAULT_INFO) > 0,
+            exit_hypercall_mask: positive(check(KVM_CAP_EXIT_HYPERCALL)),
+            pre_fault_memory: check(KVM_CAP_PRE_FAULT_MEMORY) > 0,
+            pvm_module: Path::new(PVM_MODULE_PATH).exists(),
+        }))
+    }
+
+    /// Decides, from raw probe answers, which flavors run and whether KVM needs its own
+    /// mapping.
+    pub fn from_probe(p: RawProbe) -> HostCaps {
+        let usable = || p.vm_types.iter().filter(|t| t.create_error.is_none());
+        let mut flavors = Vec::new();
+
+        // Attributes: a type whose VMs take PRIVATE attributes and guest_memfd.
+        let private = u64::from(KVM_MEMORY_ATTRIBUTE_PRIVATE);
+        let attr_type = usable().find(|t| t.memory_attributes & private != 0 && t.guest_memfd);
+        let mut missing = Vec::new();
+        match attr_type {
+            Some(_) => {}
+            None => {
+                if !usable().any(|t| t.vm_type != 0) {
+                    missing.push(MISSING_VM_TYPE.to_string());
+                }
+                if !usable().any(|t| t.memory_attributes & private != 0) {
+                    missing.push(MISSING_ATTRIBUTES.to_string());
+                }
+                if !usable().any(|t| t.guest_memfd) {
+                    missing.push(MISSING_GMEM.to_string());
+                }
+            }
+        }
+        if !p.user_memory2 {
+            missing.push(MISSING_USER_MEMORY2.to_string());
+        }
+        flavors.push(FlavorSupport {
+            flavor: Flavor::Attributes,
+            vm_type: attr_type.filter(|_| missing.is_empty()).map(|t| t.vm_type),
+            missing,
+        });
+
+        // In-place: an mmap-able, initially shared guest_memfd.
+        let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
+        let inplace_type = usable().find(|t| t.guest_memfd && t.guest_memfd_flags & want == want);
+        let mut missing = Vec::new();
+        if inplace_type.is_none() {
+            if !usable().any(|t| t.guest_memfd) {
+                missing.push(MISSING_GMEM.to_string());
+            }
+            missing.push(MISSING_GMEM_MMAP.to_string());
+        }
+        if !p.user_memory2 {
+            missing.push(MISSING_USER_MEMORY2.to_string());
+        }
+        flavors.push(FlavorSupport {
+            flavor: Flavor::InPlace,
+            vm_type: inplace_type
+                .filter(|_| missing.is_empty())
+                .map(|t| t.vm_type),
+            missing,
+        });
+
+        // Emulated: any KVM that can create a default VM.
+        let default = usable().find(|t| t.vm_type == 0);
+        flavors.push(FlavorSupport {
+            flavor: Flavor::Emulated,
+            vm_type: default.map(|t| t.vm_type),
+            missing: match default {
+                Some(_) => Vec::new(),
+                None => vec!["a default VM (KVM_CREATE_VM with type 0)".to_string()],
+            },
+        });
+
+        let kvm_side_mapping = if p.pvm_module {
+            KvmMappingNeed {
+                mapping: KvmSideMapping::Separate,
+                reason: format!(
+                    "{PVM_MODULE_PATH} exists: PVM's instruction emulator reads guest memory \
+                     through userspace_addr, so KVM gets its own read-write mapping"
+                ),
+            }
+        } else {
+            KvmMappingNeed {
+                mapping: KvmSideMapping::Omitted,
+                reason: format!(
+                    "{PVM_MODULE_PATH} is absent: KVM maps guest_memfd into the guest itself"
+                ),
+            }
+        };
+        HostCaps {
+            api_version: p.api_version,
+            vm_types_mask: p.vm_types_mask,
+            vm_types: p.vm_types,
+            user_memory2: p.user_memory2,
+            memory_fault_info: p.memory_fault_info,
+            exit_hypercall_mask: p.exit_hypercall_mask,
+            pre_fault_memory: p.pre_fault_memory,
+            kvm_side_mapping,
+            flavors,
+        }
+    }
+
+    /// Whether `flavor` runs here.
+    pub fn flavor(&self, flavor: Flavor) -> Option<&FlavorSupport> {
+        self.flavors.iter().find(|f| f.flavor == flavor)
+    }
+
+    /// The support for `flavor`, or an error naming the first capability it lacks.
+    pub fn require(&self, flavor: Flavor) -> Result<&FlavorSupport, CapsError> {
+        let missing = |capability: String| CapsError::Missing { flavor, capability };
+        let f = self
+            .flavor(flavor)
+            .ok_or_else(|| missing(format!("support for the {flavor} flavor")))?;
+        match f.missing.first() {
+            Some(cap) => Err(missing(cap.clone())),
+            None => Ok(f),
+        }
+    }
+
+    /// The flavors that run here, best first: attributes, in-place, emulated.
+    pub fn supported_flavors(&self) -> Vec<Flavor> {
+        self.flavors
+            .iter()
+            .filter(|f| f.supported())
+            .map(|f| f.flavor)
+            .collect()
+    }
+
+    /// Whether KVM forwards `KVM_HC_MAP_GPA_RANGE` to userspace when enabled.
+    pub fn map_gpa_range_exits(&self) -> bool {
+        self.exit_hypercall_mask & (1 << KVM_HC_MAP_GPA_RANGE) != 0
+    }
+}
+
+trait ErrnoToIo {
+    fn errno_to_io(&self) -> std::io::Error;
+}
+
+impl ErrnoToIo for kvm_ioctls::Error {
+    fn errno_to_io(&self) -> std::io::Error {
+        std::io::Error::from_raw_os_error(self.errno())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm(t: u32, gmem: bool, flags: u64, attrs: u64) -> VmTypeCaps {
+        VmTypeCaps {
+            vm_type: t,
+            name: vm_type_name(t),
+            create_error: None,
+            guest_memfd: gmem,
+            guest_memfd_flags: flags,
+            memory_attributes: attrs,
+        }
+    }
+
+    /// The PVM development machines (KVM-HOST-NOTES.md).
+    fn pvm_host() -> RawProbe {
+        RawProbe {
+            api_version: 12,
+            vm_types_mask: 1,
+            vm_types: vec![vm(0, true, 3, 0)],
+            user_memory2: true,
+            memory_fault_info: true,
+            exit_hypercall_mask: 4096,
+            pre_fault_memory: false,
+            pvm_module: true,
+        }
+    }
+
+    #[test]
+    fn pvm_host_runs_in_place_and_emulated() {
+        let caps = HostCaps::from_probe(pvm_host());
+        assert_eq!(
+            caps.supported_flavors(),
+            [Flavor::InPlace, Flavor::Emulated]
+        );
+        let err = caps.require(Flavor::Attributes).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("KVM_CAP_VM_TYPES"), "{msg}");
+        assert!(caps.flavor(Flavor::Attributes).unwrap().missing[1].contains("233"));
+        assert_eq!(caps.require(Flavor::InPlace).unwrap().vm_type, Some(0));
+        assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Separate);
+        assert!(caps.map_gpa_range_exits());
+    }
+
+    #[test]
+    fn software_protected_host_runs_attributes() {
+        // Linux 6.12 with CONFIG_KVM_SW_PROTECTED_VM: types 0 and 1, no guest_memfd mmap.
+        let p = RawProbe {
+            vm_types_mask: 0b11,
+            vm_types: vec![vm(0, true, 0, 0), vm(1, true, 0, 8)],
+            pvm_module: false,
+            ..pvm_host()
+        };
+        let caps = HostCaps::from_probe(p);
+        assert_eq!(
+            caps.supported_flavors(),
+            [Flavor::Attributes, Flavor::Emulated]
+        );
+        assert_eq!(caps.require(Flavor::Attributes).unwrap().vm_type, Some(1));
+        let err = caps.require(Flavor::InPlace).unwrap_err();
+        assert!(err.to_string().contains("KVM_CAP_GUEST_MEMFD_FLAGS (244)"));
+        assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Omitted);
+    }
+
+    #[test]
+    fn old_host_runs_emulated_only() {
+        let p = RawProbe {
+            vm_types_mask: 0,
+            vm_types: vec![vm(0, false, 0, 0)],
+            user_memory2: false,
+            exit_hypercall_mask: 0,
+            ..pvm_host()
+        };
+        let caps = HostCaps::from_probe(p);
+        assert_eq!(caps.supported_flavors(), [Flavor::Emulated]);
+        let inplace = caps.flavor(Flavor::InPlace).unwrap();
+        assert!(inplace.missing.iter().any(|m| m == MISSING_GMEM));
+        assert!(inplace.missing.iter().any(|m| m == MISSING_USER_MEMORY2));
+        assert!(!caps.map_gpa_range_exits());
+    }
+
+    #[test]
+    fn failed_vm_creation_is_reported_not_used() {
+        let mut failed = vm(1, true, 0, 8);
+        failed.create_error = Some("Invalid argument (os error 22)".into());
+        let p = RawProbe {
+            vm_types_mask: 0b11,
+            vm_types: vec![vm(0, true, 3, 0), failed],
+            ..pvm_host()
+        };
+        let caps = HostCaps::from_probe(p);
+        assert!(!caps.flavor(Flavor::Attributes).unwrap().supported());
+        assert!(caps.vm_types[1].create_error.is_some());
+        assert_eq!(caps.require(Flavor::InPlace).unwrap().vm_type, Some(0));
+    }
+}

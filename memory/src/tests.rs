@@ -1,0 +1,614 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Tests of guest memory and conversions that need no KVM: the emulated flavor on memfds,
+//! and the attributes flavor with a memfd standing in for guest_memfd and a recording
+//! fake of the attributes ioctl.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE, PageState, RangeError};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+
+use crate::backend::tests::MemfdSource;
+use crate::*;
+
+const MIB: u64 = 1 << 20;
+const PRIVATE: Attributes = Attributes::PRIVATE;
+const SHARED: Attributes = Attributes::empty();
+
+fn fr(start: u64, pages: u64) -> FrameRange {
+    FrameRange::new(Gfn(start), pages).unwrap()
+}
+
+/// Two adjacent emulated regions at 1 MiB: [1, 2) MiB preserves, [2, 3) MiB discards.
+fn emulated() -> HostSafeMemory {
+    HostSafeMemory::builder()
+        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(2 * MIB, MIB, Flavor::Emulated))
+        .build()
+        .unwrap()
+}
+
+fn attributes(vm: &Arc<RecordingAttributesVm>) -> HostSafeMemory {
+    let src = MemfdSource {
+        flags: 0,
+        fail: None,
+    };
+    HostSafeMemory::builder()
+        .guest_memfd_source(&src)
+        .attributes_vm(vm.clone())
+        .region(RegionSpec::new(0, 4 * MIB, Flavor::Attributes))
+        .build()
+        .unwrap()
+}
+
+fn fill(mem: &HostSafeMemory, gpa: u64, len: usize, byte: u8) {
+    mem.host_write(gpa, &vec![byte; len]).unwrap();
+}
+
+fn read(mem: &HostSafeMemory, gpa: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    mem.host_read(gpa, &mut buf).unwrap();
+    buf
+}
+
+fn private_err(e: &vm_memory::GuestMemoryError) -> HostAccessError {
+    host_access_error(e)
+        .unwrap_or_else(|| panic!("not refused for privacy: {e}"))
+        .clone()
+}
+
+#[test]
+fn layout_is_checked_before_anything_is_allocated() {
+    let build = |specs: &[RegionSpec]| {
+        let mut b = HostSafeMemory::builder();
+        for s in specs {
+            b = b.region(*s);
+        }
+        b.build()
+    };
+    assert!(matches!(build(&[]), Err(BuildError::NoRegion)));
+    assert!(matches!(
+        build(&[RegionSpec::new(0x1001, MIB, Flavor::Emulated)]),
+        Err(BuildError::Range {
+            index: 0,
+            source: RangeError::UnalignedAddress { .. }
+        })
+    ));
+    assert!(matches!(
+        build(&[RegionSpec::new(0, 0, Flavor::Emulated)]),
+        Err(BuildError::Range { .. })
+    ));
+    // Overlap is found whatever the order given.
+    let err = build(&[
+        RegionSpec::new(2 * MIB, MIB, Flavor::Emulated),
+        RegionSpec::new(MIB, MIB + PAGE_SIZE, Flavor::Emulated),
+    ])
+    .unwrap_err();
+    match err {
+        BuildError::Overlap { first, second } => {
+            assert_eq!(first.gpa(), MIB);
+            assert_eq!(second.gpa(), 2 * MIB);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        build(&[RegionSpec::new(0, MIB, Flavor::Attributes).policy(ContentPolicy::Preserve)]),
+        Err(BuildError::PreserveUnsupported { .. })
+    ));
+    assert!(matches!(
+        build(&[RegionSpec::new(0, MIB, Flavor::InPlace)]),
+        Err(BuildError::NeedsGuestMemfd { .. })
+    ));
+    let src = MemfdSource {
+        flags: 3,
+        fail: None,
+    };
+    let err = HostSafeMemory::builder()
+        .guest_memfd_source(&src)
+        .region(RegionSpec::new(0, MIB, Flavor::Attributes))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::NeedsAttributesVm { .. }));
+    let err = HostSafeMemory::builder()
+        .guest_memfd_source(&src)
+        .region(RegionSpec::new(0, MIB, Flavor::InPlace).guest_memfd_flags(1))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::InPlaceFlags { flags: 1, .. }));
+    let err = HostSafeMemory::builder()
+        .guest_memfd_source(&src)
+        .region(RegionSpec::new(0, 2 * MIB, Flavor::InPlace).hugetlb(true))
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, BuildError::HugetlbUnsupported { .. }));
+    // A failing guest_memfd source keeps the errno.
+    let failing = MemfdSource {
+        flags: 3,
+        fail: Some(libc::ENOSPC),
+    };
+    let err = HostSafeMemory::builder()
+        .guest_memfd_source(&failing)
+        .region(RegionSpec::new(0, MIB, Flavor::InPlace))
+        .build()
+        .unwrap_err();
+    match err {
+        BuildError::Backend {
+            source: BackendError::CreateGuestMemfd { source, .. },
+            ..
+        } => assert_eq!(source.raw_os_error(), Some(libc::ENOSPC)),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn adjacent_regions_form_one_span_and_gaps_split() {
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
+        .region(RegionSpec::new(2 * MIB, MIB, Flavor::Emulated))
+        .region(RegionSpec::new(8 * MIB, MIB, Flavor::Emulated))
+        .build()
+        .unwrap();
+    assert_eq!(mem.regions().len(), 3);
+    assert_eq!(mem.num_regions(), 2);
+    let first = mem.find_region(GuestAddress(2 * MIB + 5)).unwrap();
+    assert_eq!(
+        (first.start_addr(), first.len()),
+        (GuestAddress(MIB), 2 * MIB)
+    );
+    assert!(mem.find_region(GuestAddress(3 * MIB)).is_none());
+    assert!(mem.find_region(GuestAddress(0)).is_none());
+    assert_eq!(mem.last_addr(), GuestAddress(9 * MIB - 1));
+    // Memory slots: emulated regions give KVM their own mapping and no guest_memfd.
+    let slots = mem.memslots(4);
+    assert_eq!(slots.len(), 3);
+    assert_eq!((slots[2].slot, slots[2].guest_phys_addr), (6, 8 * MIB));
+    assert_eq!(slots[0].flags, 0);
+    assert_ne!(slots[0].userspace_addr, 0);
+    // An access into the gap fails.
+    let mut b = [0u8; 2];
+    assert!(mem.read_slice(&mut b, GuestAddress(3 * MIB - 1)).is_err());
+    assert!(matches!(
+        mem.host_read(3 * MIB - 1, &mut b),
+        Err(HostAccessError::NotGuestMemory { .. })
+    ));
+}
+
+#[test]
+fn private_access_is_refused_naming_address_and_range() {
+    let mem = emulated();
+    fill(&mem, MIB, 4 * PAGE_SIZE as usize, 0xaa);
+    mem.convert(fr(0x101, 2), PRIVATE).unwrap();
+
+    // Reads return the error and no bytes.
+    let mut buf = [0x55u8; 16];
+    let err = mem
+        .read_slice(&mut buf, GuestAddress(MIB + 0x1ff8))
+        .unwrap_err();
+    assert_eq!(buf, [0x55; 16]);
+    let e = private_err(&err);
+    assert_eq!(
+        e,
+        HostAccessError::Private {
+            addr: MIB + 0x1ff8,
+            len: 16,
+            private: fr(0x101, 2)
+        }
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("0x101ff8") && msg.contains("[0x101000, 0x103000)"),
+        "{msg}"
+    );
+    // read() (not read_slice) refuses too rather than returning a short count.
+    assert!(mem.read(&mut buf, GuestAddress(MIB + 0x0ff8)).is_err());
+    assert!(mem.read_obj::<u64>(GuestAddress(MIB + 0x2000)).is_err());
+    assert!(
+        mem.load::<u32>(GuestAddress(MIB + 0x1000), Ordering::Relaxed)
+            .is_err()
+    );
+    assert!(
+        mem.store(1u32, GuestAddress(MIB + 0x1000), Ordering::Relaxed)
+            .is_err()
+    );
+
+    // Writes that straddle the shared/private boundary write nothing.
+    let err = mem
+        .write_slice(&[1; 32], GuestAddress(MIB + 0x0ff0))
+        .unwrap_err();
+    assert_eq!(
+        private_err(&err).clone(),
+        HostAccessError::Private {
+            addr: MIB + 0x0ff0,
+            len: 32,
+            private: fr(0x101, 1),
+        }
+    );
+    assert!(mem.write(&[1; 32], GuestAddress(MIB + 0x2ff0)).is_err());
+    assert!(mem.host_write(MIB + 0x2ff0, &[1; 32]).is_err());
+    assert_eq!(read(&mem, MIB + 0x0ff0, 16), vec![0xaa; 16]);
+    assert_eq!(read(&mem, MIB + 0x3000, 16), vec![0xaa; 16]);
+
+    // No slice or host address for private memory.
+    assert!(mem.get_slice(GuestAddress(MIB + 0x1000), 1).is_err());
+    assert!(mem.get_host_address(GuestAddress(MIB + 0x1800)).is_err());
+    assert!(mem.get_host_address(GuestAddress(MIB + 0x800)).is_ok());
+    let span = mem.find_region(GuestAddress(MIB)).unwrap();
+    assert!(span.as_volatile_slice().is_err());
+    assert!(span.get_slice(MemoryRegionAddress(0), 0x1000).is_ok());
+
+    // Back to shared, the preserving region kept the bytes.
+    mem.convert(fr(0x101, 2), SHARED).unwrap();
+    assert_eq!(
+        read(&mem, MIB, 4 * PAGE_SIZE as usize),
+        vec![0xaa; 4 * PAGE_SIZE as usize]
+    );
+}
+
+#[test]
+fn access_straddling_two_regions_is_checked_as_a_whole() {
+    let mem = emulated();
+    fill(&mem, 2 * MIB - 0x10, 0x20, 0x11);
+    // The second region's first page becomes private; a write across the boundary from
+    // the shared first region must write nothing in it.
+    mem.convert(fr(0x200, 1), PRIVATE).unwrap();
+    let err = mem
+        .write_slice(&[0x22; 0x20], GuestAddress(2 * MIB - 0x10))
+        .unwrap_err();
+    assert_eq!(
+        private_err(&err).clone(),
+        HostAccessError::Private {
+            addr: 2 * MIB - 0x10,
+            len: 0x20,
+            private: fr(0x200, 1),
+        }
+    );
+    assert_eq!(read(&mem, 2 * MIB - 0x10, 0x10), vec![0x11; 0x10]);
+    // Shared on both sides: one access crosses the boundary.
+    mem.convert(fr(0x200, 1), SHARED).unwrap();
+    mem.write_slice(&[0x33; 0x20], GuestAddress(2 * MIB - 0x10))
+        .unwrap();
+    assert_eq!(read(&mem, 2 * MIB - 0x10, 0x20), vec![0x33; 0x20]);
+    // Also private on the first side.
+    mem.convert(fr(0x1ff, 1), PRIVATE).unwrap();
+    assert!(
+        mem.write_slice(&[0x44; 0x20], GuestAddress(2 * MIB - 0x10))
+            .is_err()
+    );
+    mem.convert(fr(0x1ff, 1), SHARED).unwrap();
+    assert_eq!(read(&mem, 2 * MIB - 0x10, 0x10), vec![0x33; 0x10]);
+}
+
+#[test]
+fn discard_zeroes_converted_pages_only_and_preserve_keeps() {
+    let mem = emulated();
+    // Discarding region [2, 3) MiB: pattern every byte.
+    let pattern: Vec<u8> = (0..MIB).map(|i| (i % 251) as u8 + 1).collect();
+    mem.host_write(2 * MIB, &pattern).unwrap();
+    let range = fr(0x205, 3);
+    let done = mem.convert(range, PRIVATE).unwrap();
+    assert_eq!(
+        (done.pages_changed, done.bytes_discarded),
+        (3, 3 * PAGE_SIZE)
+    );
+    mem.convert(range, SHARED).unwrap();
+    let after = read(&mem, 2 * MIB, MIB as usize);
+    let (lo, hi) = ((5 * PAGE_SIZE) as usize, (8 * PAGE_SIZE) as usize);
+    assert!(after[lo..hi].iter().all(|&b| b == 0));
+    assert_eq!(after[..lo], pattern[..lo]);
+    assert_eq!(after[hi..], pattern[hi..]);
+    // Preserving region [1, 2) MiB: a round trip keeps every byte.
+    mem.host_write(MIB, &pattern).unwrap();
+    let done = mem.convert(fr(0x100, 0x100), PRIVATE).unwrap();
+    assert_eq!(done.bytes_discarded, 0);
+    mem.convert(fr(0x100, 0x100), SHARED).unwrap();
+    assert_eq!(read(&mem, MIB, MIB as usize), pattern);
+}
+
+#[test]
+fn converting_to_the_current_state_costs_nothing() {
+    let mem = emulated();
+    let before = mem.stats();
+    let done = mem.convert(fr(0x100, 0x200), SHARED).unwrap();
+    assert_eq!(done, Conversion::default());
+    assert_eq!(mem.stats(), before);
+    mem.convert(fr(0x100, 4), PRIVATE).unwrap();
+    let mid = mem.stats();
+    assert_eq!(mid.since(&before).protections, 1);
+    assert!(
+        mem.convert(fr(0x101, 2), PRIVATE)
+            .unwrap()
+            .changes
+            .is_empty()
+    );
+    assert_eq!(mem.stats(), mid);
+}
+
+#[test]
+fn bad_requests_fail_before_anything_changes() {
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
+        .region(RegionSpec::new(3 * MIB, MIB, Flavor::Emulated))
+        .build()
+        .unwrap();
+    let snapshot = mem.attributes().snapshot();
+    let stats = mem.stats();
+    let gap = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
+    assert!(
+        matches!(gap, ConvertError::Gap { gap: 0x20_0000, .. }),
+        "{gap}"
+    );
+    assert!(matches!(
+        mem.convert(fr(0x80, 1), PRIVATE),
+        Err(ConvertError::Gap { .. })
+    ));
+    assert!(matches!(
+        mem.convert(fr(0x3f0, 0x20), PRIVATE),
+        Err(ConvertError::Range(RangeError::OutOfBounds { .. }))
+    ));
+    assert!(matches!(
+        mem.convert_gpa(MIB + 1, PAGE_SIZE, PRIVATE),
+        Err(ConvertError::Range(RangeError::UnalignedAddress { .. }))
+    ));
+    assert!(matches!(
+        mem.convert_gpa(MIB, 0x800, PRIVATE),
+        Err(ConvertError::Range(RangeError::UnalignedSize { .. }))
+    ));
+    assert!(matches!(
+        mem.convert_gpa(u64::MAX - 0xfff, 0x2000, PRIVATE),
+        Err(ConvertError::Range(RangeError::Overflow { .. }))
+    ));
+    assert_eq!(mem.stats(), stats);
+    assert_eq!(
+        mem.attributes().snapshot().run_count(),
+        snapshot.run_count()
+    );
+    assert!(mem.attributes().range_is(fr(0x100, 0x300), SHARED).unwrap());
+}
+
+#[test]
+fn failed_protection_is_undone_across_regions() {
+    let mem = emulated();
+    fill(&mem, MIB, 2 * MIB as usize, 0x5a);
+    // Region 1's mprotect succeeds, region 2's fails: region 1 must be accessible again.
+    mem.fail_call_after(1, libc::ENOMEM);
+    let err = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::ENOMEM));
+    assert!(matches!(
+        err,
+        ConvertError::Step {
+            step: StepKind::Protect { inaccessible: true },
+            ..
+        }
+    ));
+    assert!(mem.attributes().range_is(fr(0x100, 0x200), SHARED).unwrap());
+    // Touching every byte would fault if the first region's pages stayed PROT_NONE.
+    assert_eq!(
+        read(&mem, MIB, 2 * MIB as usize),
+        vec![0x5a; 2 * MIB as usize]
+    );
+    // The Discard region's punch fails after both protections: both are undone and
+    // nothing of the preserving region was discarded.
+    mem.fail_call_after(2, libc::EIO);
+    let err = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EIO));
+    assert!(mem.attributes().range_is(fr(0x100, 0x200), SHARED).unwrap());
+    assert_eq!(
+        read(&mem, MIB, 2 * MIB as usize),
+        vec![0x5a; 2 * MIB as usize]
+    );
+}
+
+#[test]
+fn attributes_flavor_sets_kvm_attributes_then_discards() {
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let mem = attributes(&vm);
+    fill(&mem, 0, 0x4000, 0x77);
+    let done = mem.convert(fr(1, 2), PRIVATE).unwrap();
+    assert_eq!(
+        (done.pages_changed, done.bytes_discarded),
+        (2, 2 * PAGE_SIZE)
+    );
+    assert_eq!(vm.calls(), vec![(fr(1, 2), PRIVATE)]);
+    assert_eq!(
+        mem.stats(),
+        ConversionStats {
+            set_memory_attributes: 1,
+            protections: 0,
+            discards: 1
+        }
+    );
+    assert!(mem.host_read(0x1000, &mut [0; 1]).is_err());
+    mem.convert(fr(0, 4), SHARED).unwrap();
+    assert_eq!(vm.calls()[1], (fr(1, 2), SHARED));
+    // Contents are not preserved: the shared side was discarded on to-private.
+    assert_eq!(read(&mem, 0, 0x4000)[..0x1000], vec![0x77; 0x1000][..]);
+    assert!(read(&mem, 0x1000, 0x2000).iter().all(|&b| b == 0));
+    assert_eq!(read(&mem, 0x3000, 0x1000), vec![0x77; 0x1000]);
+    // The slot carries the guest_memfd and the shared mapping.
+    let slot = &mem.memslots(0)[0];
+    assert_eq!(slot.flags, kvm_bindings::KVM_MEM_GUEST_MEMFD);
+    assert_ne!(slot.userspace_addr, 0);
+}
+
+#[test]
+fn attributes_ioctl_failure_rolls_back_userspace() {
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let mem = attributes(&vm);
+    fill(&mem, 0, 0x4000, 0x66);
+    vm.fail_after(0, libc::EFAULT);
+    let err = mem.convert(fr(0, 4), PRIVATE).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EFAULT));
+    assert!(matches!(
+        err,
+        ConvertError::Step {
+            step: StepKind::SetAttributes(_),
+            ..
+        }
+    ));
+    // Nothing changed: veil's record, KVM (no call recorded), contents (no discard).
+    assert!(mem.attributes().range_is(fr(0, 0x400), SHARED).unwrap());
+    assert!(vm.calls().is_empty());
+    assert_eq!(mem.stats().discards, 0);
+    assert_eq!(read(&mem, 0, 0x4000), vec![0x66; 0x4000]);
+
+    // A discard failing after the ioctl undoes the ioctl, per changed run.
+    mem.convert(fr(1, 1), PRIVATE).unwrap();
+    vm.clear();
+    mem.fail_call_after(1, libc::EIO);
+    let err = mem.convert(fr(0, 4), PRIVATE).unwrap_err();
+    assert!(matches!(
+        err,
+        ConvertError::Step {
+            step: StepKind::DiscardMemfd,
+            ..
+        }
+    ));
+    assert_eq!(
+        vm.calls(),
+        vec![(fr(0, 4), PRIVATE), (fr(0, 1), SHARED), (fr(2, 2), SHARED)]
+    );
+    assert_eq!(mem.state(Gfn(1)).unwrap(), PageState::PRIVATE);
+    assert_eq!(mem.state(Gfn(0)).unwrap(), PageState::SHARED);
+    assert_eq!(mem.state(Gfn(3)).unwrap(), PageState::SHARED);
+}
+
+#[test]
+fn attributes_checkerboard_is_two_calls() {
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let mem = attributes(&vm);
+    let pages = 4 * MIB / PAGE_SIZE;
+    for p in (0..pages).step_by(2) {
+        mem.convert(fr(p, 1), PRIVATE).unwrap();
+    }
+    vm.clear();
+    let before = mem.stats();
+    let done = mem.convert(fr(0, pages), SHARED).unwrap();
+    assert_eq!(done.pages_changed, pages / 2);
+    let calls = mem.stats().since(&before);
+    assert_eq!(calls.total(), 2, "{calls:?}");
+    assert_eq!(vm.calls(), vec![(fr(0, pages - 1), SHARED)]);
+}
+
+#[test]
+fn listeners_are_told_each_change_in_order() {
+    #[derive(Default)]
+    struct Log(Mutex<Vec<StateChange>>);
+    impl ConversionListener for Log {
+        fn converted(&self, change: &StateChange) {
+            self.0.lock().unwrap().push(*change);
+        }
+    }
+    let mem = emulated();
+    let log = Arc::new(Log::default());
+    let id = mem.subscribe(log.clone());
+    mem.convert(fr(0x102, 2), PRIVATE).unwrap();
+    mem.convert(fr(0x106, 1), PRIVATE).unwrap();
+    mem.convert(fr(0x100, 8), SHARED).unwrap();
+    let got = log.0.lock().unwrap().clone();
+    let ch = |s, n, old, new| StateChange {
+        range: fr(s, n),
+        old,
+        new,
+    };
+    let (p, s) = (PageState::PRIVATE, PageState::SHARED);
+    assert_eq!(
+        got,
+        vec![
+            ch(0x102, 2, s, p),
+            ch(0x106, 1, s, p),
+            ch(0x102, 2, p, s),
+            ch(0x106, 1, p, s),
+        ]
+    );
+    assert!(mem.unsubscribe(id));
+    assert!(!mem.unsubscribe(id));
+    mem.convert(fr(0x100, 1), PRIVATE).unwrap();
+    assert_eq!(log.0.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn linux_loader_writes_through_unchanged() {
+    let mem = emulated();
+    let mut cmdline = linux_loader::cmdline::Cmdline::new(64).unwrap();
+    cmdline.insert_str("console=ttyS0").unwrap();
+    linux_loader::loader::load_cmdline(&mem, GuestAddress(MIB + 0x2000), &cmdline).unwrap();
+    assert_eq!(&read(&mem, MIB + 0x2000, 14), b"console=ttyS0\0");
+    // Into a private page, it fails and writes nothing.
+    mem.convert(fr(0x103, 1), PRIVATE).unwrap();
+    assert!(
+        linux_loader::loader::load_cmdline(&mem, GuestAddress(MIB + 0x2ff8), &cmdline).is_err()
+    );
+    assert_eq!(read(&mem, MIB + 0x2ff8, 8), vec![0; 8]);
+}
+
+#[test]
+fn concurrent_host_access_never_faults_during_conversions() {
+    // Readers hammer memory through vm-memory while converters flip pages to private
+    // and back. A reader whose check passed must finish its copy before the page is
+    // protected; a fault would kill the test process.
+    let mem = Arc::new(emulated());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads_ok = Arc::new(AtomicU64::new(0));
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for t in 0..2u64 {
+        let (mem, stop, ok, no) = (mem.clone(), stop.clone(), reads_ok.clone(), refused.clone());
+        threads.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 3 * PAGE_SIZE as usize];
+            let mut x = t + 1;
+            while !stop.load(Ordering::Relaxed) {
+                x = x
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let gpa = MIB + (x >> 33) % (2 * MIB - buf.len() as u64);
+                match mem.read_slice(&mut buf, GuestAddress(gpa)) {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        assert!(host_access_error(&e).is_some(), "{e}");
+                        no.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        }));
+    }
+    let mut x = 99u64;
+    for _ in 0..2000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let start = 0x100 + (x >> 33) % 0x1f0;
+        let to = if x & 1 == 0 { PRIVATE } else { SHARED };
+        mem.convert(fr(start, 1 + (x >> 20) % 8), to).unwrap();
+    }
+    mem.convert(fr(0x100, 0x200), SHARED).unwrap();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(reads_ok.load(Ordering::Relaxed) > 0);
+    assert!(mem.host_read(MIB, &mut vec![0; 2 * MIB as usize]).is_ok());
+}
+
+#[test]
+fn raw_pointer_to_a_page_made_private_faults() {
+    let mem = emulated();
+    let ptr = mem.get_host_address(GuestAddress(MIB + 0x3000)).unwrap();
+    mem.convert(fr(0x103, 1), PRIVATE).unwrap();
+    // SAFETY: fork in a test; the child only does a volatile load and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: deliberately touching a PROT_NONE page: the child dies of SIGSEGV.
+        let v = unsafe { ptr.read_volatile() };
+        // SAFETY: leave the child without running the parent's atexit handlers.
+        unsafe { libc::_exit(i32::from(v) + 100) };
+    }
+    assert!(pid > 0);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert!(libc::WIFSIGNALED(status), "child exited with {status:#x}");
+    assert_eq!(libc::WTERMSIG(status), libc::SIGSEGV);
+}
