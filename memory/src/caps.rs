@@ -292,7 +292,7 @@ impl HostCaps {
                 mapping: KvmSideMapping::Separate,
                 reason: format!(
                     "{PVM_MODULE_PATH} exists: PVM's instruction emulator reads guest memory \
-                     through userspace_addr, so KVM gets its own read-write mapping"
+                     through userspace_addr, even for guest_memfd slots"
                 ),
             }
         } else {
