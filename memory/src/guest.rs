@@ -637,6 +637,14 @@ impl std::fmt::Debug for HostSafeMemory {
     }
 }
 
+/// Puts back the state each change had, newest first.
+fn restore(map: &mut AttrMap, changes: &[veil_attrs::Change]) {
+    for c in changes.iter().rev() {
+        // Restoring ranges that were just set cannot fail: they are in bounds.
+        let _ = map.set_state(c.range, c.previous);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every value guarded here stays consistent across a panic (a list, a unit).
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -769,28 +777,54 @@ impl HostSafeMemory {
     /// a slice of this memory on the same thread (a conversion to private would wait for
     /// it forever) or from a listener.
     pub fn convert(&self, range: FrameRange, to: Attributes) -> Result<Conversion, ConvertError> {
-        let regions = self.covering(range)?;
+        self.convert_ranges(&[range], to)
+    }
+
+    /// Converts several ranges to `to` as one conversion: all or nothing, published
+    /// once, listeners told once. Each range is planned on its own, exactly as
+    /// [`convert`](Self::convert) plans it; this only saves publishing the state once per
+    /// range (a loader setting up a memory map, or a checkerboard).
+    pub fn convert_ranges(
+        &self,
+        ranges: &[FrameRange],
+        to: Attributes,
+    ) -> Result<Conversion, ConvertError> {
+        let mut covered = Vec::with_capacity(ranges.len());
+        for &range in ranges {
+            covered.push((range, self.covering(range)?));
+        }
         let target = PageState::new(to);
         let outcome = self.attrs.update(|map| -> Result<Held<'_>, ConvertError> {
-            let changes = map.set_state(range, target)?;
+            let mut changes: Vec<veil_attrs::Change> = Vec::new();
+            let mut plan = Plan::default();
+            for (range, regions) in &covered {
+                let some = match map.set_state(*range, target) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        restore(map, &changes);
+                        return Err(e.into());
+                    }
+                };
+                let part = convert::plan(regions, &some, to);
+                plan.reversible.extend(part.reversible);
+                plan.discards.extend(part.discards);
+                plan.bytes_discarded += part.bytes_discarded;
+                changes.extend(some);
+            }
             let notify = lock(&self.notify);
             if changes.is_empty() {
                 return Ok((Conversion::default(), notify, None));
             }
-            let plan = convert::plan(&regions, &changes, to);
             // Taking host access away: wait until no host access is in flight, and keep
             // new ones out until the new state is published.
             let exclusive =
                 (to.is_private() && !plan.reversible.is_empty()).then(|| self.lock.write());
             if let Err(e) = self.execute(&plan, &changes, to) {
-                for c in changes.iter().rev() {
-                    // Restoring ranges that were just set cannot fail: they are in bounds.
-                    let _ = map.set_state(c.range, c.previous);
-                }
+                restore(map, &changes);
                 return Err(e);
             }
             let conversion = Conversion {
-                pages_changed: changes.pages(),
+                pages_changed: changes.iter().map(|c| c.range.pages()).sum(),
                 bytes_discarded: plan.bytes_discarded,
                 changes: changes
                     .iter()
@@ -809,9 +843,11 @@ impl HostSafeMemory {
             .iter()
             .map(|(_, l)| Arc::clone(l))
             .collect();
-        for change in &conversion.changes {
-            for l in &listeners {
-                l.converted(change);
+        if !listeners.is_empty() {
+            for change in &conversion.changes {
+                for l in &listeners {
+                    l.converted(change);
+                }
             }
         }
         drop(notify);

@@ -612,3 +612,40 @@ fn raw_pointer_to_a_page_made_private_faults() {
     assert!(libc::WIFSIGNALED(status), "child exited with {status:#x}");
     assert_eq!(libc::WTERMSIG(status), libc::SIGSEGV);
 }
+
+#[test]
+fn several_ranges_convert_as_one() {
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let mem = attributes(&vm);
+    let ranges: Vec<_> = (0..8).map(|i| fr(i * 2, 1)).collect();
+    let done = mem.convert_ranges(&ranges, PRIVATE).unwrap();
+    assert_eq!(done.pages_changed, 8);
+    // Planned per range: pages between them stay shared.
+    assert_eq!(vm.call_count(), 8);
+    assert!(mem.host_read(0x1000, &mut [0; 8]).is_ok());
+    assert!(mem.host_read(0x2000, &mut [0; 8]).is_err());
+    // All or nothing: the third range's ioctl fails, the first two are undone.
+    vm.clear();
+    vm.fail_after(2, libc::EINTR);
+    let odd: Vec<_> = (0..8).map(|i| fr(i * 2 + 1, 1)).collect();
+    let err = mem.convert_ranges(&odd, PRIVATE).unwrap_err();
+    assert_eq!(err.errno(), Some(libc::EINTR));
+    assert!(mem.attributes().range_is(fr(1, 1), SHARED).unwrap());
+    assert!(mem.attributes().range_is(fr(3, 1), SHARED).unwrap());
+    assert_eq!(
+        vm.calls(),
+        vec![
+            (fr(1, 1), PRIVATE),
+            (fr(3, 1), PRIVATE),
+            (fr(3, 1), SHARED),
+            (fr(1, 1), SHARED)
+        ]
+    );
+    // A bad range anywhere fails before anything changes.
+    let bad = [fr(1, 1), fr(0x10_0000, 1)];
+    assert!(matches!(
+        mem.convert_ranges(&bad, PRIVATE),
+        Err(ConvertError::Range(_))
+    ));
+    assert!(mem.attributes().range_is(fr(1, 1), SHARED).unwrap());
+}

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use kvm_ioctls::Kvm;
 use veil_memory::veil_attrs::{Attributes, FrameRange, Gfn};
 use veil_memory::{
-    ContentPolicy, Flavor, GuestMemfd, HostCaps, HostSafeMemory, RecordingAttributesVm,
-    RegionSpec, SharedMemfd,
+    ContentPolicy, Flavor, GuestMemfd, HostCaps, HostSafeMemory, RecordingAttributesVm, RegionSpec,
+    SharedMemfd,
 };
 use veil_tests::kvm_or_skip;
 

@@ -39,7 +39,8 @@ fn vm(test: &str) -> Option<(Kvm, VmFd, HostCaps)> {
 /// In-place memory on guest_memfd (flags MMAP | INIT_SHARED): [0, 2) MiB preserving,
 /// [2, 4) MiB discarding.
 fn in_place(vm: &VmFd, caps: &HostCaps) -> HostSafeMemory {
-    caps.require(Flavor::InPlace).expect("in-place flavor on this host");
+    caps.require(Flavor::InPlace)
+        .expect("in-place flavor on this host");
     HostSafeMemory::builder()
         .guest_memfd_source(vm)
         .kvm_side_mapping(caps.kvm_side_mapping.mapping)
@@ -55,8 +56,7 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 
 #[test]
 fn host_reads_of_private_memory_fail_and_return_no_bytes() {
-    let Some((_kvm, vm, caps)) = vm("host_reads_of_private_memory_fail_and_return_no_bytes")
-    else {
+    let Some((_kvm, vm, caps)) = vm("host_reads_of_private_memory_fail_and_return_no_bytes") else {
         return;
     };
     let mem = in_place(&vm, &caps);
@@ -66,7 +66,10 @@ fn host_reads_of_private_memory_fail_and_return_no_bytes() {
     for (addr, len) in [(0x10_1000, 0x1000), (0x10_0ff0, 0x20), (0x10_2ff8, 0x10)] {
         let mut buf = vec![0xeeu8; len];
         let err = mem.read_slice(&mut buf, GuestAddress(addr)).unwrap_err();
-        assert!(buf.iter().all(|&b| b == 0xee), "bytes came back from {addr:#x}");
+        assert!(
+            buf.iter().all(|&b| b == 0xee),
+            "bytes came back from {addr:#x}"
+        );
         match host_access_error(&err) {
             Some(HostAccessError::Private {
                 addr: a, private, ..
@@ -169,7 +172,10 @@ fn preserve_keeps_contents_across_a_round_trip() {
     }
     let mut back = vec![0; data.len()];
     mem.read_slice(&mut back, GuestAddress(0)).unwrap();
-    assert!(back == data, "contents changed across a Preserve round trip");
+    assert!(
+        back == data,
+        "contents changed across a Preserve round trip"
+    );
 }
 
 #[test]
@@ -294,7 +300,10 @@ fn capability_probe_agrees_with_what_works() {
     // created and written here.
     let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
     let can = GuestMemfd::create(&vm, MIB, want).is_ok();
-    assert_eq!(caps.require(Flavor::InPlace).is_ok(), can && caps.user_memory2);
+    assert_eq!(
+        caps.require(Flavor::InPlace).is_ok(),
+        can && caps.user_memory2
+    );
     if let Err(e) = caps.require(Flavor::Attributes) {
         assert!(e.to_string().contains("KVM_CAP"), "{e}");
     }
