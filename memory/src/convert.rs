@@ -7,6 +7,7 @@
 use std::fmt;
 use std::io;
 
+use smallvec::SmallVec;
 use veil_attrs::{Attributes, Change, FrameRange, PageState, RangeError};
 
 use crate::region::{ContentPolicy, Flavor};
@@ -22,6 +23,10 @@ pub struct StateChange {
     pub new: PageState,
 }
 
+/// The changed sub-ranges of a conversion; a couple are held inline, so the common
+/// conversion allocates nothing for them.
+pub type StateChanges = SmallVec<[StateChange; 2]>;
+
 /// What a conversion did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Conversion {
@@ -30,8 +35,9 @@ pub struct Conversion {
     /// The bytes whose contents were discarded: the pages whose private/shared state
     /// changed in regions that discard (4 KiB each).
     pub bytes_discarded: u64,
-    /// Each changed sub-range, in address order.
-    pub changes: Vec<StateChange>,
+    /// Each changed sub-range, in the order the ranges were given and then in address
+    /// order.
+    pub changes: StateChanges,
 }
 
 /// Told about every sub-range a conversion changed, after the conversion, in order.
@@ -155,11 +161,14 @@ pub(crate) struct Op {
     pub(crate) range: FrameRange,
 }
 
+/// A few ops inline: a typical conversion allocates nothing for its plan.
+pub(crate) type Ops = SmallVec<[Op; 4]>;
+
 /// The system calls of a conversion: reversible ones first, discards last.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Plan {
-    pub(crate) reversible: Vec<Op>,
-    pub(crate) discards: Vec<Op>,
+    pub(crate) reversible: Ops,
+    pub(crate) discards: Ops,
     pub(crate) bytes_discarded: u64,
 }
 
@@ -170,11 +179,23 @@ pub(crate) struct Plan {
 /// first to the last changed page (one `KVM_SET_MEMORY_ATTRIBUTES`, one `mprotect`, and in
 /// the attributes flavor one discard of the side no page in the span uses any more);
 /// discards that would destroy pages that did not change go per changed run.
+#[cfg(test)]
 pub(crate) fn plan(regions: &[RegionPlan], changes: &[Change], to: Attributes) -> Plan {
     let mut plan = Plan::default();
+    plan_into(&mut plan, regions, changes, to);
+    plan
+}
+
+/// [`plan`], appending to `plan`.
+pub(crate) fn plan_into(
+    plan: &mut Plan,
+    regions: &[RegionPlan],
+    changes: &[Change],
+    to: Attributes,
+) {
     let to_private = to.is_private();
     for region in regions {
-        let runs: Vec<FrameRange> = changes
+        let runs: SmallVec<[FrameRange; 4]> = changes
             .iter()
             .filter(|c| c.previous.attributes.is_private() != to_private)
             .filter_map(|c| c.range.intersection(&region.range))
@@ -221,12 +242,11 @@ pub(crate) fn plan(regions: &[RegionPlan], changes: &[Change], to: Attributes) -
             }
         }
     }
-    plan
 }
 
 /// The inverse of a reversible op, one per changed run inside it (pages of the span that
 /// were already in the target state keep what they had).
-pub(crate) fn undo(op: &Op, changes: &[Change], to: Attributes) -> Vec<Op> {
+pub(crate) fn undo(op: &Op, changes: &[Change], to: Attributes) -> Ops {
     changes
         .iter()
         .filter(|c| c.previous.attributes.is_private() != to.is_private())
@@ -321,8 +341,8 @@ mod tests {
         let c = m.set(fr(2, 3), Attributes::PRIVATE).unwrap();
         let p = plan(&r, &c, Attributes::PRIVATE);
         assert_eq!(
-            p.reversible,
-            vec![Op {
+            p.reversible[..],
+            [Op {
                 region: 0,
                 kind: StepKind::SetAttributes(Attributes::PRIVATE),
                 range: fr(2, 3)

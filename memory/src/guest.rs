@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kvm_bindings::kvm_userspace_memory_region2;
 use kvm_ioctls::VmFd;
+use smallvec::SmallVec;
 use veil_attrs::{
     AttrMap, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState, RangeError,
 };
@@ -558,6 +559,7 @@ impl<'a> GuestMemoryBuilder<'a> {
             next_listener: AtomicU64::new(0),
             notify: Mutex::new(()),
             stats: Counters::default(),
+            frames: end >> PAGE_SHIFT,
             #[cfg(test)]
             fail_at: Mutex::new(None),
             reservation,
@@ -622,6 +624,8 @@ pub struct HostSafeMemory {
     /// conversions one at a time and in order.
     notify: Mutex<()>,
     stats: Counters,
+    /// Frames in `[0, end of the last region)`.
+    frames: u64,
     #[cfg(test)]
     fail_at: Mutex<Option<(usize, i32)>>,
     /// The host address space every region's host view lives in; unmapped last.
@@ -649,6 +653,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every value guarded here stays consistent across a panic (a list, a unit).
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
+
+/// The regions one range covers.
+type Covering = SmallVec<[RegionPlan; 2]>;
 
 type Held<'a> = (Conversion, MutexGuard<'a, ()>, Option<ExclusiveGuard<'a>>);
 
@@ -789,13 +796,13 @@ impl HostSafeMemory {
         ranges: &[FrameRange],
         to: Attributes,
     ) -> Result<Conversion, ConvertError> {
-        let mut covered = Vec::with_capacity(ranges.len());
+        let mut covered: SmallVec<[(FrameRange, Covering); 1]> = SmallVec::new();
         for &range in ranges {
             covered.push((range, self.covering(range)?));
         }
         let target = PageState::new(to);
         let outcome = self.attrs.update(|map| -> Result<Held<'_>, ConvertError> {
-            let mut changes: Vec<veil_attrs::Change> = Vec::new();
+            let mut changes: SmallVec<[veil_attrs::Change; 4]> = SmallVec::new();
             let mut plan = Plan::default();
             for (range, regions) in &covered {
                 let some = match map.set_state(*range, target) {
@@ -805,10 +812,7 @@ impl HostSafeMemory {
                         return Err(e.into());
                     }
                 };
-                let part = convert::plan(regions, &some, to);
-                plan.reversible.extend(part.reversible);
-                plan.discards.extend(part.discards);
-                plan.bytes_discarded += part.bytes_discarded;
+                convert::plan_into(&mut plan, regions, &some, to);
                 changes.extend(some);
             }
             let notify = lock(&self.notify);
@@ -839,15 +843,13 @@ impl HostSafeMemory {
         });
         let (conversion, notify, exclusive) = outcome?;
         drop(exclusive);
-        let listeners: Vec<_> = lock(&self.listeners)
+        let listeners: SmallVec<[Arc<dyn ConversionListener>; 2]> = lock(&self.listeners)
             .iter()
             .map(|(_, l)| Arc::clone(l))
             .collect();
-        if !listeners.is_empty() {
-            for change in &conversion.changes {
-                for l in &listeners {
-                    l.converted(change);
-                }
+        for change in &conversion.changes {
+            for l in &listeners {
+                l.converted(change);
             }
         }
         drop(notify);
@@ -855,10 +857,9 @@ impl HostSafeMemory {
     }
 
     /// The regions `range` covers; fails unless they tile it without a gap.
-    fn covering(&self, range: FrameRange) -> Result<Vec<RegionPlan>, ConvertError> {
-        let map = self.attrs.snapshot();
-        let range = range.check_within(map.frames(), map.guest_size())?;
-        let mut out = Vec::new();
+    fn covering(&self, range: FrameRange) -> Result<Covering, ConvertError> {
+        let range = range.check_within(self.frames, self.frames << PAGE_SHIFT)?;
+        let mut out = Covering::new();
         let mut cursor = range.start();
         for (index, r) in self.regions.iter().enumerate() {
             if r.range.end() <= cursor {
@@ -890,14 +891,15 @@ impl HostSafeMemory {
         changes: &[veil_attrs::Change],
         to: Attributes,
     ) -> Result<(), ConvertError> {
-        let mut done: Vec<&Op> = Vec::new();
-        for op in plan.reversible.iter().chain(&plan.discards) {
+        let ops = || plan.reversible.iter().chain(&plan.discards);
+        for (count, op) in ops().enumerate() {
             if let Err(source) = self.run(op) {
                 let failed = |source| ConvertError::Step {
                     step: op.kind,
                     range: op.range,
                     source,
                 };
+                let done: SmallVec<[&Op; 8]> = ops().take(count).collect();
                 for earlier in done.iter().rev() {
                     for u in convert::undo(earlier, changes, to) {
                         if let Err(undo_error) = self.run(&u) {
@@ -914,7 +916,6 @@ impl HostSafeMemory {
                 }
                 return Err(failed(source));
             }
-            done.push(op);
         }
         Ok(())
     }

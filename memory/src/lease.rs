@@ -14,6 +14,8 @@ use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
 struct State {
     readers: usize,
     converting: bool,
+    /// Threads blocked on `changed`: notifying costs a system call, so only when some.
+    waiting: usize,
 }
 
 /// A reader-preferring lock: host accesses share it, a conversion that removes host
@@ -39,10 +41,7 @@ impl AccessLock {
     pub(crate) fn read(self: &Arc<Self>) -> HostAccessLease {
         let mut st = self.state();
         while st.converting {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = self.wait(st);
         }
         st.readers += 1;
         HostAccessLease(Some(Arc::new(Token(Arc::clone(self)))))
@@ -52,13 +51,29 @@ impl AccessLock {
     pub(crate) fn write(&self) -> ExclusiveGuard<'_> {
         let mut st = self.state();
         while st.converting || st.readers > 0 {
-            st = self
-                .changed
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = self.wait(st);
         }
         st.converting = true;
         ExclusiveGuard(self)
+    }
+
+    fn wait<'a>(&self, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+        st.waiting += 1;
+        let mut st = self
+            .changed
+            .wait(st)
+            .unwrap_or_else(PoisonError::into_inner);
+        st.waiting -= 1;
+        st
+    }
+
+    /// Wakes the waiters, if any, after `st` changed.
+    fn wake(&self, st: MutexGuard<'_, State>) {
+        let waiting = st.waiting > 0;
+        drop(st);
+        if waiting {
+            self.changed.notify_all();
+        }
     }
 }
 
@@ -67,8 +82,9 @@ pub(crate) struct ExclusiveGuard<'a>(&'a AccessLock);
 
 impl Drop for ExclusiveGuard<'_> {
     fn drop(&mut self) {
-        self.0.state().converting = false;
-        self.0.changed.notify_all();
+        let mut st = self.0.state();
+        st.converting = false;
+        self.0.wake(st);
     }
 }
 
@@ -79,8 +95,7 @@ impl Drop for Token {
         let mut st = self.0.state();
         st.readers -= 1;
         if st.readers == 0 {
-            drop(st);
-            self.0.changed.notify_all();
+            self.0.wake(st);
         }
     }
 }

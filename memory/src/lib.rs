@@ -21,7 +21,9 @@ pub use caps::{
     CapsError, FlavorSupport, HostCaps, KVM_CAP_PRE_FAULT_MEMORY, KVM_HC_MAP_GPA_RANGE,
     KvmMappingNeed, PVM_MODULE_PATH, RawProbe, VmTypeCaps, vm_type_name,
 };
-pub use convert::{Conversion, ConversionListener, ConvertError, StateChange, StepKind};
+pub use convert::{
+    Conversion, ConversionListener, ConvertError, StateChange, StateChanges, StepKind,
+};
 pub use guest::{
     BuildError, ConversionStats, GuestMemoryBuilder, GuestSpan, HostAccessError, HostSafeMemory,
     ListenerId, host_access_error,

@@ -1,0 +1,314 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Conversion cost against the bare system calls, measured in the same run.
+//!
+//! - Round trip shared -> private -> shared of 4 KiB and 2 MiB on guest_memfd, in-place
+//!   flavor with `Discard`, against `mprotect` + punch hole issued directly on a second
+//!   guest_memfd mapped the same way. Before each round trip (untimed) every page of the
+//!   range is written, so both sides punch populated memory.
+//! - Checkerboard: a 1 GiB range whose 262,144 pages alternate private and shared,
+//!   converted to all-shared, in the attributes flavor (recording fake of the ioctl) and
+//!   in-place with `Preserve`, with the calls veil issued counted.
+//!
+//! Needs `/dev/kvm` with mmap-able guest_memfd (and, for the in-place checkerboard, a
+//! `vm.max_map_count` above the 131,072 mappings alternate protections need: the bench
+//! raises it for the run when it can, and puts it back).
+
+use std::hint::black_box;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_create_guest_memfd;
+use kvm_ioctls::{Kvm, VmFd};
+use veil_memory::veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE};
+use veil_memory::vm_memory::{GuestAddress, GuestMemoryBackend};
+use veil_memory::{
+    ContentPolicy, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCaps,
+    HostSafeMemory, KvmSideMapping, RecordingAttributesVm, RegionSpec,
+};
+
+const GIB: u64 = 1 << 30;
+const MAX_MAP_COUNT: &str = "/proc/sys/vm/max_map_count";
+
+fn check(ret: libc::c_int, what: &str) {
+    assert!(ret == 0, "{what}: {}", std::io::Error::last_os_error());
+}
+
+/// The baseline: a guest_memfd mapped like a region's host view, converted with the
+/// same system calls veil issues, called directly.
+struct Raw {
+    fd: OwnedFd,
+    ptr: *mut u8,
+    /// The KVM-side mapping veil also keeps on hosts that need it (same file mapped
+    /// twice, so hole punching has the same mappings to zap).
+    kvm_side: Option<*mut u8>,
+    len: usize,
+}
+
+impl Raw {
+    fn new(vm: &VmFd, len: u64, kvm_side: bool) -> Raw {
+        let gmem = kvm_create_guest_memfd {
+            size: len,
+            flags: GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED,
+            reserved: [0; 6],
+        };
+        let raw = vm.create_guest_memfd(gmem).expect("guest_memfd");
+        // SAFETY: a new descriptor nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let len = len as usize;
+        let map = || {
+            // SAFETY: a fresh shared mapping of the whole file at a kernel-chosen address.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd.as_raw_fd(),
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            ptr.cast::<u8>()
+        };
+        let ptr = map();
+        let kvm_side = kvm_side.then(map);
+        Raw {
+            fd,
+            ptr,
+            kvm_side,
+            len,
+        }
+    }
+
+    fn protect(&self, off: u64, len: u64, prot: libc::c_int) {
+        // SAFETY: inside our own mapping; nothing references it.
+        let r = unsafe { libc::mprotect(self.ptr.add(off as usize).cast(), len as usize, prot) };
+        check(r, "mprotect");
+    }
+
+    fn punch(&self, off: u64, len: u64) {
+        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+        // SAFETY: plain system call on our descriptor.
+        let r = unsafe { libc::fallocate(self.fd.as_raw_fd(), mode, off as i64, len as i64) };
+        check(r, "fallocate");
+    }
+
+    /// What veil's in-place `Discard` round trip issues: to-private is mprotect(NONE) +
+    /// punch, to-shared is mprotect(RW) + punch.
+    fn round_trip(&self, off: u64, len: u64) {
+        self.protect(off, len, libc::PROT_NONE);
+        self.punch(off, len);
+        self.protect(off, len, libc::PROT_READ | libc::PROT_WRITE);
+        self.punch(off, len);
+    }
+
+    fn touch(&self, off: u64, len: u64) {
+        touch(self.ptr.wrapping_add(off as usize), len);
+    }
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        for p in std::iter::once(self.ptr).chain(self.kvm_side) {
+            // SAFETY: unmapping our own mapping once.
+            unsafe { libc::munmap(p.cast(), self.len) };
+        }
+    }
+}
+
+/// Writes one byte per page, so the pages are populated.
+fn touch(ptr: *mut u8, len: u64) {
+    for off in (0..len).step_by(PAGE_SIZE as usize) {
+        // SAFETY: callers pass shared, read-write memory of `len` bytes.
+        unsafe { ptr.add(off as usize).write_volatile(1) };
+    }
+}
+
+/// Median time of one round trip, in ns, for veil and raw. The two alternate one
+/// operation at a time (and which goes first alternates too), so that load from
+/// elsewhere on the machine hits both alike; medians ignore the operations that a
+/// preemption or another process's burst landed on.
+fn measure(
+    iters: u32,
+    mut veil: impl FnMut() -> Duration,
+    mut raw: impl FnMut() -> Duration,
+) -> (f64, f64) {
+    let mut v = Vec::with_capacity(iters as usize);
+    let mut r = Vec::with_capacity(iters as usize);
+    for i in 0..iters {
+        if i % 2 == 0 {
+            v.push(veil());
+            r.push(raw());
+        } else {
+            r.push(raw());
+            v.push(veil());
+        }
+    }
+    let median = |mut x: Vec<Duration>| {
+        x.sort();
+        x[x.len() / 2].as_nanos() as f64
+    };
+    (median(v), median(r))
+}
+
+fn round_trips(vm: &VmFd, caps: &HostCaps) {
+    for (name, size, iters) in [("4KiB", PAGE_SIZE, 30_000), ("2MiB", 2 << 20, 300)] {
+        let len = 64 << 20;
+        let mem = HostSafeMemory::builder()
+            .guest_memfd_source(vm)
+            .kvm_side_mapping(caps.kvm_side_mapping.mapping)
+            .region(RegionSpec::new(0, len, Flavor::InPlace).policy(ContentPolicy::Discard))
+            .build()
+            .expect("in-place memory");
+        let separate = caps.kvm_side_mapping.mapping == KvmSideMapping::Separate;
+        let raw = Raw::new(vm, len, separate);
+        let off = 16 << 20;
+        let range = FrameRange::from_gpa(off, size).unwrap();
+        let host = mem.get_host_address(GuestAddress(off)).unwrap();
+        let before = mem.stats();
+        let (v, r) = measure(
+            iters,
+            || {
+                touch(host, size);
+                let t = Instant::now();
+                black_box(mem.convert(range, Attributes::PRIVATE).unwrap());
+                black_box(mem.convert(range, Attributes::empty()).unwrap());
+                t.elapsed()
+            },
+            || {
+                raw.touch(off, size);
+                let t = Instant::now();
+                raw.round_trip(off, size);
+                t.elapsed()
+            },
+        );
+        // Same calls on both sides: 2 mprotect + 2 punches per round trip.
+        let calls = mem.stats().since(&before);
+        let trips = u64::from(iters);
+        assert_eq!((calls.protections, calls.discards), (2 * trips, 2 * trips));
+        println!(
+            "memory-bench: {name}: veil {v:.0} ns/op raw {r:.0} ns/op overhead {:.1}%",
+            (v - r) / r * 100.0
+        );
+    }
+}
+
+/// Raises `vm.max_map_count` to at least `want` for the run; the old value to restore.
+fn raise_max_map_count(want: u64) -> Option<u64> {
+    let old: u64 = std::fs::read_to_string(MAX_MAP_COUNT)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if old >= want {
+        return None;
+    }
+    match std::fs::write(MAX_MAP_COUNT, want.to_string()) {
+        Ok(()) => Some(old),
+        Err(e) => {
+            println!("memory-bench: note: cannot raise {MAX_MAP_COUNT} from {old} to {want}: {e}");
+            None
+        }
+    }
+}
+
+fn checkerboard(vm: &VmFd, caps: &HostCaps) {
+    let pages = GIB / PAGE_SIZE;
+    let whole = FrameRange::new(Gfn(0), pages).unwrap();
+    let privates: Vec<FrameRange> = (0..pages)
+        .step_by(2)
+        .map(|p| FrameRange::new(Gfn(p), 1).unwrap())
+        .collect();
+
+    // Attributes flavor: real guest_memfd (private side) and memfd, fake ioctl.
+    let fake = Arc::new(RecordingAttributesVm::new());
+    let mem = HostSafeMemory::builder()
+        .guest_memfd_source(vm)
+        .attributes_vm(fake.clone())
+        .region(RegionSpec::new(0, GIB, Flavor::Attributes))
+        .build()
+        .expect("attributes memory");
+    mem.convert_ranges(&privates, Attributes::PRIVATE).unwrap();
+    assert_eq!(mem.attributes().snapshot().run_count() as u64, pages);
+    fake.clear();
+    let before = mem.stats();
+    let t = Instant::now();
+    let done = mem.convert(whole, Attributes::empty()).unwrap();
+    let took = t.elapsed();
+    let c = mem.stats().since(&before);
+    assert_eq!(done.pages_changed, pages / 2);
+    assert_eq!(fake.call_count() as u64, c.set_memory_attributes);
+    println!(
+        "memory-bench: checkerboard: attributes (fake ioctl): {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
+        pages,
+        pages / 2,
+        took.as_secs_f64() * 1e3,
+        c.total(),
+        c.set_memory_attributes,
+        c.discards,
+        c.protections
+    );
+    drop(mem);
+
+    // In-place, Preserve: alternate protections need one mapping per page.
+    let restore = raise_max_map_count(pages + 65536);
+    let mem = HostSafeMemory::builder()
+        .guest_memfd_source(vm)
+        .kvm_side_mapping(caps.kvm_side_mapping.mapping)
+        .region(RegionSpec::new(0, GIB, Flavor::InPlace).policy(ContentPolicy::Preserve))
+        .build()
+        .expect("in-place memory");
+    match mem.convert_ranges(&privates, Attributes::PRIVATE) {
+        Ok(_) => {
+            let before = mem.stats();
+            let t = Instant::now();
+            let done = mem.convert(whole, Attributes::empty()).unwrap();
+            let took = t.elapsed();
+            let c = mem.stats().since(&before);
+            assert_eq!(done.pages_changed, pages / 2);
+            println!(
+                "memory-bench: checkerboard: in-place preserve: {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
+                pages,
+                pages / 2,
+                took.as_secs_f64() * 1e3,
+                c.total(),
+                c.set_memory_attributes,
+                c.discards,
+                c.protections
+            );
+        }
+        Err(e) => println!(
+            "memory-bench: checkerboard: in-place preserve: setting up the checkerboard failed: {e} ({:?}); raise {MAX_MAP_COUNT}",
+            e.errno()
+        ),
+    }
+    drop(mem);
+    if let Some(old) = restore {
+        let _ = std::fs::write(MAX_MAP_COUNT, old.to_string());
+    }
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --test-ish flags; only measure under
+    // `cargo bench` (which passes --bench).
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("memory-bench: skipped (run with cargo bench)");
+        return;
+    }
+    let Ok(kvm) = Kvm::new() else {
+        println!("memory-bench: skipped: cannot open /dev/kvm");
+        return;
+    };
+    let caps = HostCaps::probe_with(&kvm).expect("probe");
+    if let Err(e) = caps.require(Flavor::InPlace) {
+        println!("memory-bench: skipped: {e}");
+        return;
+    }
+    let vm = kvm.create_vm().expect("VM");
+    println!("memory-bench: note: a shared 2-core machine; numbers are noisy");
+    round_trips(&vm, &caps);
+    checkerboard(&vm, &caps);
+}
