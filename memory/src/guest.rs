@@ -7,7 +7,7 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use kvm_bindings::kvm_userspace_memory_region2;
@@ -557,6 +557,7 @@ impl<'a> GuestMemoryBuilder<'a> {
             attributes_vm: self.attributes_vm,
             listeners: Mutex::new(Vec::new()),
             next_listener: AtomicU64::new(0),
+            listener_count: AtomicUsize::new(0),
             notify: Mutex::new(()),
             stats: Counters::default(),
             frames: end >> PAGE_SHIFT,
@@ -620,6 +621,7 @@ pub struct HostSafeMemory {
     attributes_vm: Option<Arc<dyn MemoryAttributesVm>>,
     listeners: Mutex<Vec<(ListenerId, Arc<dyn ConversionListener>)>>,
     next_listener: AtomicU64,
+    listener_count: AtomicUsize,
     /// Held from inside a conversion until its listeners have run, so listeners see
     /// conversions one at a time and in order.
     notify: Mutex<()>,
@@ -657,7 +659,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The regions one range covers.
 type Covering = SmallVec<[RegionPlan; 2]>;
 
-type Held<'a> = (Conversion, MutexGuard<'a, ()>, Option<ExclusiveGuard<'a>>);
+type Held<'a> = (
+    Conversion,
+    Option<MutexGuard<'a, ()>>,
+    Option<ExclusiveGuard<'a>>,
+);
 
 impl HostSafeMemory {
     /// Starts describing guest memory.
@@ -736,10 +742,12 @@ impl HostSafeMemory {
         found.ok_or(HostAccessError::NotGuestMemory { addr: gpa, len })
     }
 
-    /// Subscribes `listener` to every later conversion.
+    /// Subscribes `listener` to every conversion that starts after this returns.
     pub fn subscribe(&self, listener: Arc<dyn ConversionListener>) -> ListenerId {
         let id = ListenerId(self.next_listener.fetch_add(1, Ordering::Relaxed));
-        lock(&self.listeners).push((id, listener));
+        let mut l = lock(&self.listeners);
+        l.push((id, listener));
+        self.listener_count.store(l.len(), Ordering::Release);
         id
     }
 
@@ -748,6 +756,7 @@ impl HostSafeMemory {
         let mut l = lock(&self.listeners);
         let before = l.len();
         l.retain(|(i, _)| *i != id);
+        self.listener_count.store(l.len(), Ordering::Release);
         l.len() != before
     }
 
@@ -815,7 +824,10 @@ impl HostSafeMemory {
                 convert::plan_into(&mut plan, regions, &some, to);
                 changes.extend(some);
             }
-            let notify = lock(&self.notify);
+            // Only conversions that start with listeners subscribed are told; without
+            // any, there is no order to keep.
+            let notify =
+                (self.listener_count.load(Ordering::Acquire) > 0).then(|| lock(&self.notify));
             if changes.is_empty() {
                 return Ok((Conversion::default(), notify, None));
             }
@@ -843,16 +855,18 @@ impl HostSafeMemory {
         });
         let (conversion, notify, exclusive) = outcome?;
         drop(exclusive);
-        let listeners: SmallVec<[Arc<dyn ConversionListener>; 2]> = lock(&self.listeners)
-            .iter()
-            .map(|(_, l)| Arc::clone(l))
-            .collect();
-        for change in &conversion.changes {
-            for l in &listeners {
-                l.converted(change);
+        if let Some(notify) = notify {
+            let listeners: SmallVec<[Arc<dyn ConversionListener>; 2]> = lock(&self.listeners)
+                .iter()
+                .map(|(_, l)| Arc::clone(l))
+                .collect();
+            for change in &conversion.changes {
+                for l in &listeners {
+                    l.converted(change);
+                }
             }
+            drop(notify);
         }
-        drop(notify);
         Ok(conversion)
     }
 
