@@ -89,8 +89,8 @@ pub fn caps_table(caps: &HostCaps) -> String {
     }
     let _ = writeln!(
         out,
-        "\n  {:<28} {:<12} {:<26} {}",
-        "VM type", "guest_memfd", "guest_memfd flags", "memory attributes"
+        "\n  {:<28} {:<12} {:<26} memory attributes",
+        "VM type", "guest_memfd", "guest_memfd flags"
     );
     for t in &caps.vm_types {
         let name = format!("{} ({})", vm_type_name(t.vm_type), t.vm_type);
@@ -117,8 +117,8 @@ pub fn caps_table(caps: &HostCaps) -> String {
     let _ = writeln!(out, "    because {}", caps.kvm_side_mapping.reason);
     let _ = writeln!(
         out,
-        "\n  {:<12} {:<10} {:<8} {}",
-        "flavor", "runs here", "VM type", "missing"
+        "\n  {:<12} {:<10} {:<8} missing",
+        "flavor", "runs here", "VM type"
     );
     for f in &caps.flavors {
         let vm_type = f.vm_type.map_or("-".to_string(), |t| t.to_string());
