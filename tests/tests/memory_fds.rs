@@ -29,7 +29,14 @@ fn no_descriptor_leaks() {
     {
         let kvm = Kvm::new().unwrap();
         let caps = HostCaps::probe_with(&kvm).unwrap();
-        let vm = Arc::new(kvm.create_vm().unwrap());
+        // A VM type that offers guest_memfd (the default one here; the software-protected
+        // one on Linux 6.12).
+        let vm_type = caps
+            .vm_types
+            .iter()
+            .find(|t| t.guest_memfd && t.create_error.is_none())
+            .map_or(0, |t| t.vm_type);
+        let vm = Arc::new(kvm.create_vm_with_type(vm_type.into()).unwrap());
         let fake = Arc::new(RecordingAttributesVm::new());
         let mut builder = HostSafeMemory::builder()
             .guest_memfd_source(vm.as_ref())
@@ -55,7 +62,7 @@ fn no_descriptor_leaks() {
         drop(mem);
 
         // Failed constructions leave nothing behind either.
-        let vm = kvm.create_vm().unwrap();
+        let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
         assert!(GuestMemfd::create(&vm, 0x1000, 1 << 7).is_err());
         assert!(SharedMemfd::new(0x1000, true).is_err());
         let failed = HostSafeMemory::builder()

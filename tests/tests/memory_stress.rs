@@ -91,7 +91,10 @@ fn concurrent_conversions_agree_page_by_page() {
     }
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    caps.require(Flavor::InPlace).unwrap();
+    if let Err(e) = caps.require(Flavor::InPlace) {
+        eprintln!("skipping concurrent_conversions_agree_page_by_page: {e}");
+        return;
+    }
     let vm = kvm.create_vm().unwrap();
     let size = REGION_PAGES * PAGE_SIZE;
     let mem = HostSafeMemory::builder()
