@@ -810,6 +810,19 @@ impl HostSafeMemory {
             covered.push((range, self.covering(range)?));
         }
         let target = PageState::new(to);
+        // Already there (a vCPU repeating a request): answer from the lock-free snapshot
+        // without taking the writer's lock or publishing. A conversion racing with this
+        // one is then simply ordered after it.
+        let snapshot = self.attrs.snapshot();
+        let unchanged = covered.iter().all(|(range, _)| {
+            snapshot
+                .runs(*range)
+                .is_ok_and(|mut runs| runs.all(|run| run.state == target))
+        });
+        drop(snapshot);
+        if unchanged {
+            return Ok(Conversion::default());
+        }
         let outcome = self.attrs.update(|map| -> Result<Held<'_>, ConvertError> {
             let mut changes: SmallVec<[veil_attrs::Change; 4]> = SmallVec::new();
             let mut plan = Plan::default();
