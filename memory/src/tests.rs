@@ -317,6 +317,7 @@ fn converting_to_the_current_state_costs_nothing() {
     mem.convert(fr(0x100, 4), PRIVATE).unwrap();
     let mid = mem.stats();
     assert_eq!(mid.since(&before).protections, 1);
+    let published = mem.attributes().snapshot();
     assert!(
         mem.convert(fr(0x101, 2), PRIVATE)
             .unwrap()
@@ -324,6 +325,8 @@ fn converting_to_the_current_state_costs_nothing() {
             .is_empty()
     );
     assert_eq!(mem.stats(), mid);
+    // Not even a new snapshot was published.
+    assert!(Arc::ptr_eq(&published, &mem.attributes().snapshot()));
 }
 
 #[test]
