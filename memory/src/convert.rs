@@ -97,6 +97,15 @@ pub enum ConvertError {
         /// The first address of it that no region holds.
         gap: u64,
     },
+    /// The range cuts a huge page of an emulated hugetlb region, whose host view can only
+    /// be protected in whole 2 MiB pages.
+    #[error("{range} is not 2 MiB aligned within the hugetlb region {region}")]
+    HugePageUnaligned {
+        /// The range asked for.
+        range: FrameRange,
+        /// The hugetlb region it cuts.
+        region: FrameRange,
+    },
     /// A system call failed; everything done before it was undone. Discards that already
     /// ran (they are always last) cannot be undone: those pages read as zeros.
     #[error("{step} over {range} failed; the conversion was undone")]

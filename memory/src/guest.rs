@@ -24,7 +24,7 @@ use vm_memory::{
 use crate::attributes_vm::MemoryAttributesVm;
 use crate::backend::{
     BackendError, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, GuestMemfd,
-    GuestMemfdSource, SharedMemfd,
+    GuestMemfdSource, HUGE_PAGE_SIZE, SharedMemfd,
 };
 use crate::convert::{
     self, Conversion, ConversionListener, ConvertError, Op, Plan, RegionPlan, StateChange, StepKind,
@@ -894,6 +894,18 @@ impl HostSafeMemory {
             }
             if r.range.start() > cursor {
                 break;
+            }
+            if r.flavor == Flavor::Emulated
+                && r.shared_memfd().is_some_and(SharedMemfd::is_hugetlb)
+                && let Some(part) = range.intersection(&r.range)
+                && (!(part.gpa() - r.base()).is_multiple_of(HUGE_PAGE_SIZE)
+                    || !part.size().is_multiple_of(HUGE_PAGE_SIZE))
+            {
+                // The host view's protection changes in whole huge pages only.
+                return Err(ConvertError::HugePageUnaligned {
+                    range,
+                    region: r.range,
+                });
             }
             out.push(RegionPlan {
                 index,
