@@ -22,6 +22,10 @@ mod attributes;
 mod concurrent;
 mod map;
 mod range;
+mod tree;
+
+#[cfg(test)]
+mod oracle_tests;
 
 pub use attributes::{Attributes, AttributesError, PageState, Tag};
 pub use concurrent::ConcurrentAttrMap;

@@ -3,13 +3,14 @@
 
 //! [`AttrMap`]: the per-guest map from frames to [`PageState`].
 
-use std::collections::BTreeMap;
-use std::ops::Deref;
+use std::fmt;
+use std::ops::{ControlFlow, Deref};
 
 use smallvec::SmallVec;
 
 use crate::attributes::{Attributes, PageState};
 use crate::range::{FrameRange, Gfn, PAGE_SHIFT, PAGE_SIZE, RangeError};
+use crate::tree::{self, Slot};
 
 /// A sub-range whose state a [`AttrMap::set`] changed, with the state it had before.
 ///
@@ -36,8 +37,21 @@ impl Changes {
         self.0.iter().map(|c| c.range.pages()).sum()
     }
 
-    pub(crate) fn push(&mut self, change: Change) {
-        self.0.push(change);
+    /// Records that `[start, end)` changed from `previous`, merging it into the last
+    /// change when they touch and share the previous state.
+    fn push_piece(&mut self, start: u64, end: u64, previous: PageState) {
+        if let Some(last) = self.0.last_mut()
+            && last.range.end().0 == start
+            && last.previous == previous
+        {
+            if let Some(range) = FrameRange::from_bounds(last.range.start(), Gfn(end)) {
+                last.range = range;
+            }
+            return;
+        }
+        if let Some(range) = FrameRange::from_bounds(Gfn(start), Gfn(end)) {
+            self.0.push(Change { range, previous });
+        }
     }
 }
 
@@ -78,14 +92,32 @@ pub struct Run {
 
 /// The userspace mirror of KVM's per-VM memory attribute array, for one guest.
 ///
-/// Every frame starts shared and untagged. State is kept as maximal runs: adjacent
-/// frames with equal [`PageState`] always form one run, so equal page states always give
-/// equal runs whatever sequence of [`set`](AttrMap::set)s produced them.
-#[derive(Debug, Clone)]
+/// Every frame starts shared and untagged. Adjacent frames with equal [`PageState`]
+/// always form one run, and the representation is canonical: equal page states always
+/// give equal maps (`==`), whatever sequence of [`set`](AttrMap::set)s produced them.
+///
+/// # Representation and cost
+///
+/// A radix tree over frame numbers, as tall as the guest needs (at most 8 levels for
+/// 2^52 frames): interior nodes of 64 slots, leaves of 4096 frames. A slot whose frames
+/// all have one state is stored as that state alone, at any level, so converting an
+/// aligned range costs O(height) whatever its size, and an untouched guest holds no
+/// heap. A leaf with a few runs or with tags is a short run list; an untagged leaf with
+/// many runs is a 4096-bit bitmap (512 bytes), so scattered 4 KiB conversions cost about
+/// what a bitmap costs and never more memory than a bitmap plus its bookkeeping.
+///
+/// `get` is O(height). `set` is O(height + the runs it changes). [`run_count`] is
+/// O(height): every node keeps its count of run boundaries up to date. `clone` is O(1):
+/// nodes are shared behind [`Arc`](std::sync::Arc) and a later `set` copies only the
+/// path it changes.
+///
+/// [`run_count`]: AttrMap::run_count
+#[derive(Clone, PartialEq, Eq)]
 pub struct AttrMap {
     frames: u64,
-    /// Run start -> (run end, state). The runs tile `[0, frames)` exactly.
-    runs: BTreeMap<u64, (u64, PageState)>,
+    height: u32,
+    /// Covers `2^span_shift(height)` frames; those at or past `frames` stay shared.
+    root: Slot,
 }
 
 impl AttrMap {
@@ -94,11 +126,10 @@ impl AttrMap {
     /// The size must be a non-zero multiple of 4 KiB.
     pub fn new(guest_size: u64) -> Result<Self, RangeError> {
         let range = FrameRange::from_gpa(0, guest_size)?;
-        let mut runs = BTreeMap::new();
-        runs.insert(0, (range.pages(), PageState::SHARED));
         Ok(AttrMap {
             frames: range.pages(),
-            runs,
+            height: tree::height_for(range.pages()),
+            root: Slot::Uniform(PageState::SHARED),
         })
     }
 
@@ -130,7 +161,8 @@ impl AttrMap {
     /// Gives every frame of `range` the attributes `attributes` and no tag.
     ///
     /// Returns exactly the sub-ranges whose state changed, each with its previous state,
-    /// in address order; empty when the range already had that state.
+    /// in address order, adjacent ones with equal previous state merged; empty when the
+    /// range already had that state. On error nothing changes.
     pub fn set(
         &mut self,
         range: FrameRange,
@@ -150,131 +182,168 @@ impl AttrMap {
         let range = self.check(range)?;
         let (a, b) = (range.start().0, range.end().0);
         let mut changes = Changes::default();
-
-        // Collect the runs overlapping [a, b).
-        let first = *self
-            .runs
-            .range(..=a)
-            .next_back()
-            .map(|(s, _)| s)
-            .expect("runs tile the guest");
-        let overlapping: Vec<(u64, u64, PageState)> = self
-            .runs
-            .range(first..b)
-            .map(|(&s, &(e, st))| (s, e, st))
-            .collect();
-        if overlapping.len() == 1 && overlapping[0].2 == state {
-            return Ok(changes);
+        let _ = tree::visit(
+            &self.root,
+            self.height,
+            0,
+            a,
+            b,
+            &mut |start, end, previous| {
+                if previous != state {
+                    changes.push_piece(start, end, previous);
+                }
+                ControlFlow::Continue(())
+            },
+        );
+        if !changes.is_empty() {
+            tree::set_slot(&mut self.root, self.height, a, b, state);
         }
-        for &(s, e, st) in &overlapping {
-            if st != state {
-                let cs = s.max(a);
-                let ce = e.min(b);
-                changes.push(Change {
-                    range: FrameRange::from_bounds(Gfn(cs), Gfn(ce)).expect("non-empty overlap"),
-                    previous: st,
-                });
-            }
-            self.runs.remove(&s);
-        }
-        // Keep the parts of the first and last runs outside [a, b).
-        let (fs, _, fst) = overlapping[0];
-        let (_, le, lst) = overlapping[overlapping.len() - 1];
-        let mut new_start = a;
-        let mut new_end = b;
-        if fs < a {
-            if fst == state {
-                new_start = fs;
-            } else {
-                self.runs.insert(fs, (a, fst));
-            }
-        }
-        if le > b {
-            if lst == state {
-                new_end = le;
-            } else {
-                self.runs.insert(b, (le, lst));
-            }
-        }
-        // Merge with the neighbours outside.
-        if let Some((&ps, &(pe, pst))) = self.runs.range(..new_start).next_back()
-            && pe == new_start
-            && pst == state
-        {
-            self.runs.remove(&ps);
-            new_start = ps;
-        }
-        if let Some(&(ne, nst)) = self.runs.get(&new_end)
-            && nst == state
-        {
-            self.runs.remove(&new_end);
-            new_end = ne;
-        }
-        self.runs.insert(new_start, (new_end, state));
         Ok(changes)
     }
 
     /// The state of one frame.
     pub fn get(&self, gfn: Gfn) -> Result<PageState, RangeError> {
-        let range = self.check(FrameRange::new(gfn, 1)?)?;
-        let (_, &(_, state)) = self
-            .runs
-            .range(..=range.start().0)
-            .next_back()
-            .expect("runs tile the guest");
-        Ok(state)
+        if gfn.0 >= self.frames {
+            let range = FrameRange::new(gfn, 1)?;
+            return Err(RangeError::OutOfBounds {
+                range,
+                limit: self.guest_size(),
+            });
+        }
+        Ok(tree::get(&self.root, self.height, gfn.0))
     }
 
     /// Whether every frame of `range` has exactly the attributes `attributes` (tags are
     /// not compared).
     pub fn range_is(&self, range: FrameRange, attributes: Attributes) -> Result<bool, RangeError> {
-        Ok(self
-            .runs(range)?
-            .all(|run| run.state.attributes == attributes))
+        let range = self.check(range)?;
+        let flow = tree::visit(
+            &self.root,
+            self.height,
+            0,
+            range.start().0,
+            range.end().0,
+            &mut |_, _, state| {
+                if state.attributes == attributes {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
+                }
+            },
+        );
+        Ok(flow.is_continue())
     }
 
     /// The maximal runs intersecting `range`, clipped to it, in address order.
     pub fn runs(&self, range: FrameRange) -> Result<Runs<'_>, RangeError> {
         let range = self.check(range)?;
-        let first = *self
-            .runs
-            .range(..=range.start().0)
-            .next_back()
-            .map(|(s, _)| s)
-            .expect("runs tile the guest");
         Ok(Runs {
-            inner: self.runs.range(first..range.end().0),
-            clip: range,
+            map: self,
+            pos: range.start().0,
+            end: range.end().0,
+            pending: None,
         })
     }
 
     /// The number of maximal runs in the whole guest (at least one).
     pub fn run_count(&self) -> usize {
-        self.runs.len()
+        let mut boundaries = self.root.boundaries();
+        // The frames past the guest's end are shared; a last frame in another state
+        // makes one boundary there that is not the guest's.
+        if self.frames < 1u64 << tree::span_shift(self.height)
+            && tree::get(&self.root, self.height, self.frames - 1) != PageState::SHARED
+        {
+            boundaries = boundaries.saturating_sub(1);
+        }
+        usize::try_from(boundaries.saturating_add(1)).unwrap_or(usize::MAX)
     }
 
-    /// The bytes of heap this map holds, for comparing representations.
+    /// The bytes of heap this map holds (counting nodes a clone shares), for comparing
+    /// representations.
     pub fn heap_bytes(&self) -> usize {
-        // A B-tree node holds up to 11 entries; count a full entry each, a lower bound.
-        self.runs.len() * (size_of::<u64>() + size_of::<(u64, PageState)>())
+        self.root.heap_bytes()
+    }
+
+    /// Checks that the tree is canonical and its counts right (tests only).
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) -> Result<(), String> {
+        if self.height != tree::height_for(self.frames) {
+            return Err(format!("height {} for {} frames", self.height, self.frames));
+        }
+        tree::check(&self.root, self.height)?;
+        let capacity = 1u64 << tree::span_shift(self.height);
+        if self.frames < capacity {
+            let mut bad = None;
+            let _ = tree::visit(
+                &self.root,
+                self.height,
+                0,
+                self.frames,
+                capacity,
+                &mut |s, _, st| {
+                    if st == PageState::SHARED {
+                        return ControlFlow::Continue(());
+                    }
+                    bad = Some(s);
+                    ControlFlow::Break(())
+                },
+            );
+            if let Some(s) = bad {
+                return Err(format!("frame {s:#x} past the guest's end is not shared"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for AttrMap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttrMap")
+            .field("frames", &self.frames)
+            .field("runs", &self.run_count())
+            .finish_non_exhaustive()
     }
 }
 
 /// Iterator over the runs of an [`AttrMap`] within a range; see [`AttrMap::runs`].
 pub struct Runs<'a> {
-    inner: std::collections::btree_map::Range<'a, u64, (u64, PageState)>,
-    clip: FrameRange,
+    map: &'a AttrMap,
+    /// Start of the next run.
+    pos: u64,
+    /// End of the range asked for.
+    end: u64,
+    /// A piece starting at `pos` already looked up.
+    pending: Option<(PageState, u64)>,
+}
+
+impl Runs<'_> {
+    fn piece(&self, gfn: u64) -> (PageState, u64) {
+        tree::locate(&self.map.root, self.map.height, gfn)
+    }
 }
 
 impl Iterator for Runs<'_> {
     type Item = Run;
 
     fn next(&mut self) -> Option<Run> {
-        let (&s, &(e, state)) = self.inner.next()?;
-        let range = FrameRange::from_bounds(
-            Gfn(s.max(self.clip.start().0)),
-            Gfn(e.min(self.clip.end().0)),
-        )?;
+        if self.pos >= self.end {
+            return None;
+        }
+        let (state, mut end) = match self.pending.take() {
+            Some(piece) => piece,
+            None => self.piece(self.pos),
+        };
+        while end < self.end {
+            let (next, next_end) = self.piece(end);
+            if next != state {
+                self.pending = Some((next, next_end));
+                break;
+            }
+            end = next_end;
+        }
+        let end = end.min(self.end);
+        let range = FrameRange::from_bounds(Gfn(self.pos), Gfn(end))?;
+        self.pos = end;
         Some(Run { range, state })
     }
 }
