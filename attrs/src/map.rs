@@ -39,7 +39,7 @@ impl Changes {
 
     /// Records that `[start, end)` changed from `previous`, merging it into the last
     /// change when they touch and share the previous state.
-    fn push_piece(&mut self, start: u64, end: u64, previous: PageState) {
+    pub(crate) fn push_piece(&mut self, start: u64, end: u64, previous: PageState) {
         if let Some(last) = self.0.last_mut()
             && last.range.end().0 == start
             && last.previous == previous
@@ -182,26 +182,29 @@ impl AttrMap {
         let range = self.check(range)?;
         let (a, b) = (range.start().0, range.end().0);
         let mut changes = Changes::default();
-        let _ = tree::visit(
-            &self.root,
-            self.height,
-            0,
-            a,
-            b,
-            &mut |start, end, previous| {
-                if previous != state {
-                    changes.push_piece(start, end, previous);
+        // Leave a range already in that state untouched: a set that changes nothing
+        // copies no node a snapshot shares.
+        let unchanged = if tree::get(&self.root, self.height, a) != state {
+            ControlFlow::Break(())
+        } else if b - a == 1 {
+            ControlFlow::Continue(())
+        } else {
+            tree::visit(&self.root, self.height, 0, a, b, &mut |_, _, previous| {
+                if previous == state {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
                 }
-                ControlFlow::Continue(())
-            },
-        );
-        if !changes.is_empty() {
-            tree::set_slot(&mut self.root, self.height, a, b, state);
+            })
+        };
+        if unchanged.is_break() {
+            tree::set_slot(&mut self.root, self.height, 0, a, b, state, &mut changes);
         }
         Ok(changes)
     }
 
     /// The state of one frame.
+    #[inline]
     pub fn get(&self, gfn: Gfn) -> Result<PageState, RangeError> {
         if gfn.0 >= self.frames {
             let range = FrameRange::new(gfn, 1)?;

@@ -10,17 +10,22 @@
 //!
 //! Every slot is in exactly one canonical form, a function of the page states it covers
 //! and nothing else:
-//! - [`Slot::Uniform`] when all its frames have one state (at any level), so large aligned
-//!   conversions cost O(height) and a uniform subtree holds no memory;
-//! - otherwise, at level 0, [`Slot::Bits`] (one bit per frame) when every frame is
-//!   untagged and the leaf has more than [`RUN_LEAF_MAX`] runs, and [`Slot::Runs`] (a
-//!   sorted run list) when it has fewer runs or any tag;
-//! - otherwise, above level 0, [`Slot::Node`].
+//! - [`Slot::Uniform`] when all its frames have one state (at any level): an aligned
+//!   conversion costs O(height) whatever its size, and a uniform subtree holds no heap;
+//! - at level 1 (1 GiB of frames), [`Slot::Dense`], one bit per frame, when every frame
+//!   is untagged and the region has at least [`DENSE_MIN_BOUNDARIES`] run boundaries:
+//!   densely converted memory costs what a plain bitmap costs, one hot root lookup and
+//!   one word;
+//! - at level 0 (a leaf of 4096 frames), [`Slot::Bits`], one bit per frame, when every
+//!   frame is untagged and the leaf has more than [`RUN_LEAF_MAX`] runs, or
+//!   [`Slot::Runs`], a sorted run list, when it has fewer runs or any tag;
+//! - otherwise [`Slot::Node`].
 //!
 //! Equal page states therefore always give equal trees, whatever sequence of sets
 //! produced them. Each node records its number of internal run boundaries (adjacent
-//! frames whose states differ) and the states of its first and last frame. A set updates
-//! these counts only for the slots it touches, which keeps
+//! frames whose states differ), how many of its slots hold a tagged frame, and the states
+//! of its first and last frame. A set updates these only for the slots it touches and
+//! reads a neighbour only when it changes the frame next to it, which keeps
 //! [`run_count`](crate::AttrMap::run_count) O(height) and lets a node tell it has become
 //! uniform without looking at its 64 slots.
 //!
@@ -34,6 +39,7 @@ use std::sync::Arc;
 use smallvec::SmallVec;
 
 use crate::attributes::PageState;
+use crate::map::Changes;
 
 /// log2 of the frames a leaf covers.
 pub(crate) const LEAF_SHIFT: u32 = 12;
@@ -49,10 +55,23 @@ pub(crate) const FANOUT: usize = 1 << FANOUT_SHIFT;
 /// Up to here the run list is smaller than the 512-byte bitmap, lives inline in the
 /// leaf, and is searched in a few compares.
 pub(crate) const RUN_LEAF_MAX: usize = 8;
+/// An untagged level-1 region with at least this many run boundaries is one bitmap.
+///
+/// That is 8 per leaf on average, where leaves turn into bitmaps: from here on the
+/// region as 64 leaves would cost about the 32 KiB of the bitmap, and a lookup one more
+/// pointer.
+pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 512;
+const DENSE_FRAMES: u64 = 1 << span_shift(1);
+const DENSE_WORDS: usize = (DENSE_FRAMES / 64) as usize;
 /// The tallest tree: `12 + 6 * 7 = 54` bits of frame number cover [`crate::MAX_FRAMES`].
 pub(crate) const MAX_HEIGHT: u32 = 7;
 
 const ARC_HEADER: usize = 2 * size_of::<usize>();
+
+/// A leaf of untagged frames.
+pub(crate) type BitLeaf = Bitmap<LEAF_WORDS>;
+/// A level-1 region of untagged frames.
+pub(crate) type Dense = Bitmap<DENSE_WORDS>;
 
 /// log2 of the frames a slot at `level` covers.
 pub(crate) const fn span_shift(level: u32) -> u32 {
@@ -100,49 +119,54 @@ pub(crate) enum Slot {
     Uniform(PageState),
     /// An interior node (level >= 1).
     Node(Arc<Node>),
+    /// A level-1 region of untagged frames, one bit per frame.
+    Dense(Arc<Dense>),
     /// A leaf of untagged frames, one bit per frame (level 0).
     Bits(Arc<BitLeaf>),
     /// A leaf as a run list (level 0).
     Runs(Arc<RunLeaf>),
 }
 
-/// What a parent needs to know about a slot to count boundaries.
-#[derive(Debug, Clone, Copy)]
-struct Summary {
-    boundaries: u64,
-    first: PageState,
-    last: PageState,
-}
-
 impl Slot {
-    fn summary(&self) -> Summary {
+    /// The number of adjacent frame pairs in the slot whose states differ.
+    pub(crate) fn boundaries(&self) -> u64 {
         match self {
-            Slot::Uniform(s) => Summary {
-                boundaries: 0,
-                first: *s,
-                last: *s,
-            },
-            Slot::Node(n) => Summary {
-                boundaries: n.boundaries,
-                first: n.first,
-                last: n.last,
-            },
-            Slot::Bits(l) => Summary {
-                boundaries: u64::from(l.boundaries),
-                first: l.state_at(0),
-                last: l.state_at(LEAF_FRAMES - 1),
-            },
-            Slot::Runs(l) => Summary {
-                boundaries: l.runs.len().saturating_sub(1) as u64,
-                first: l.runs.first().map_or(PageState::SHARED, |r| r.state),
-                last: l.runs.last().map_or(PageState::SHARED, |r| r.state),
-            },
+            Slot::Uniform(_) => 0,
+            Slot::Node(n) => n.boundaries,
+            Slot::Dense(d) => u64::from(d.boundaries),
+            Slot::Bits(l) => u64::from(l.boundaries),
+            Slot::Runs(l) => l.runs.len().saturating_sub(1) as u64,
         }
     }
 
-    /// The number of adjacent frame pairs in the slot whose states differ.
-    pub(crate) fn boundaries(&self) -> u64 {
-        self.summary().boundaries
+    fn first(&self) -> PageState {
+        match self {
+            Slot::Uniform(s) => *s,
+            Slot::Node(n) => n.first,
+            Slot::Dense(d) => d.state_at(0),
+            Slot::Bits(l) => l.state_at(0),
+            Slot::Runs(l) => l.state(0),
+        }
+    }
+
+    fn last(&self) -> PageState {
+        match self {
+            Slot::Uniform(s) => *s,
+            Slot::Node(n) => n.last,
+            Slot::Dense(d) => d.state_at(Dense::FRAMES - 1),
+            Slot::Bits(l) => l.state_at(LEAF_FRAMES - 1),
+            Slot::Runs(l) => l.state(l.runs.len().saturating_sub(1)),
+        }
+    }
+
+    /// Whether any frame of the slot has a tag.
+    fn tagged(&self) -> bool {
+        match self {
+            Slot::Uniform(s) => s.tag.is_some(),
+            Slot::Node(n) => n.tagged > 0,
+            Slot::Dense(_) | Slot::Bits(_) => false,
+            Slot::Runs(l) => l.runs.iter().any(|r| r.state.tag.is_some()),
+        }
     }
 
     /// Heap bytes held by this slot and everything below it.
@@ -152,6 +176,7 @@ impl Slot {
             Slot::Node(n) => {
                 ARC_HEADER + size_of::<Node>() + n.slots.iter().map(Slot::heap_bytes).sum::<usize>()
             }
+            Slot::Dense(_) => ARC_HEADER + size_of::<Dense>(),
             Slot::Bits(_) => ARC_HEADER + size_of::<BitLeaf>(),
             Slot::Runs(l) => {
                 let spilled = if l.runs.spilled() {
@@ -171,6 +196,8 @@ pub(crate) struct Node {
     slots: [Slot; FANOUT],
     /// Adjacent frame pairs in the node whose states differ (never zero).
     boundaries: u64,
+    /// How many slots hold a tagged frame.
+    tagged: u32,
     /// State of the node's first frame.
     first: PageState,
     /// State of the node's last frame.
@@ -182,59 +209,143 @@ impl Node {
         Node {
             slots: std::array::from_fn(|_| Slot::Uniform(state)),
             boundaries: 0,
+            tagged: if state.tag.is_some() {
+                FANOUT as u32
+            } else {
+                0
+            },
             first: state,
             last: state,
         }
     }
 
-    /// Boundaries inside slots `from..=to` plus those between consecutive ones.
-    fn boundaries_within(&self, from: usize, to: usize) -> u64 {
-        let mut total = 0;
-        let mut prev_last = None;
-        for slot in self.slots.iter().take(to + 1).skip(from) {
-            let s = slot.summary();
-            total += s.boundaries;
-            if prev_last.is_some_and(|last| last != s.first) {
-                total += 1;
-            }
-            prev_last = Some(s.last);
+    /// The level-1 node holding the same frames as `dense`.
+    fn from_dense(dense: &Dense) -> Node {
+        Node {
+            slots: std::array::from_fn(|k| {
+                let mut words = [0; LEAF_WORDS];
+                words.copy_from_slice(&dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS]);
+                let leaf = BitLeaf::with_words(words);
+                leaf_slot(leaf)
+            }),
+            boundaries: u64::from(dense.boundaries),
+            tagged: 0,
+            first: dense.state_at(0),
+            last: dense.state_at(Dense::FRAMES - 1),
         }
-        total
     }
 
-    /// Sets the frames `[lo, hi)` of this node (offsets from its start) to `state`.
-    fn set(&mut self, level: u32, lo: u64, hi: u64, state: PageState) {
+    /// The bitmap of this level-1 node, if no frame in it is tagged.
+    fn to_dense(&self) -> Option<Dense> {
+        let mut dense = Dense {
+            boundaries: u32::try_from(self.boundaries).ok()?,
+            words: [0; DENSE_WORDS],
+        };
+        for (k, slot) in self.slots.iter().enumerate() {
+            let words = &mut dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS];
+            match slot {
+                Slot::Uniform(s) => {
+                    if bit_of(*s)? {
+                        words.fill(u64::MAX);
+                    }
+                }
+                Slot::Bits(l) => words.copy_from_slice(&l.words),
+                Slot::Runs(l) => words.copy_from_slice(&BitLeaf::from_runs(&l.runs)?.words),
+                Slot::Node(_) | Slot::Dense(_) => return None,
+            }
+        }
+        Some(dense)
+    }
+
+    /// Boundaries and tagged slots that a set of slots `i..=j` can change: those inside
+    /// the slots, between them, and on the outer edges the set reaches.
+    fn window(&self, i: usize, j: usize, left: bool, right: bool) -> (u64, u32) {
+        let mut boundaries = 0;
+        let mut tagged = 0;
+        for slot in &self.slots[i..=j] {
+            boundaries += slot.boundaries();
+            tagged += u32::from(slot.tagged());
+        }
+        for k in i..j {
+            boundaries += u64::from(self.slots[k].last() != self.slots[k + 1].first());
+        }
+        if left && i > 0 {
+            boundaries += u64::from(self.slots[i - 1].last() != self.slots[i].first());
+        }
+        if right && j + 1 < FANOUT {
+            boundaries += u64::from(self.slots[j].last() != self.slots[j + 1].first());
+        }
+        (boundaries, tagged)
+    }
+
+    /// Sets the frames `[lo, hi)` of this node (offsets from `base`, its first frame) to
+    /// `state`, recording what changes in `out`.
+    fn set(
+        &mut self,
+        level: u32,
+        base: u64,
+        lo: u64,
+        hi: u64,
+        state: PageState,
+        out: &mut Changes,
+    ) {
         let child = level.saturating_sub(1);
         let cs = span_shift(child);
         let i = ((lo >> cs) as usize).min(FANOUT - 1);
         let j = (((hi - 1) >> cs) as usize).min(FANOUT - 1);
-        // Only the touched slots and the edges to their neighbours can change.
-        let (from, to) = (i.saturating_sub(1), (j + 1).min(FANOUT - 1));
-        let before = self.boundaries_within(from, to);
-        for (k, slot) in self.slots.iter_mut().enumerate().take(j + 1).skip(i) {
-            let base = (k as u64) << cs;
-            let clo = lo.max(base) - base;
-            let chi = hi.min(base + (1 << cs)) - base;
-            set_slot(slot, child, clo, chi, state);
+        // An outer edge can change only when the set reaches the frame beside it.
+        let left = lo == (i as u64) << cs;
+        let right = hi == (j as u64 + 1) << cs;
+        let (b0, t0) = self.window(i, j, left, right);
+        for k in i..=j {
+            let start = (k as u64) << cs;
+            let clo = lo.max(start) - start;
+            let chi = hi.min(start + (1 << cs)) - start;
+            set_slot(
+                &mut self.slots[k],
+                child,
+                base + start,
+                clo,
+                chi,
+                state,
+                out,
+            );
         }
-        let after = self.boundaries_within(from, to);
-        self.boundaries = (self.boundaries + after).saturating_sub(before);
-        self.first = self.slots[0].summary().first;
-        self.last = self.slots[FANOUT - 1].summary().last;
+        let (b1, t1) = self.window(i, j, left, right);
+        self.boundaries = (self.boundaries + b1).saturating_sub(b0);
+        self.tagged = (self.tagged + t1).saturating_sub(t0);
+        if i == 0 && left {
+            self.first = self.slots[0].first();
+        }
+        if j == FANOUT - 1 && right {
+            self.last = self.slots[FANOUT - 1].last();
+        }
     }
 }
 
-/// A leaf of untagged frames: bit set means private.
+/// One bit per frame, set means private, for `W * 64` untagged frames.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BitLeaf {
-    words: [u64; LEAF_WORDS],
-    /// Adjacent frame pairs whose bits differ (at least [`RUN_LEAF_MAX`]).
+#[repr(C)] // The count first, beside the reference counts, away from most words.
+pub(crate) struct Bitmap<const W: usize> {
+    /// Adjacent frame pairs whose bits differ.
     boundaries: u32,
+    words: [u64; W],
 }
 
-impl BitLeaf {
+impl<const W: usize> Bitmap<W> {
+    const FRAMES: u64 = W as u64 * 64;
+
+    fn with_words(words: [u64; W]) -> Self {
+        let mut bitmap = Bitmap {
+            boundaries: 0,
+            words,
+        };
+        bitmap.boundaries = bitmap.transitions(0, Self::FRAMES - 1);
+        bitmap
+    }
+
     fn bit(&self, i: u64) -> bool {
-        let i = i & (LEAF_FRAMES - 1);
+        let i = i & (Self::FRAMES - 1);
         (self.words[(i / 64) as usize] >> (i % 64)) & 1 != 0
     }
 
@@ -244,7 +355,7 @@ impl BitLeaf {
 
     /// One past the last frame of the run of equal bits that holds frame `i`.
     fn run_end(&self, i: u64) -> u64 {
-        let i = i & (LEAF_FRAMES - 1);
+        let i = i & (Self::FRAMES - 1);
         let fill = if self.bit(i) { u64::MAX } else { 0 };
         let mut w = (i / 64) as usize;
         let mut diff = (self.words[w] ^ fill) & (u64::MAX << (i % 64));
@@ -253,21 +364,21 @@ impl BitLeaf {
                 return w as u64 * 64 + u64::from(diff.trailing_zeros());
             }
             w += 1;
-            if w == LEAF_WORDS {
-                return LEAF_FRAMES;
+            if w >= W {
+                return Self::FRAMES;
             }
             diff = self.words[w] ^ fill;
         }
     }
 
-    /// How many `k` in `[from, to)` have `bit(k) != bit(k + 1)`; `to < LEAF_FRAMES`.
+    /// How many `k` in `[from, to)` have `bit(k) != bit(k + 1)`; `to < FRAMES`.
     fn transitions(&self, from: u64, to: u64) -> u32 {
         if from >= to {
             return 0;
         }
         let (fw, lw) = ((from / 64) as usize, ((to - 1) / 64) as usize);
         let mut count = 0;
-        for w in fw..=lw.min(LEAF_WORDS - 1) {
+        for w in fw..=lw.min(W - 1) {
             let cur = self.words[w];
             let next = self.words.get(w + 1).map_or(0, |n| n & 1);
             let flips = cur ^ ((cur >> 1) | (next << 63));
@@ -280,7 +391,7 @@ impl BitLeaf {
 
     fn fill(&mut self, lo: u64, hi: u64, bit: bool) {
         let (fw, lw) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
-        for w in fw..=lw.min(LEAF_WORDS - 1) {
+        for w in fw..=lw.min(W - 1) {
             let a = if w == fw { lo % 64 } else { 0 };
             let b = if w == lw { (hi - 1) % 64 + 1 } else { 64 };
             let m = mask(a, b);
@@ -292,20 +403,40 @@ impl BitLeaf {
         }
     }
 
-    /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `bit`, keeping the count.
-    fn set(&mut self, lo: u64, hi: u64, bit: bool) {
-        // Only pairs with a frame in [lo, hi) can change.
-        let (from, to) = (lo.saturating_sub(1), hi.min(LEAF_FRAMES - 1));
-        let before = self.transitions(from, to);
-        self.fill(lo, hi, bit);
-        let after = self.transitions(from, to);
+    /// Sets frames `[lo, hi)` (`lo < hi <= FRAMES`) to `bit`, keeping the count and
+    /// recording the frames that change (numbered from `base`) in `out`.
+    fn set(&mut self, base: u64, lo: u64, hi: u64, bit: bool, out: &mut Changes) {
+        // Only pairs with a frame in [lo, hi) can change, and inside it none is left.
+        let before = self.transitions(lo.saturating_sub(1), hi.min(Self::FRAMES - 1));
+        let previous = state_of(!bit);
+        let (fw, lw) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
+        for w in fw..=lw.min(W - 1) {
+            let a = if w == fw { lo % 64 } else { 0 };
+            let b = if w == lw { (hi - 1) % 64 + 1 } else { 64 };
+            let m = mask(a, b);
+            let old = self.words[w];
+            let new = if bit { old | m } else { old & !m };
+            self.words[w] = new;
+            let mut diff = old ^ new;
+            while diff != 0 {
+                let first = u64::from(diff.trailing_zeros());
+                let len = u64::from((diff >> first).trailing_ones());
+                let start = base + w as u64 * 64 + first;
+                out.push_piece(start, start + len, previous);
+                diff &= !mask(first, first + len);
+            }
+        }
+        let after = u32::from(lo > 0 && self.bit(lo - 1) != bit)
+            + u32::from(hi < Self::FRAMES && self.bit(hi) != bit);
         self.boundaries = (self.boundaries + after).saturating_sub(before);
     }
+}
 
+impl BitLeaf {
     fn from_runs(runs: &[LeafRun]) -> Option<BitLeaf> {
         let mut leaf = BitLeaf {
-            words: [0; LEAF_WORDS],
             boundaries: runs.len().saturating_sub(1) as u32,
+            words: [0; LEAF_WORDS],
         };
         for (k, run) in runs.iter().enumerate() {
             let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
@@ -327,6 +458,17 @@ impl BitLeaf {
             p = self.run_end(p);
         }
         RunLeaf { runs }
+    }
+}
+
+/// The canonical slot for a leaf of untagged frames.
+fn leaf_slot(leaf: BitLeaf) -> Slot {
+    if leaf.boundaries == 0 {
+        Slot::Uniform(leaf.state_at(0))
+    } else if (leaf.boundaries as usize) < RUN_LEAF_MAX {
+        Slot::Runs(Arc::new(leaf.to_runs()))
+    } else {
+        Slot::Bits(Arc::new(leaf))
     }
 }
 
@@ -374,8 +516,9 @@ impl RunLeaf {
         self.state(self.index_of(i))
     }
 
-    /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs maximal.
-    fn set(&mut self, lo: u64, hi: u64, state: PageState) {
+    /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs
+    /// maximal and recording what changes (numbered from `base`) in `out`.
+    fn set(&mut self, base: u64, lo: u64, hi: u64, state: PageState, out: &mut Changes) {
         fn push(out: &mut SmallVec<[LeafRun; RUN_LEAF_MAX]>, start: u64, state: PageState) {
             if out.last().map(|r| r.state) != Some(state) {
                 out.push(LeafRun {
@@ -384,19 +527,39 @@ impl RunLeaf {
                 });
             }
         }
-        let mut out = SmallVec::new();
+        let mut index = self.index_of(lo);
+        while index < self.runs.len() && u64::from(self.runs[index].start) < hi {
+            let previous = self.state(index);
+            if previous != state {
+                let start = u64::from(self.runs[index].start).max(lo);
+                out.push_piece(base + start, base + self.end(index).min(hi), previous);
+            }
+            index += 1;
+        }
+        let mut runs = SmallVec::new();
         let after = (hi < LEAF_FRAMES).then(|| self.state_at(hi));
         for run in self.runs.iter().take_while(|r| u64::from(r.start) < lo) {
-            push(&mut out, u64::from(run.start), run.state);
+            push(&mut runs, u64::from(run.start), run.state);
         }
-        push(&mut out, lo, state);
+        push(&mut runs, lo, state);
         if let Some(after) = after {
-            push(&mut out, hi, after);
+            push(&mut runs, hi, after);
         }
         for run in self.runs.iter().filter(|r| u64::from(r.start) > hi) {
-            push(&mut out, u64::from(run.start), run.state);
+            push(&mut runs, u64::from(run.start), run.state);
         }
-        self.runs = out;
+        self.runs = runs;
+    }
+
+    /// The slot a changed run leaf must become, if it is no longer canonical as one.
+    fn other_form(&self) -> Option<Slot> {
+        if self.runs.len() <= 1 {
+            return Some(Slot::Uniform(self.state(0)));
+        }
+        if self.runs.len() > RUN_LEAF_MAX {
+            return BitLeaf::from_runs(&self.runs).map(|bits| Slot::Bits(Arc::new(bits)));
+        }
+        None
     }
 
     /// The canonical slot for this leaf's content.
@@ -413,89 +576,133 @@ impl RunLeaf {
     }
 }
 
-/// Sets the frames `[lo, hi)` of `slot` (offsets from its start, `lo < hi`, within its
-/// span) to `state`, leaving the slot canonical.
-pub(crate) fn set_slot(slot: &mut Slot, level: u32, lo: u64, hi: u64, state: PageState) {
+/// Sets the frames `[lo, hi)` of `slot` (offsets from `base`, its first frame; `lo <
+/// hi`, within its span) to `state`, recording what changes in `out` and leaving the
+/// slot canonical.
+pub(crate) fn set_slot(
+    slot: &mut Slot,
+    level: u32,
+    base: u64,
+    lo: u64,
+    hi: u64,
+    state: PageState,
+    out: &mut Changes,
+) {
     if lo == 0 && hi >= 1u64 << span_shift(level) {
+        let _ = visit(
+            slot,
+            level,
+            base,
+            base + lo,
+            base + hi,
+            &mut |s, e, previous| {
+                if previous != state {
+                    out.push_piece(s, e, previous);
+                }
+                ControlFlow::Continue(())
+            },
+        );
         *slot = Slot::Uniform(state);
         return;
     }
-    if level == 0 {
-        set_leaf(slot, lo, hi, state);
-        return;
-    }
-    if let Slot::Uniform(old) = *slot {
-        if old == state {
-            return;
+    // Change the slot in place; replace it only when its form must change.
+    let replacement = match slot {
+        Slot::Uniform(old) if *old == state => None,
+        Slot::Uniform(old) if level == 0 => {
+            let mut runs = RunLeaf::uniform(*old);
+            runs.set(base, lo, hi, state, out);
+            Some(runs.into_slot())
         }
-        *slot = Slot::Node(Arc::new(Node::uniform(old)));
-    }
-    if let Slot::Node(arc) = slot {
-        let node = Arc::make_mut(arc);
-        node.set(level, lo, hi, state);
-        if node.boundaries == 0 {
-            let uniform = node.first;
-            *slot = Slot::Uniform(uniform);
+        Slot::Uniform(old) => {
+            let mut node = Node::uniform(*old);
+            node.set(level, base, lo, hi, state, out);
+            Some(node_form(&node, level).unwrap_or_else(|| Slot::Node(Arc::new(node))))
         }
-    }
-}
-
-fn set_leaf(slot: &mut Slot, lo: u64, hi: u64, state: PageState) {
-    let old = std::mem::replace(slot, Slot::Uniform(state));
-    *slot = match old {
-        Slot::Bits(mut arc) => match bit_of(state) {
+        Slot::Node(arc) => {
+            let node = Arc::make_mut(arc);
+            node.set(level, base, lo, hi, state, out);
+            node_form(node, level)
+        }
+        Slot::Dense(arc) => match bit_of(state) {
             Some(bit) => {
-                let leaf = Arc::make_mut(&mut arc);
-                leaf.set(lo, hi, bit);
-                if leaf.boundaries == 0 {
-                    Slot::Uniform(leaf.state_at(0))
-                } else if (leaf.boundaries as usize) < RUN_LEAF_MAX {
-                    Slot::Runs(Arc::new(leaf.to_runs()))
+                let dense = Arc::make_mut(arc);
+                dense.set(base, lo, hi, bit, out);
+                if dense.boundaries == 0 {
+                    Some(Slot::Uniform(dense.state_at(0)))
+                } else if u64::from(dense.boundaries) < DENSE_MIN_BOUNDARIES {
+                    Some(Slot::Node(Arc::new(Node::from_dense(dense))))
                 } else {
-                    Slot::Bits(arc)
+                    None
+                }
+            }
+            None => {
+                let mut node = Node::from_dense(arc);
+                node.set(level, base, lo, hi, state, out);
+                Some(node_form(&node, level).unwrap_or_else(|| Slot::Node(Arc::new(node))))
+            }
+        },
+        Slot::Bits(arc) => match bit_of(state) {
+            Some(bit) => {
+                let leaf = Arc::make_mut(arc);
+                leaf.set(base, lo, hi, bit, out);
+                if leaf.boundaries == 0 {
+                    Some(Slot::Uniform(leaf.state_at(0)))
+                } else if (leaf.boundaries as usize) < RUN_LEAF_MAX {
+                    Some(Slot::Runs(Arc::new(leaf.to_runs())))
+                } else {
+                    None
                 }
             }
             None => {
                 let mut runs = arc.to_runs();
-                runs.set(lo, hi, state);
-                runs.into_slot()
+                runs.set(base, lo, hi, state, out);
+                Some(runs.into_slot())
             }
         },
         Slot::Runs(arc) => {
-            let mut runs = Arc::unwrap_or_clone(arc);
-            runs.set(lo, hi, state);
-            runs.into_slot()
+            let runs = Arc::make_mut(arc);
+            runs.set(base, lo, hi, state, out);
+            runs.other_form()
         }
-        Slot::Uniform(old) if old == state => Slot::Uniform(old),
-        Slot::Uniform(old) => {
-            let mut runs = RunLeaf::uniform(old);
-            runs.set(lo, hi, state);
-            runs.into_slot()
-        }
-        // Nodes never sit at level 0; keep whatever was there.
-        node @ Slot::Node(_) => node,
     };
+    if let Some(replacement) = replacement {
+        *slot = replacement;
+    }
+}
+
+/// The slot a changed node must become, if it is no longer canonical as a node.
+fn node_form(node: &Node, level: u32) -> Option<Slot> {
+    if node.boundaries == 0 {
+        return Some(Slot::Uniform(node.first));
+    }
+    if level == 1 && node.tagged == 0 && node.boundaries >= DENSE_MIN_BOUNDARIES {
+        return node.to_dense().map(|dense| Slot::Dense(Arc::new(dense)));
+    }
+    None
 }
 
 /// The state of frame `gfn` in the tree rooted at `root` of height `height`.
+#[inline]
 pub(crate) fn get(root: &Slot, height: u32, gfn: u64) -> PageState {
     let mut slot = root;
     let mut level = height;
     loop {
         match slot {
-            Slot::Uniform(s) => return *s,
             Slot::Node(n) => {
                 level = level.saturating_sub(1);
                 slot = &n.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)];
             }
+            Slot::Dense(d) => return d.state_at(gfn),
             Slot::Bits(l) => return l.state_at(gfn),
+            Slot::Uniform(s) => return *s,
             Slot::Runs(l) => return l.state_at(gfn),
         }
     }
 }
 
 /// The state of frame `gfn` and the end of the piece of equal state that holds it (the
-/// end of a uniform slot or of a leaf's run; the next piece may have the same state).
+/// end of a uniform slot or of a bitmap's or leaf's run; the next piece may have the
+/// same state).
 pub(crate) fn locate(root: &Slot, height: u32, gfn: u64) -> (PageState, u64) {
     let mut slot = root;
     let mut level = height;
@@ -508,6 +715,7 @@ pub(crate) fn locate(root: &Slot, height: u32, gfn: u64) -> (PageState, u64) {
                 level = level.saturating_sub(1);
                 slot = &n.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)];
             }
+            Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
             Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
             Slot::Runs(l) => {
                 let index = l.index_of(gfn);
@@ -519,7 +727,8 @@ pub(crate) fn locate(root: &Slot, height: u32, gfn: u64) -> (PageState, u64) {
 
 /// Calls `f(start, end, state)` for consecutive pieces of equal state covering the
 /// frames `[lo, hi)` of `slot` (which starts at frame `base`), in address order, until
-/// `f` breaks. Pieces are maximal within a leaf but may continue in the next slot.
+/// `f` breaks. Pieces are maximal within a bitmap or leaf but may continue in the next
+/// slot.
 pub(crate) fn visit<F>(
     slot: &Slot,
     level: u32,
@@ -544,15 +753,8 @@ where
             }
             ControlFlow::Continue(())
         }
-        Slot::Bits(l) => {
-            let mut p = lo;
-            while p < hi {
-                let end = (base + l.run_end(p - base)).min(hi);
-                f(p, end, l.state_at(p - base))?;
-                p = end;
-            }
-            ControlFlow::Continue(())
-        }
+        Slot::Dense(d) => visit_bits(d, base, lo, hi, f),
+        Slot::Bits(l) => visit_bits(l, base, lo, hi, f),
         Slot::Runs(l) => {
             let mut index = l.index_of(lo - base);
             let mut p = lo;
@@ -567,22 +769,43 @@ where
     }
 }
 
+fn visit_bits<const W: usize, F>(
+    bits: &Bitmap<W>,
+    base: u64,
+    lo: u64,
+    hi: u64,
+    f: &mut F,
+) -> ControlFlow<()>
+where
+    F: FnMut(u64, u64, PageState) -> ControlFlow<()>,
+{
+    let mut p = lo;
+    while p < hi {
+        let end = (base + bits.run_end(p - base)).min(hi);
+        f(p, end, bits.state_at(p - base))?;
+        p = end;
+    }
+    ControlFlow::Continue(())
+}
+
 /// Checks that `slot` is canonical and its recorded counts are right; returns its
-/// summary computed from scratch.
+/// boundaries, whether it is tagged, and its first and last state, computed from scratch.
 #[cfg(test)]
-pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, PageState, PageState), String> {
+pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), String> {
     match slot {
-        Slot::Uniform(s) => Ok((0, *s, *s)),
+        Slot::Uniform(s) => Ok((0, s.tag.is_some(), *s, *s)),
         Slot::Node(n) => {
             if level == 0 {
                 return Err("node at level 0".into());
             }
             let mut total = 0;
+            let mut tagged = 0;
             let mut prev: Option<PageState> = None;
             let mut first = None;
             for child in &n.slots {
-                let (b, f, l) = check(child, level - 1)?;
+                let (b, t, f, l) = check(child, level - 1)?;
                 total += b;
+                tagged += u32::from(t);
                 if prev.is_some_and(|p| p != f) {
                     total += 1;
                 }
@@ -593,14 +816,38 @@ pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, PageState, PageStat
                 return Err(format!("uniform node not collapsed at level {level}"));
             }
             let (first, last) = (first.unwrap_or_default(), prev.unwrap_or_default());
-            if (n.boundaries, n.first, n.last) != (total, first, last) {
+            if (n.boundaries, n.tagged, n.first, n.last) != (total, tagged, first, last) {
                 return Err(format!(
                     "node at level {level} records {:?}, holds {:?}",
-                    (n.boundaries, n.first, n.last),
-                    (total, first, last)
+                    (n.boundaries, n.tagged, n.first, n.last),
+                    (total, tagged, first, last)
                 ));
             }
-            Ok((total, first, last))
+            if level == 1 && tagged == 0 && total >= DENSE_MIN_BOUNDARIES {
+                return Err(format!("untagged level-1 node with {total} boundaries"));
+            }
+            Ok((total, tagged > 0, first, last))
+        }
+        Slot::Dense(d) => {
+            if level != 1 {
+                return Err(format!("dense bitmap at level {level}"));
+            }
+            let total = d.transitions(0, Dense::FRAMES - 1);
+            if total != d.boundaries {
+                return Err(format!(
+                    "dense bitmap records {} boundaries, holds {total}",
+                    d.boundaries
+                ));
+            }
+            if u64::from(total) < DENSE_MIN_BOUNDARIES {
+                return Err(format!("dense bitmap with {total} boundaries"));
+            }
+            Ok((
+                u64::from(total),
+                false,
+                d.state_at(0),
+                d.state_at(Dense::FRAMES - 1),
+            ))
         }
         Slot::Bits(l) => {
             if level != 0 {
@@ -616,7 +863,12 @@ pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, PageState, PageStat
             if (total as usize) < RUN_LEAF_MAX {
                 return Err(format!("bitmap leaf with {} runs", total + 1));
             }
-            Ok((u64::from(total), l.state_at(0), l.state_at(LEAF_FRAMES - 1)))
+            Ok((
+                u64::from(total),
+                false,
+                l.state_at(0),
+                l.state_at(LEAF_FRAMES - 1),
+            ))
         }
         Slot::Runs(l) => {
             if level != 0 {
@@ -637,8 +889,10 @@ pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, PageState, PageStat
             if untagged && runs.len() > RUN_LEAF_MAX {
                 return Err(format!("untagged run leaf with {} runs", runs.len()));
             }
+            let tagged = runs.iter().any(|r| r.state.tag.is_some());
             Ok((
                 runs.len() as u64 - 1,
+                tagged,
                 runs[0].state,
                 runs[runs.len() - 1].state,
             ))
