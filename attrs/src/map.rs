@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use crate::attributes::{Attributes, PageState};
 use crate::range::{FrameRange, Gfn, PAGE_SHIFT, PAGE_SIZE, RangeError};
-use crate::tree::{self, Slot};
+use crate::tree::Tree;
 
 /// A sub-range whose state a [`AttrMap::set`] changed, with the state it had before.
 ///
@@ -115,9 +115,8 @@ pub struct Run {
 #[derive(Clone, PartialEq, Eq)]
 pub struct AttrMap {
     frames: u64,
-    height: u32,
-    /// Covers `2^span_shift(height)` frames; those at or past `frames` stay shared.
-    root: Slot,
+    /// Covers at least `frames` frames; those at or past `frames` stay shared.
+    tree: Tree,
 }
 
 impl AttrMap {
@@ -128,8 +127,7 @@ impl AttrMap {
         let range = FrameRange::from_gpa(0, guest_size)?;
         Ok(AttrMap {
             frames: range.pages(),
-            height: tree::height_for(range.pages()),
-            root: Slot::Uniform(PageState::SHARED),
+            tree: Tree::new(range.pages()),
         })
     }
 
@@ -182,14 +180,17 @@ impl AttrMap {
         let range = self.check(range)?;
         let (a, b) = (range.start().0, range.end().0);
         let mut changes = Changes::default();
+        if b - a == 1 && self.tree.set_frame(a, state, &mut changes).is_some() {
+            return Ok(changes);
+        }
         // Leave a range already in that state untouched: a set that changes nothing
         // copies no node a snapshot shares.
-        let unchanged = if tree::get(&self.root, self.height, a) != state {
+        let unchanged = if self.tree.get(a) != state {
             ControlFlow::Break(())
         } else if b - a == 1 {
             ControlFlow::Continue(())
         } else {
-            tree::visit(&self.root, self.height, 0, a, b, &mut |_, _, previous| {
+            self.tree.visit(a, b, &mut |_, _, previous| {
                 if previous == state {
                     ControlFlow::Continue(())
                 } else {
@@ -198,7 +199,7 @@ impl AttrMap {
             })
         };
         if unchanged.is_break() {
-            tree::set_slot(&mut self.root, self.height, 0, a, b, state, &mut changes);
+            self.tree.set(a, b, state, &mut changes);
         }
         Ok(changes)
     }
@@ -206,6 +207,17 @@ impl AttrMap {
     /// The state of one frame.
     #[inline]
     pub fn get(&self, gfn: Gfn) -> Result<PageState, RangeError> {
+        if gfn.0 < self.frames
+            && let Some(state) = self.tree.get_dense(gfn.0)
+        {
+            return Ok(state);
+        }
+        self.get_other(gfn)
+    }
+
+    /// [`get`](AttrMap::get) for all but a densely converted region under the root.
+    #[inline(never)]
+    fn get_other(&self, gfn: Gfn) -> Result<PageState, RangeError> {
         if gfn.0 >= self.frames {
             let range = FrameRange::new(gfn, 1)?;
             return Err(RangeError::OutOfBounds {
@@ -213,27 +225,22 @@ impl AttrMap {
                 limit: self.guest_size(),
             });
         }
-        Ok(tree::get(&self.root, self.height, gfn.0))
+        Ok(self.tree.get(gfn.0))
     }
 
     /// Whether every frame of `range` has exactly the attributes `attributes` (tags are
     /// not compared).
     pub fn range_is(&self, range: FrameRange, attributes: Attributes) -> Result<bool, RangeError> {
         let range = self.check(range)?;
-        let flow = tree::visit(
-            &self.root,
-            self.height,
-            0,
-            range.start().0,
-            range.end().0,
-            &mut |_, _, state| {
+        let flow = self
+            .tree
+            .visit(range.start().0, range.end().0, &mut |_, _, state| {
                 if state.attributes == attributes {
                     ControlFlow::Continue(())
                 } else {
                     ControlFlow::Break(())
                 }
-            },
-        );
+            });
         Ok(flow.is_continue())
     }
 
@@ -250,11 +257,10 @@ impl AttrMap {
 
     /// The number of maximal runs in the whole guest (at least one).
     pub fn run_count(&self) -> usize {
-        let mut boundaries = self.root.boundaries();
+        let mut boundaries = self.tree.boundaries();
         // The frames past the guest's end are shared; a last frame in another state
         // makes one boundary there that is not the guest's.
-        if self.frames < 1u64 << tree::span_shift(self.height)
-            && tree::get(&self.root, self.height, self.frames - 1) != PageState::SHARED
+        if self.frames < self.tree.capacity() && self.tree.get(self.frames - 1) != PageState::SHARED
         {
             boundaries = boundaries.saturating_sub(1);
         }
@@ -264,33 +270,29 @@ impl AttrMap {
     /// The bytes of heap this map holds (counting nodes a clone shares), for comparing
     /// representations.
     pub fn heap_bytes(&self) -> usize {
-        self.root.heap_bytes()
+        self.tree.heap_bytes()
+    }
+
+    /// Slots of each form: uniform, node, dense, bits, runs (tests only).
+    #[cfg(test)]
+    pub(crate) fn forms(&self) -> [usize; 5] {
+        self.tree.forms()
     }
 
     /// Checks that the tree is canonical and its counts right (tests only).
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) -> Result<(), String> {
-        if self.height != tree::height_for(self.frames) {
-            return Err(format!("height {} for {} frames", self.height, self.frames));
-        }
-        tree::check(&self.root, self.height)?;
-        let capacity = 1u64 << tree::span_shift(self.height);
+        self.tree.check(self.frames)?;
+        let capacity = self.tree.capacity();
         if self.frames < capacity {
             let mut bad = None;
-            let _ = tree::visit(
-                &self.root,
-                self.height,
-                0,
-                self.frames,
-                capacity,
-                &mut |s, _, st| {
-                    if st == PageState::SHARED {
-                        return ControlFlow::Continue(());
-                    }
-                    bad = Some(s);
-                    ControlFlow::Break(())
-                },
-            );
+            let _ = self.tree.visit(self.frames, capacity, &mut |s, _, st| {
+                if st == PageState::SHARED {
+                    return ControlFlow::Continue(());
+                }
+                bad = Some(s);
+                ControlFlow::Break(())
+            });
             if let Some(s) = bad {
                 return Err(format!("frame {s:#x} past the guest's end is not shared"));
             }
@@ -321,7 +323,7 @@ pub struct Runs<'a> {
 
 impl Runs<'_> {
     fn piece(&self, gfn: u64) -> (PageState, u64) {
-        tree::locate(&self.map.root, self.map.height, gfn)
+        self.map.tree.locate(gfn)
     }
 }
 
@@ -441,5 +443,147 @@ mod tests {
         assert!(m.get(Gfn(16)).is_err());
         assert!(m.range(15 * PAGE_SIZE, 2 * PAGE_SIZE).is_err());
         assert!(m.range(15 * PAGE_SIZE, PAGE_SIZE).is_ok());
+    }
+
+    const DENSE: usize = 2;
+    const BITS: usize = 3;
+    const RUNS: usize = 4;
+
+    /// A 2 GiB map whose first 1 GiB holds `pages` isolated private pages.
+    fn scattered(pages: u64) -> AttrMap {
+        let mut m = AttrMap::new(2 * GIB).unwrap();
+        for k in 0..pages {
+            m.set(fr(1000 + k * 2001, 1), Attributes::PRIVATE).unwrap();
+        }
+        m.check_invariants().unwrap();
+        m
+    }
+
+    fn all_runs(m: &AttrMap) -> Vec<Run> {
+        m.runs(m.whole()).unwrap().collect()
+    }
+
+    #[test]
+    fn dense_region_forms_and_unforms() {
+        let half = crate::tree::DENSE_MIN_BOUNDARIES / 2;
+        let below = scattered(half - 1);
+        assert_eq!(below.forms()[DENSE], 0);
+        assert!(below.forms()[BITS] + below.forms()[RUNS] > 0);
+        let mut m = scattered(half);
+        assert_eq!(m.forms()[DENSE], 1, "{:?}", m.forms());
+        assert_eq!(m.run_count() as u64, 2 * half + 1);
+        // One page fewer: back to a node of leaves, equal to the map built that way.
+        let c = m.set(fr(1000, 1), Attributes::empty()).unwrap();
+        assert_eq!(
+            &c[..],
+            &[Change {
+                range: fr(1000, 1),
+                previous: PageState::PRIVATE
+            }]
+        );
+        m.check_invariants().unwrap();
+        assert_eq!(m.forms()[DENSE], 0);
+        assert_eq!(all_runs(&m)[1..], all_runs(&scattered(half))[3..]);
+        let c = m.set(fr(1000, 1), Attributes::PRIVATE).unwrap();
+        assert_eq!(c.pages(), 1);
+        m.check_invariants().unwrap();
+        assert_eq!(m, scattered(half));
+        // A tag inside the bitmap turns it back into leaves; clearing it, a bitmap again.
+        let t = Tag::new(9).unwrap();
+        m.set_state(fr(5004, 3), PageState::tagged(Attributes::PRIVATE, t))
+            .unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(m.forms()[DENSE], 0);
+        assert_eq!(m.get(Gfn(5005)).unwrap().tag, Some(t));
+        m.set(fr(5004, 3), Attributes::empty()).unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(m, scattered(half));
+        // Clearing the whole region leaves nothing behind.
+        let c = m
+            .set(
+                FrameRange::new(Gfn(0), 1 << 18).unwrap(),
+                Attributes::empty(),
+            )
+            .unwrap();
+        assert_eq!(c.len() as u64, half);
+        assert_eq!(m.forms(), [64, 0, 0, 0, 0]);
+        assert_eq!(m, AttrMap::new(2 * GIB).unwrap());
+    }
+
+    #[test]
+    fn clones_never_see_later_sets() {
+        let half = crate::tree::DENSE_MIN_BOUNDARIES / 2;
+        let t = Tag::new(3).unwrap();
+        let mut m = scattered(half);
+        // A bitmap leaf and a run leaf in the second region too.
+        for k in 0..6 {
+            m.set(fr((1 << 18) + 10 + 3 * k, 1), Attributes::PRIVATE)
+                .unwrap();
+        }
+        m.set_state(
+            fr((1 << 18) + 9000, 2),
+            PageState::tagged(Attributes::empty(), t),
+        )
+        .unwrap();
+        let forms = m.forms();
+        assert!(
+            forms[DENSE] == 1 && forms[BITS] >= 1 && forms[RUNS] >= 1,
+            "{forms:?}"
+        );
+        let snapshot = m.clone();
+        let before = all_runs(&m);
+        // Single pages (changed in place when owned) and ranges, in every form.
+        for gfn in [
+            1500,
+            1000,
+            2,
+            (1 << 18) + 11,
+            (1 << 18) + 13,
+            (1 << 18) + 9001,
+        ] {
+            m.set(fr(gfn, 1), Attributes::PRIVATE).unwrap();
+            m.set(fr(gfn + 1, 1), Attributes::empty()).unwrap();
+        }
+        m.set(fr(100, 5000), Attributes::PRIVATE).unwrap();
+        m.check_invariants().unwrap();
+        assert_ne!(all_runs(&m), before);
+        assert_eq!(all_runs(&snapshot), before);
+        snapshot.check_invariants().unwrap();
+        // And the other way round: the clone's sets leave the original alone.
+        let after = all_runs(&m);
+        let mut other = m.clone();
+        other.set(fr(7, 1), Attributes::PRIVATE).unwrap();
+        other
+            .set(fr((1 << 18) + 12, 1), Attributes::PRIVATE)
+            .unwrap();
+        assert_eq!(all_runs(&m), after);
+        // Once the clone is gone, the map changes its own bitmaps in place again.
+        drop(other);
+        drop(snapshot);
+        m.set(fr(3, 1), Attributes::PRIVATE).unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(m.get(Gfn(3)).unwrap(), PageState::PRIVATE);
+    }
+
+    #[test]
+    fn top_frames_of_the_largest_guest() {
+        let mut m = AttrMap::new(crate::MAX_FRAMES << PAGE_SHIFT).unwrap();
+        let top = crate::MAX_FRAMES;
+        let c = m.set(fr(top - 3, 3), Attributes::PRIVATE).unwrap();
+        assert_eq!(
+            &c[..],
+            &[Change {
+                range: fr(top - 3, 3),
+                previous: PageState::SHARED
+            }]
+        );
+        assert_eq!(m.run_count(), 2);
+        assert_eq!(m.get(Gfn(top - 1)).unwrap(), PageState::PRIVATE);
+        assert!(m.get(Gfn(top)).is_err());
+        m.set(fr(top - 2, 1), Attributes::empty()).unwrap();
+        assert_eq!(m.run_count(), 4);
+        m.check_invariants().unwrap();
+        let runs = all_runs(&m);
+        assert_eq!(runs.last().unwrap().range, fr(top - 1, 1));
     }
 }

@@ -139,9 +139,24 @@ fn fr(a: u64, b: u64) -> FrameRange {
 
 /// Runs `ops` on a fresh map and on the oracle, checking everything after every step.
 fn run_case(frames: u64, ops: &[Op]) -> Result<(), TestCaseError> {
+    let map = AttrMap::new(frames << PAGE_SHIFT).unwrap();
+    run_case_from(&map, &[], ops)
+}
+
+/// Runs `ops` on a clone of `start` (which holds the sets `background`) and on the
+/// oracle, checking everything after every step.
+fn run_case_from(
+    start: &AttrMap,
+    background: &[(u64, u64, PageState)],
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
+    let frames = start.frames();
     let mut points = Vec::new();
     if frames <= 4096 {
         points.extend(0..frames);
+    }
+    for &(a, b, _) in background {
+        points.extend([a, b]);
     }
     for op in ops {
         if let Op::Set(a, b, _) = *op {
@@ -149,7 +164,10 @@ fn run_case(frames: u64, ops: &[Op]) -> Result<(), TestCaseError> {
         }
     }
     let mut oracle = Oracle::new(frames, points);
-    let mut map = AttrMap::new(frames << PAGE_SHIFT).unwrap();
+    for &(a, b, state) in background {
+        oracle.set(a, b, state);
+    }
+    let mut map = start.clone();
     let whole = fr(0, frames);
     for op in ops {
         match *op {
@@ -319,3 +337,57 @@ proptest! {
 }
 
 const LEAF_EDGES: u64 = 3 * 4096 + 100;
+
+/// Two 1 GiB regions; the first starts with exactly the boundaries that make it one
+/// bitmap, so sets near its pages push it across that line both ways.
+const DENSE_FRAMES: u64 = 2 << 18;
+
+fn dense_background() -> Vec<(u64, u64, PageState)> {
+    let pages = crate::tree::DENSE_MIN_BOUNDARIES / 2;
+    (0..pages)
+        .map(|k| {
+            let a = 1000 + k * 3001;
+            (a, a + 1, PageState::PRIVATE)
+        })
+        .collect()
+}
+
+/// The map all dense cases clone: each case's sets must leave it untouched.
+fn dense_template() -> &'static AttrMap {
+    static TEMPLATE: std::sync::OnceLock<AttrMap> = std::sync::OnceLock::new();
+    TEMPLATE.get_or_init(|| {
+        let mut map = AttrMap::new(DENSE_FRAMES << PAGE_SHIFT).unwrap();
+        for (a, b, state) in dense_background() {
+            map.set_state(fr(a, b), state).unwrap();
+        }
+        map.check_invariants().unwrap();
+        map
+    })
+}
+
+fn dense_ops() -> impl Strategy<Value = Vec<Op>> {
+    let background = dense_background();
+    let mut anchors: Vec<u64> = background.iter().step_by(7).map(|&(a, _, _)| a).collect();
+    anchors.extend([0, 1 << 18, DENSE_FRAMES]);
+    clustered_ops(DENSE_FRAMES, Just(anchors), 14, 12)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// A region at the line between bitmap and tree: single pages, short ranges, tags
+    /// and ranges across the region's edge, on clones of one map.
+    #[test]
+    fn dense_region_matches_oracle(ops in dense_ops()) {
+        let template = dense_template();
+        run_case_from(template, &dense_background(), &ops)?;
+        // No case may change the map it cloned.
+        let mut expected = AttrMap::new(DENSE_FRAMES << PAGE_SHIFT).unwrap();
+        for (a, b, state) in dense_background() {
+            expected.set_state(fr(a, b), state).unwrap();
+        }
+        let untouched: Vec<Run> = template.runs(template.whole()).unwrap().collect();
+        let want: Vec<Run> = expected.runs(expected.whole()).unwrap().collect();
+        prop_assert_eq!(untouched, want);
+    }
+}

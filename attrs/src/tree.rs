@@ -33,8 +33,10 @@
 //! costs one reference count, and a later set copies only the path it changes while a
 //! clone still holds the old one (path copying).
 
+use std::fmt;
 use std::ops::ControlFlow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use smallvec::SmallVec;
 
@@ -52,15 +54,18 @@ pub(crate) const FANOUT_SHIFT: u32 = 6;
 pub(crate) const FANOUT: usize = 1 << FANOUT_SHIFT;
 /// An untagged leaf with at most this many runs is a run list, with more a bitmap.
 ///
-/// Up to here the run list is smaller than the 512-byte bitmap, lives inline in the
-/// leaf, and is searched in a few compares.
-pub(crate) const RUN_LEAF_MAX: usize = 8;
+/// A range conversion leaves at most one edge in a leaf, two runs, which a run list
+/// holds in a few bytes. Scattered pages make a bitmap, which a single-page conversion
+/// changes in place without copying the leaf.
+pub(crate) const RUN_LEAF_MAX: usize = 2;
+/// Runs a run list holds without a separate allocation (tagged leaves may have more).
+const RUN_LEAF_INLINE: usize = 4;
 /// An untagged level-1 region with at least this many run boundaries is one bitmap.
 ///
 /// That is 8 per leaf on average, where leaves turn into bitmaps: from here on the
 /// region as 64 leaves would cost about the 32 KiB of the bitmap, and a lookup one more
 /// pointer.
-pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 512;
+pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 128;
 const DENSE_FRAMES: u64 = 1 << span_shift(1);
 const DENSE_WORDS: usize = (DENSE_FRAMES / 64) as usize;
 /// The tallest tree: `12 + 6 * 7 = 54` bits of frame number cover [`crate::MAX_FRAMES`].
@@ -133,8 +138,8 @@ impl Slot {
         match self {
             Slot::Uniform(_) => 0,
             Slot::Node(n) => n.boundaries,
-            Slot::Dense(d) => u64::from(d.boundaries),
-            Slot::Bits(l) => u64::from(l.boundaries),
+            Slot::Dense(d) => u64::from(d.boundaries()),
+            Slot::Bits(l) => u64::from(l.boundaries()),
             Slot::Runs(l) => l.runs.len().saturating_sub(1) as u64,
         }
     }
@@ -219,41 +224,54 @@ impl Node {
         }
     }
 
-    /// The level-1 node holding the same frames as `dense`.
-    fn from_dense(dense: &Dense) -> Node {
+    /// The level-1 node holding the same frames as `dense`, its leaves owned by `owner`.
+    fn from_dense(dense: &Dense, owner: u64) -> Node {
         Node {
             slots: std::array::from_fn(|k| {
-                let mut words = [0; LEAF_WORDS];
-                words.copy_from_slice(&dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS]);
-                let leaf = BitLeaf::with_words(words);
+                let leaf = BitLeaf::zeroed(owner);
+                for (w, word) in leaf.words.iter().enumerate() {
+                    word.store(dense.word(k * LEAF_WORDS + w), Ordering::Relaxed);
+                }
+                leaf.recount();
                 leaf_slot(leaf)
             }),
-            boundaries: u64::from(dense.boundaries),
+            boundaries: u64::from(dense.boundaries()),
             tagged: 0,
             first: dense.state_at(0),
             last: dense.state_at(Dense::FRAMES - 1),
         }
     }
 
-    /// The bitmap of this level-1 node, if no frame in it is tagged.
-    fn to_dense(&self) -> Option<Dense> {
-        let mut dense = Dense {
-            boundaries: u32::try_from(self.boundaries).ok()?,
-            words: [0; DENSE_WORDS],
-        };
+    /// The bitmap of this level-1 node, owned by `owner`, if no frame in it is tagged.
+    fn to_dense(&self, owner: u64) -> Option<Dense> {
+        let dense = Dense::zeroed(owner);
         for (k, slot) in self.slots.iter().enumerate() {
-            let words = &mut dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS];
+            let words = &dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS];
             match slot {
                 Slot::Uniform(s) => {
                     if bit_of(*s)? {
-                        words.fill(u64::MAX);
+                        words
+                            .iter()
+                            .for_each(|w| w.store(u64::MAX, Ordering::Relaxed));
                     }
                 }
-                Slot::Bits(l) => words.copy_from_slice(&l.words),
-                Slot::Runs(l) => words.copy_from_slice(&BitLeaf::from_runs(&l.runs)?.words),
+                Slot::Bits(l) => {
+                    for (to, from) in words.iter().zip(&l.words) {
+                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                }
+                Slot::Runs(l) => {
+                    let leaf = BitLeaf::from_runs(&l.runs, owner)?;
+                    for (to, from) in words.iter().zip(&leaf.words) {
+                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    }
+                }
                 Slot::Node(_) | Slot::Dense(_) => return None,
             }
         }
+        dense
+            .boundaries
+            .store(u32::try_from(self.boundaries).ok()?, Ordering::Relaxed);
         Some(dense)
     }
 
@@ -278,17 +296,9 @@ impl Node {
         (boundaries, tagged)
     }
 
-    /// Sets the frames `[lo, hi)` of this node (offsets from `base`, its first frame) to
-    /// `state`, recording what changes in `out`.
-    fn set(
-        &mut self,
-        level: u32,
-        base: u64,
-        lo: u64,
-        hi: u64,
-        state: PageState,
-        out: &mut Changes,
-    ) {
+    /// Sets the frames `[lo, hi)` of this node (offsets from `base`, its first frame) as
+    /// `set` asks.
+    fn set(&mut self, level: u32, base: u64, lo: u64, hi: u64, set: &mut Set<'_>) {
         let child = level.saturating_sub(1);
         let cs = span_shift(child);
         let i = ((lo >> cs) as usize).min(FANOUT - 1);
@@ -301,15 +311,7 @@ impl Node {
             let start = (k as u64) << cs;
             let clo = lo.max(start) - start;
             let chi = hi.min(start + (1 << cs)) - start;
-            set_slot(
-                &mut self.slots[k],
-                child,
-                base + start,
-                clo,
-                chi,
-                state,
-                out,
-            );
+            set_slot(&mut self.slots[k], child, base + start, clo, chi, set);
         }
         let (b1, t1) = self.window(i, j, left, right);
         self.boundaries = (self.boundaries + b1).saturating_sub(b0);
@@ -324,29 +326,64 @@ impl Node {
 }
 
 /// One bit per frame, set means private, for `W * 64` untagged frames.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// A bitmap is changed in place, without a reference-count check, by the one map whose
+/// generation is its `owner`; any other map copies it first. Every clone of a map gives
+/// both maps fresh generations, so a bitmap that some other map can reach never has
+/// the owner of the map changing it. The words are atomics only so that the change can
+/// go through a shared `Arc`: relaxed loads and stores are plain moves, and no reader
+/// ever sees a bitmap while it changes.
 #[repr(C)] // The count first, beside the reference counts, away from most words.
 pub(crate) struct Bitmap<const W: usize> {
     /// Adjacent frame pairs whose bits differ.
-    boundaries: u32,
-    words: [u64; W],
+    boundaries: AtomicU32,
+    /// The generation of the map that may change this bitmap in place.
+    owner: u64,
+    words: [AtomicU64; W],
 }
 
 impl<const W: usize> Bitmap<W> {
     const FRAMES: u64 = W as u64 * 64;
 
-    fn with_words(words: [u64; W]) -> Self {
-        let mut bitmap = Bitmap {
-            boundaries: 0,
-            words,
-        };
-        bitmap.boundaries = bitmap.transitions(0, Self::FRAMES - 1);
-        bitmap
+    fn zeroed(owner: u64) -> Self {
+        Bitmap {
+            boundaries: AtomicU32::new(0),
+            owner,
+            words: [const { AtomicU64::new(0) }; W],
+        }
+    }
+
+    /// A copy that the map of generation `owner` may change.
+    fn copy_for(&self, owner: u64) -> Self {
+        let copy = Bitmap::zeroed(owner);
+        for (to, from) in copy.words.iter().zip(&self.words) {
+            to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        copy.boundaries.store(self.boundaries(), Ordering::Relaxed);
+        copy
+    }
+
+    fn boundaries(&self) -> u32 {
+        self.boundaries.load(Ordering::Relaxed)
+    }
+
+    fn word(&self, w: usize) -> u64 {
+        self.words[w].load(Ordering::Relaxed)
+    }
+
+    fn set_word(&self, w: usize, value: u64) {
+        self.words[w].store(value, Ordering::Relaxed);
+    }
+
+    /// Counts the boundaries from scratch (after filling words directly).
+    fn recount(&self) {
+        self.boundaries
+            .store(self.transitions(0, Self::FRAMES - 1), Ordering::Relaxed);
     }
 
     fn bit(&self, i: u64) -> bool {
         let i = i & (Self::FRAMES - 1);
-        (self.words[(i / 64) as usize] >> (i % 64)) & 1 != 0
+        (self.word((i / 64) as usize) >> (i % 64)) & 1 != 0
     }
 
     fn state_at(&self, i: u64) -> PageState {
@@ -358,7 +395,7 @@ impl<const W: usize> Bitmap<W> {
         let i = i & (Self::FRAMES - 1);
         let fill = if self.bit(i) { u64::MAX } else { 0 };
         let mut w = (i / 64) as usize;
-        let mut diff = (self.words[w] ^ fill) & (u64::MAX << (i % 64));
+        let mut diff = (self.word(w) ^ fill) & (u64::MAX << (i % 64));
         loop {
             if diff != 0 {
                 return w as u64 * 64 + u64::from(diff.trailing_zeros());
@@ -367,7 +404,7 @@ impl<const W: usize> Bitmap<W> {
             if w >= W {
                 return Self::FRAMES;
             }
-            diff = self.words[w] ^ fill;
+            diff = self.word(w) ^ fill;
         }
     }
 
@@ -379,8 +416,8 @@ impl<const W: usize> Bitmap<W> {
         let (fw, lw) = ((from / 64) as usize, ((to - 1) / 64) as usize);
         let mut count = 0;
         for w in fw..=lw.min(W - 1) {
-            let cur = self.words[w];
-            let next = self.words.get(w + 1).map_or(0, |n| n & 1);
+            let cur = self.word(w);
+            let next = if w + 1 < W { self.word(w + 1) & 1 } else { 0 };
             let flips = cur ^ ((cur >> 1) | (next << 63));
             let lo = if w == fw { from % 64 } else { 0 };
             let hi = if w == lw { (to - 1) % 64 + 1 } else { 64 };
@@ -389,23 +426,20 @@ impl<const W: usize> Bitmap<W> {
         count
     }
 
-    fn fill(&mut self, lo: u64, hi: u64, bit: bool) {
+    /// Sets frames `[lo, hi)` to private, without counting (callers recount).
+    fn fill(&self, lo: u64, hi: u64) {
         let (fw, lw) = ((lo / 64) as usize, ((hi - 1) / 64) as usize);
         for w in fw..=lw.min(W - 1) {
             let a = if w == fw { lo % 64 } else { 0 };
             let b = if w == lw { (hi - 1) % 64 + 1 } else { 64 };
-            let m = mask(a, b);
-            if bit {
-                self.words[w] |= m;
-            } else {
-                self.words[w] &= !m;
-            }
+            self.set_word(w, self.word(w) | mask(a, b));
         }
     }
 
     /// Sets frames `[lo, hi)` (`lo < hi <= FRAMES`) to `bit`, keeping the count and
-    /// recording the frames that change (numbered from `base`) in `out`.
-    fn set(&mut self, base: u64, lo: u64, hi: u64, bit: bool, out: &mut Changes) {
+    /// recording the frames that change (numbered from `base`) in `out`. Only for the
+    /// map of generation `owner`.
+    fn set(&self, base: u64, lo: u64, hi: u64, bit: bool, out: &mut Changes) {
         // Only pairs with a frame in [lo, hi) can change, and inside it none is left.
         let before = self.transitions(lo.saturating_sub(1), hi.min(Self::FRAMES - 1));
         let previous = state_of(!bit);
@@ -414,9 +448,9 @@ impl<const W: usize> Bitmap<W> {
             let a = if w == fw { lo % 64 } else { 0 };
             let b = if w == lw { (hi - 1) % 64 + 1 } else { 64 };
             let m = mask(a, b);
-            let old = self.words[w];
+            let old = self.word(w);
             let new = if bit { old | m } else { old & !m };
-            self.words[w] = new;
+            self.set_word(w, new);
             let mut diff = old ^ new;
             while diff != 0 {
                 let first = u64::from(diff.trailing_zeros());
@@ -428,22 +462,77 @@ impl<const W: usize> Bitmap<W> {
         }
         let after = u32::from(lo > 0 && self.bit(lo - 1) != bit)
             + u32::from(hi < Self::FRAMES && self.bit(hi) != bit);
-        self.boundaries = (self.boundaries + after).saturating_sub(before);
+        let boundaries = (self.boundaries() + after).saturating_sub(before);
+        self.boundaries.store(boundaries, Ordering::Relaxed);
+    }
+}
+
+impl<const W: usize> Bitmap<W> {
+    /// For setting frame `i` (not the first or last) to `bit` in place: `None` when it
+    /// already has it, else the change in the boundary count.
+    fn flip_delta(&self, i: u64, bit: bool) -> Option<i64> {
+        let old = self.bit(i);
+        if old == bit {
+            return None;
+        }
+        let (before, after) = (self.bit(i - 1), self.bit(i + 1));
+        // Flipping i toggles both pairs it is in: each difference becomes a match and back.
+        let was = i64::from(before != old) + i64::from(old != after);
+        Some(2 - 2 * was)
+    }
+
+    /// Sets frame `i` to `bit`, whose count change `flip_delta` gave.
+    fn flip(&self, i: u64, bit: bool, delta: i64) {
+        let i = i & (Self::FRAMES - 1);
+        let w = (i / 64) as usize;
+        let word = self.word(w);
+        self.set_word(
+            w,
+            if bit {
+                word | 1 << (i % 64)
+            } else {
+                word & !(1 << (i % 64))
+            },
+        );
+        let boundaries = (i64::from(self.boundaries()) + delta).max(0);
+        self.boundaries.store(
+            u32::try_from(boundaries).unwrap_or(u32::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+impl<const W: usize> PartialEq for Bitmap<W> {
+    fn eq(&self, other: &Self) -> bool {
+        self.words
+            .iter()
+            .zip(&other.words)
+            .all(|(a, b)| a.load(Ordering::Relaxed) == b.load(Ordering::Relaxed))
+    }
+}
+
+impl<const W: usize> Eq for Bitmap<W> {}
+
+impl<const W: usize> fmt::Debug for Bitmap<W> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bitmap")
+            .field("frames", &Self::FRAMES)
+            .field("boundaries", &self.boundaries())
+            .finish_non_exhaustive()
     }
 }
 
 impl BitLeaf {
-    fn from_runs(runs: &[LeafRun]) -> Option<BitLeaf> {
-        let mut leaf = BitLeaf {
-            boundaries: runs.len().saturating_sub(1) as u32,
-            words: [0; LEAF_WORDS],
-        };
+    fn from_runs(runs: &[LeafRun], owner: u64) -> Option<BitLeaf> {
+        let leaf = BitLeaf::zeroed(owner);
         for (k, run) in runs.iter().enumerate() {
             let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
             if bit_of(run.state)? {
-                leaf.fill(u64::from(run.start), end, true);
+                leaf.fill(u64::from(run.start), end);
             }
         }
+        leaf.boundaries
+            .store(runs.len().saturating_sub(1) as u32, Ordering::Relaxed);
         Some(leaf)
     }
 
@@ -463,9 +552,10 @@ impl BitLeaf {
 
 /// The canonical slot for a leaf of untagged frames.
 fn leaf_slot(leaf: BitLeaf) -> Slot {
-    if leaf.boundaries == 0 {
+    let boundaries = leaf.boundaries();
+    if boundaries == 0 {
         Slot::Uniform(leaf.state_at(0))
-    } else if (leaf.boundaries as usize) < RUN_LEAF_MAX {
+    } else if (boundaries as usize) < RUN_LEAF_MAX {
         Slot::Runs(Arc::new(leaf.to_runs()))
     } else {
         Slot::Bits(Arc::new(leaf))
@@ -484,7 +574,7 @@ const _: () = assert!(LEAF_FRAMES <= 1 << 16, "leaf offsets are u16");
 /// A leaf as a sorted run list: starts strictly increasing from 0, neighbours differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunLeaf {
-    runs: SmallVec<[LeafRun; RUN_LEAF_MAX]>,
+    runs: SmallVec<[LeafRun; RUN_LEAF_INLINE]>,
 }
 
 impl RunLeaf {
@@ -519,7 +609,7 @@ impl RunLeaf {
     /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs
     /// maximal and recording what changes (numbered from `base`) in `out`.
     fn set(&mut self, base: u64, lo: u64, hi: u64, state: PageState, out: &mut Changes) {
-        fn push(out: &mut SmallVec<[LeafRun; RUN_LEAF_MAX]>, start: u64, state: PageState) {
+        fn push(out: &mut SmallVec<[LeafRun; RUN_LEAF_INLINE]>, start: u64, state: PageState) {
             if out.last().map(|r| r.state) != Some(state) {
                 out.push(LeafRun {
                     start: start as u16,
@@ -552,23 +642,23 @@ impl RunLeaf {
     }
 
     /// The slot a changed run leaf must become, if it is no longer canonical as one.
-    fn other_form(&self) -> Option<Slot> {
+    fn other_form(&self, owner: u64) -> Option<Slot> {
         if self.runs.len() <= 1 {
             return Some(Slot::Uniform(self.state(0)));
         }
         if self.runs.len() > RUN_LEAF_MAX {
-            return BitLeaf::from_runs(&self.runs).map(|bits| Slot::Bits(Arc::new(bits)));
+            return BitLeaf::from_runs(&self.runs, owner).map(|bits| Slot::Bits(Arc::new(bits)));
         }
         None
     }
 
     /// The canonical slot for this leaf's content.
-    fn into_slot(self) -> Slot {
+    fn into_slot(self, owner: u64) -> Slot {
         if self.runs.len() <= 1 {
             return Slot::Uniform(self.state(0));
         }
         if self.runs.len() > RUN_LEAF_MAX
-            && let Some(bits) = BitLeaf::from_runs(&self.runs)
+            && let Some(bits) = BitLeaf::from_runs(&self.runs, owner)
         {
             return Slot::Bits(Arc::new(bits));
         }
@@ -576,18 +666,18 @@ impl RunLeaf {
     }
 }
 
-/// Sets the frames `[lo, hi)` of `slot` (offsets from `base`, its first frame; `lo <
-/// hi`, within its span) to `state`, recording what changes in `out` and leaving the
-/// slot canonical.
-pub(crate) fn set_slot(
-    slot: &mut Slot,
-    level: u32,
-    base: u64,
-    lo: u64,
-    hi: u64,
+/// One set in progress: the new state, the generation of the map doing it, and the
+/// changes found so far.
+pub(crate) struct Set<'a> {
     state: PageState,
-    out: &mut Changes,
-) {
+    owner: u64,
+    out: &'a mut Changes,
+}
+
+/// Sets the frames `[lo, hi)` of `slot` (offsets from `base`, its first frame; `lo <
+/// hi`, within its span) as `set` asks, leaving the slot canonical.
+fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut Set<'_>) {
+    let state = set.state;
     if lo == 0 && hi >= 1u64 << span_shift(level) {
         let _ = visit(
             slot,
@@ -597,7 +687,7 @@ pub(crate) fn set_slot(
             base + hi,
             &mut |s, e, previous| {
                 if previous != state {
-                    out.push_piece(s, e, previous);
+                    set.out.push_piece(s, e, previous);
                 }
                 ControlFlow::Continue(())
             },
@@ -610,59 +700,68 @@ pub(crate) fn set_slot(
         Slot::Uniform(old) if *old == state => None,
         Slot::Uniform(old) if level == 0 => {
             let mut runs = RunLeaf::uniform(*old);
-            runs.set(base, lo, hi, state, out);
-            Some(runs.into_slot())
+            runs.set(base, lo, hi, state, set.out);
+            Some(runs.into_slot(set.owner))
         }
         Slot::Uniform(old) => {
             let mut node = Node::uniform(*old);
-            node.set(level, base, lo, hi, state, out);
-            Some(node_form(&node, level).unwrap_or_else(|| Slot::Node(Arc::new(node))))
+            node.set(level, base, lo, hi, set);
+            Some(node_form(&node, level, set.owner).unwrap_or_else(|| Slot::Node(Arc::new(node))))
         }
         Slot::Node(arc) => {
             let node = Arc::make_mut(arc);
-            node.set(level, base, lo, hi, state, out);
-            node_form(node, level)
+            node.set(level, base, lo, hi, set);
+            node_form(node, level, set.owner)
         }
         Slot::Dense(arc) => match bit_of(state) {
             Some(bit) => {
-                let dense = Arc::make_mut(arc);
-                dense.set(base, lo, hi, bit, out);
-                if dense.boundaries == 0 {
-                    Some(Slot::Uniform(dense.state_at(0)))
-                } else if u64::from(dense.boundaries) < DENSE_MIN_BOUNDARIES {
-                    Some(Slot::Node(Arc::new(Node::from_dense(dense))))
+                if arc.owner != set.owner {
+                    *arc = Arc::new(arc.copy_for(set.owner));
+                }
+                arc.set(base, lo, hi, bit, set.out);
+                let boundaries = u64::from(arc.boundaries());
+                if boundaries == 0 {
+                    Some(Slot::Uniform(arc.state_at(0)))
+                } else if boundaries < DENSE_MIN_BOUNDARIES {
+                    Some(Slot::Node(Arc::new(Node::from_dense(arc, set.owner))))
                 } else {
                     None
                 }
             }
             None => {
-                let mut node = Node::from_dense(arc);
-                node.set(level, base, lo, hi, state, out);
-                Some(node_form(&node, level).unwrap_or_else(|| Slot::Node(Arc::new(node))))
+                let mut node = Node::from_dense(arc, set.owner);
+                node.set(level, base, lo, hi, set);
+                Some(
+                    node_form(&node, level, set.owner)
+                        .unwrap_or_else(|| Slot::Node(Arc::new(node))),
+                )
             }
         },
         Slot::Bits(arc) => match bit_of(state) {
             Some(bit) => {
-                let leaf = Arc::make_mut(arc);
-                leaf.set(base, lo, hi, bit, out);
-                if leaf.boundaries == 0 {
-                    Some(Slot::Uniform(leaf.state_at(0)))
-                } else if (leaf.boundaries as usize) < RUN_LEAF_MAX {
-                    Some(Slot::Runs(Arc::new(leaf.to_runs())))
+                if arc.owner != set.owner {
+                    *arc = Arc::new(arc.copy_for(set.owner));
+                }
+                arc.set(base, lo, hi, bit, set.out);
+                let boundaries = arc.boundaries() as usize;
+                if boundaries == 0 {
+                    Some(Slot::Uniform(arc.state_at(0)))
+                } else if boundaries < RUN_LEAF_MAX {
+                    Some(Slot::Runs(Arc::new(arc.to_runs())))
                 } else {
                     None
                 }
             }
             None => {
                 let mut runs = arc.to_runs();
-                runs.set(base, lo, hi, state, out);
-                Some(runs.into_slot())
+                runs.set(base, lo, hi, state, set.out);
+                Some(runs.into_slot(set.owner))
             }
         },
         Slot::Runs(arc) => {
             let runs = Arc::make_mut(arc);
-            runs.set(base, lo, hi, state, out);
-            runs.other_form()
+            runs.set(base, lo, hi, state, set.out);
+            runs.other_form(set.owner)
         }
     };
     if let Some(replacement) = replacement {
@@ -671,88 +770,306 @@ pub(crate) fn set_slot(
 }
 
 /// The slot a changed node must become, if it is no longer canonical as a node.
-fn node_form(node: &Node, level: u32) -> Option<Slot> {
+fn node_form(node: &Node, level: u32, owner: u64) -> Option<Slot> {
     if node.boundaries == 0 {
         return Some(Slot::Uniform(node.first));
     }
     if level == 1 && node.tagged == 0 && node.boundaries >= DENSE_MIN_BOUNDARIES {
-        return node.to_dense().map(|dense| Slot::Dense(Arc::new(dense)));
+        return node
+            .to_dense(owner)
+            .map(|dense| Slot::Dense(Arc::new(dense)));
     }
     None
 }
 
-/// The state of frame `gfn` in the tree rooted at `root` of height `height`.
-#[inline]
-pub(crate) fn get(root: &Slot, height: u32, gfn: u64) -> PageState {
-    let mut slot = root;
-    let mut level = height;
-    loop {
-        match slot {
-            Slot::Node(n) => {
-                level = level.saturating_sub(1);
-                slot = &n.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)];
+/// Where generations come from: every map and every clone takes a new one.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn fresh_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A whole tree: an owned root node covering `2^span_shift(height)` frames, and the
+/// generation that decides which bitmaps it may change in place.
+///
+/// The root is a node even when uniform, and never shared: a clone copies it (64
+/// slots) and shares everything below.
+pub(crate) struct Tree {
+    height: u32,
+    /// `span_shift(height - 1)`: how far a frame number shifts to index the root.
+    root_shift: u32,
+    root: Box<Node>,
+    generation: AtomicU64,
+}
+
+impl Tree {
+    /// A tree of `frames` frames, all shared.
+    pub(crate) fn new(frames: u64) -> Tree {
+        let height = height_for(frames).max(1);
+        Tree {
+            height,
+            root_shift: span_shift(height - 1),
+            root: Box::new(Node::uniform(PageState::SHARED)),
+            generation: AtomicU64::new(fresh_generation()),
+        }
+    }
+
+    /// The number of frames the tree covers.
+    pub(crate) fn capacity(&self) -> u64 {
+        1 << span_shift(self.height)
+    }
+
+    /// Adjacent frame pairs in the tree whose states differ.
+    pub(crate) fn boundaries(&self) -> u64 {
+        self.root.boundaries
+    }
+
+    /// The state of frame `gfn` when it lies in a dense bitmap right under the root.
+    ///
+    /// A densely converted region of a guest up to 64 GiB costs one load more than a
+    /// plain bitmap; callers try this first and keep that path short.
+    #[inline]
+    pub(crate) fn get_dense(&self, gfn: u64) -> Option<PageState> {
+        match &self.root.slots[((gfn >> self.root_shift) as usize) & (FANOUT - 1)] {
+            Slot::Dense(d) => Some(d.state_at(gfn)),
+            _ => None,
+        }
+    }
+
+    /// The state of frame `gfn`.
+    pub(crate) fn get(&self, gfn: u64) -> PageState {
+        let mut slot = &self.root.slots[((gfn >> self.root_shift) as usize) & (FANOUT - 1)];
+        let mut shift = self.root_shift;
+        loop {
+            match slot {
+                Slot::Node(n) => {
+                    shift = shift.saturating_sub(FANOUT_SHIFT);
+                    slot = &n.slots[((gfn >> shift) as usize) & (FANOUT - 1)];
+                }
+                Slot::Uniform(s) => return *s,
+                Slot::Dense(d) => return d.state_at(gfn),
+                Slot::Bits(l) => return l.state_at(gfn),
+                Slot::Runs(l) => return l.state_at(gfn),
             }
-            Slot::Dense(d) => return d.state_at(gfn),
-            Slot::Bits(l) => return l.state_at(gfn),
-            Slot::Uniform(s) => return *s,
-            Slot::Runs(l) => return l.state_at(gfn),
+        }
+    }
+
+    /// The state of frame `gfn` and the end of the piece of equal state that holds it
+    /// (the end of a uniform slot or of a bitmap's or leaf's run; the next piece may
+    /// have the same state).
+    pub(crate) fn locate(&self, gfn: u64) -> (PageState, u64) {
+        let mut node = &*self.root;
+        let mut level = self.height;
+        loop {
+            level = level.saturating_sub(1);
+            let shift = span_shift(level);
+            let base = (gfn >> shift) << shift;
+            match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) => node = n,
+                Slot::Uniform(s) => return (*s, base + (1 << shift)),
+                Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
+                Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
+                Slot::Runs(l) => {
+                    let index = l.index_of(gfn);
+                    return (l.state(index), base + l.end(index));
+                }
+            }
+        }
+    }
+
+    /// Calls `f(start, end, state)` for consecutive pieces of equal state covering the
+    /// frames `[lo, hi)` in address order, until `f` breaks. Pieces are maximal within a
+    /// bitmap or leaf but may continue in the next slot.
+    pub(crate) fn visit<F>(&self, lo: u64, hi: u64, f: &mut F) -> ControlFlow<()>
+    where
+        F: FnMut(u64, u64, PageState) -> ControlFlow<()>,
+    {
+        visit_node(&self.root, self.height, 0, lo, hi, f)
+    }
+
+    /// Gives the frames `[lo, hi)` the state `state`, recording what changes in `out`.
+    pub(crate) fn set(&mut self, lo: u64, hi: u64, state: PageState, out: &mut Changes) {
+        let mut set = Set {
+            state,
+            owner: *self.generation.get_mut(),
+            out,
+        };
+        self.root.set(self.height, 0, lo, hi, &mut set);
+    }
+
+    /// Sets one frame to an untagged state in place, when all that changes is one bit of
+    /// a bitmap this tree owns and the counts on its path: the frame is not at the
+    /// bitmap's edge and no slot changes form. Returns `None`, having changed nothing,
+    /// when that does not hold, and otherwise whether the frame changed (the change is
+    /// in `out`).
+    ///
+    /// This is the common single-page conversion: one read of the bit, then a walk
+    /// down that adds the same count change to every node on the way.
+    pub(crate) fn set_frame(
+        &mut self,
+        gfn: u64,
+        state: PageState,
+        out: &mut Changes,
+    ) -> Option<bool> {
+        let bit = bit_of(state)?;
+        let owner = *self.generation.get_mut();
+        // Read: find the bitmap and the count change, and check nothing changes form.
+        let mut node = &*self.root;
+        let mut level = self.height;
+        let delta = loop {
+            level = level.saturating_sub(1);
+            let shift = span_shift(level);
+            let offset = gfn & ((1 << shift) - 1);
+            match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) => node = n,
+                Slot::Dense(d) => {
+                    if d.owner != owner || offset == 0 || offset == Dense::FRAMES - 1 {
+                        return None;
+                    }
+                    let Some(delta) = d.flip_delta(offset, bit) else {
+                        return Some(false);
+                    };
+                    if i64::from(d.boundaries()) + delta < DENSE_MIN_BOUNDARIES as i64 {
+                        return None;
+                    }
+                    break delta;
+                }
+                Slot::Bits(l) => {
+                    if l.owner != owner || offset == 0 || offset == LEAF_FRAMES - 1 {
+                        return None;
+                    }
+                    let Some(delta) = l.flip_delta(offset, bit) else {
+                        return Some(false);
+                    };
+                    // The leaf must stay a bitmap, its level-1 node a node.
+                    if i64::from(l.boundaries()) + delta < RUN_LEAF_MAX as i64
+                        || (node.tagged == 0
+                            && node.boundaries as i64 + delta >= DENSE_MIN_BOUNDARIES as i64)
+                    {
+                        return None;
+                    }
+                    break delta;
+                }
+                Slot::Uniform(s) => return (*s == state).then_some(false),
+                Slot::Runs(l) => return (l.state_at(gfn) == state).then_some(false),
+            }
+        };
+        // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
+        let mut node = &mut *self.root;
+        let mut level = self.height;
+        loop {
+            node.boundaries = node.boundaries.saturating_add_signed(delta);
+            level = level.saturating_sub(1);
+            match &mut node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) => node = Arc::make_mut(n),
+                Slot::Dense(d) => {
+                    d.flip(gfn, bit, delta);
+                    break;
+                }
+                Slot::Bits(l) => {
+                    l.flip(gfn, bit, delta);
+                    break;
+                }
+                // The read above found a bitmap on this path.
+                Slot::Uniform(_) | Slot::Runs(_) => break,
+            }
+        }
+        out.push_piece(gfn, gfn + 1, state_of(!bit));
+        Some(true)
+    }
+
+    /// Heap bytes held by the tree, counting nodes a clone shares.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        size_of::<Node>() + self.root.slots.iter().map(Slot::heap_bytes).sum::<usize>()
+    }
+
+    /// How many slots of each form the tree holds: uniform, node, dense, bits, runs.
+    #[cfg(test)]
+    pub(crate) fn forms(&self) -> [usize; 5] {
+        fn count(slot: &Slot, forms: &mut [usize; 5]) {
+            let k = match slot {
+                Slot::Uniform(_) => 0,
+                Slot::Node(n) => {
+                    n.slots.iter().for_each(|s| count(s, forms));
+                    1
+                }
+                Slot::Dense(_) => 2,
+                Slot::Bits(_) => 3,
+                Slot::Runs(_) => 4,
+            };
+            forms[k] += 1;
+        }
+        let mut forms = [0; 5];
+        self.root.slots.iter().for_each(|s| count(s, &mut forms));
+        forms
+    }
+
+    /// Checks that the tree is canonical and its counts right.
+    #[cfg(test)]
+    pub(crate) fn check(&self, frames: u64) -> Result<(), String> {
+        if self.height != height_for(frames).max(1) {
+            return Err(format!("height {} for {frames} frames", self.height));
+        }
+        check_node(&self.root, self.height, true)?;
+        Ok(())
+    }
+}
+
+impl Clone for Tree {
+    fn clone(&self) -> Tree {
+        // From now on neither tree may change in place a bitmap both can reach.
+        self.generation.store(fresh_generation(), Ordering::Relaxed);
+        Tree {
+            height: self.height,
+            root_shift: self.root_shift,
+            root: self.root.clone(),
+            generation: AtomicU64::new(fresh_generation()),
         }
     }
 }
 
-/// The state of frame `gfn` and the end of the piece of equal state that holds it (the
-/// end of a uniform slot or of a bitmap's or leaf's run; the next piece may have the
-/// same state).
-pub(crate) fn locate(root: &Slot, height: u32, gfn: u64) -> (PageState, u64) {
-    let mut slot = root;
-    let mut level = height;
-    loop {
-        let shift = span_shift(level);
-        let base = (gfn >> shift) << shift;
-        match slot {
-            Slot::Uniform(s) => return (*s, base.saturating_add(1 << shift)),
-            Slot::Node(n) => {
-                level = level.saturating_sub(1);
-                slot = &n.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)];
-            }
-            Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
-            Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
-            Slot::Runs(l) => {
-                let index = l.index_of(gfn);
-                return (l.state(index), base + l.end(index));
-            }
-        }
+impl PartialEq for Tree {
+    fn eq(&self, other: &Tree) -> bool {
+        self.height == other.height && self.root == other.root
     }
+}
+
+impl Eq for Tree {}
+
+impl fmt::Debug for Tree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tree")
+            .field("height", &self.height)
+            .field("boundaries", &self.root.boundaries)
+            .finish_non_exhaustive()
+    }
+}
+
+fn visit_node<F>(node: &Node, level: u32, base: u64, lo: u64, hi: u64, f: &mut F) -> ControlFlow<()>
+where
+    F: FnMut(u64, u64, PageState) -> ControlFlow<()>,
+{
+    let child = level.saturating_sub(1);
+    let cs = span_shift(child);
+    let i = (((lo - base) >> cs) as usize).min(FANOUT - 1);
+    let j = (((hi - 1 - base) >> cs) as usize).min(FANOUT - 1);
+    for (k, slot) in node.slots.iter().enumerate().take(j + 1).skip(i) {
+        let cb = base + ((k as u64) << cs);
+        visit(slot, child, cb, lo.max(cb), hi.min(cb + (1 << cs)), f)?;
+    }
+    ControlFlow::Continue(())
 }
 
 /// Calls `f(start, end, state)` for consecutive pieces of equal state covering the
 /// frames `[lo, hi)` of `slot` (which starts at frame `base`), in address order, until
-/// `f` breaks. Pieces are maximal within a bitmap or leaf but may continue in the next
-/// slot.
-pub(crate) fn visit<F>(
-    slot: &Slot,
-    level: u32,
-    base: u64,
-    lo: u64,
-    hi: u64,
-    f: &mut F,
-) -> ControlFlow<()>
+/// `f` breaks.
+fn visit<F>(slot: &Slot, level: u32, base: u64, lo: u64, hi: u64, f: &mut F) -> ControlFlow<()>
 where
     F: FnMut(u64, u64, PageState) -> ControlFlow<()>,
 {
     match slot {
         Slot::Uniform(s) => f(lo, hi, *s),
-        Slot::Node(n) => {
-            let child = level.saturating_sub(1);
-            let cs = span_shift(child);
-            let i = (((lo - base) >> cs) as usize).min(FANOUT - 1);
-            let j = (((hi - 1 - base) >> cs) as usize).min(FANOUT - 1);
-            for (k, slot) in n.slots.iter().enumerate().take(j + 1).skip(i) {
-                let cb = base + ((k as u64) << cs);
-                visit(slot, child, cb, lo.max(cb), hi.min(cb + (1 << cs)), f)?;
-            }
-            ControlFlow::Continue(())
-        }
+        Slot::Node(n) => visit_node(n, level, base, lo, hi, f),
         Slot::Dense(d) => visit_bits(d, base, lo, hi, f),
         Slot::Bits(l) => visit_bits(l, base, lo, hi, f),
         Slot::Runs(l) => {
@@ -788,55 +1105,65 @@ where
     ControlFlow::Continue(())
 }
 
+/// Checks that `node` (the root if `root`) is canonical and its recorded counts are
+/// right; returns what [`check`] does.
+#[cfg(test)]
+fn check_node(
+    node: &Node,
+    level: u32,
+    root: bool,
+) -> Result<(u64, bool, PageState, PageState), String> {
+    let n = node;
+    if level == 0 {
+        return Err("node at level 0".into());
+    }
+    let mut total = 0;
+    let mut tagged = 0;
+    let mut prev: Option<PageState> = None;
+    let mut first = None;
+    for child in &n.slots {
+        let (b, t, f, l) = check(child, level - 1)?;
+        total += b;
+        tagged += u32::from(t);
+        if prev.is_some_and(|p| p != f) {
+            total += 1;
+        }
+        first.get_or_insert(f);
+        prev = Some(l);
+    }
+    let (first, last) = (first.unwrap_or_default(), prev.unwrap_or_default());
+    if (n.boundaries, n.tagged, n.first, n.last) != (total, tagged, first, last) {
+        return Err(format!(
+            "node at level {level} records {:?}, holds {:?}",
+            (n.boundaries, n.tagged, n.first, n.last),
+            (total, tagged, first, last)
+        ));
+    }
+    if !root && total == 0 {
+        return Err(format!("uniform node not collapsed at level {level}"));
+    }
+    if !root && level == 1 && tagged == 0 && total >= DENSE_MIN_BOUNDARIES {
+        return Err(format!("untagged level-1 node with {total} boundaries"));
+    }
+    Ok((total, tagged > 0, first, last))
+}
+
 /// Checks that `slot` is canonical and its recorded counts are right; returns its
 /// boundaries, whether it is tagged, and its first and last state, computed from scratch.
 #[cfg(test)]
-pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), String> {
+fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), String> {
     match slot {
         Slot::Uniform(s) => Ok((0, s.tag.is_some(), *s, *s)),
-        Slot::Node(n) => {
-            if level == 0 {
-                return Err("node at level 0".into());
-            }
-            let mut total = 0;
-            let mut tagged = 0;
-            let mut prev: Option<PageState> = None;
-            let mut first = None;
-            for child in &n.slots {
-                let (b, t, f, l) = check(child, level - 1)?;
-                total += b;
-                tagged += u32::from(t);
-                if prev.is_some_and(|p| p != f) {
-                    total += 1;
-                }
-                first.get_or_insert(f);
-                prev = Some(l);
-            }
-            if total == 0 {
-                return Err(format!("uniform node not collapsed at level {level}"));
-            }
-            let (first, last) = (first.unwrap_or_default(), prev.unwrap_or_default());
-            if (n.boundaries, n.tagged, n.first, n.last) != (total, tagged, first, last) {
-                return Err(format!(
-                    "node at level {level} records {:?}, holds {:?}",
-                    (n.boundaries, n.tagged, n.first, n.last),
-                    (total, tagged, first, last)
-                ));
-            }
-            if level == 1 && tagged == 0 && total >= DENSE_MIN_BOUNDARIES {
-                return Err(format!("untagged level-1 node with {total} boundaries"));
-            }
-            Ok((total, tagged > 0, first, last))
-        }
+        Slot::Node(n) => check_node(n, level, false),
         Slot::Dense(d) => {
             if level != 1 {
                 return Err(format!("dense bitmap at level {level}"));
             }
             let total = d.transitions(0, Dense::FRAMES - 1);
-            if total != d.boundaries {
+            if total != d.boundaries() {
                 return Err(format!(
                     "dense bitmap records {} boundaries, holds {total}",
-                    d.boundaries
+                    d.boundaries()
                 ));
             }
             if u64::from(total) < DENSE_MIN_BOUNDARIES {
@@ -854,10 +1181,10 @@ pub(crate) fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, Pa
                 return Err(format!("bitmap leaf at level {level}"));
             }
             let total = l.transitions(0, LEAF_FRAMES - 1);
-            if total != l.boundaries {
+            if total != l.boundaries() {
                 return Err(format!(
                     "bitmap leaf records {} boundaries, holds {total}",
-                    l.boundaries
+                    l.boundaries()
                 ));
             }
             if (total as usize) < RUN_LEAF_MAX {
