@@ -423,11 +423,6 @@ fn random(t: &mut Targets) -> (AttrMap, Vec<Op>) {
     assert_eq!(private_pages(&veil), bitmap.private_pages());
     assert_eq!(pagemap.pages.len() as u64, bitmap.private_pages());
 
-    if std::env::var_os("ATTRS_BENCH_CHUNKS").is_some() {
-        for c in (0..tv.best.len()).step_by(10) {
-            eprintln!("chunk {c}: veil {:?} bitmap {:?}", tv.best[c], tb.best[c]);
-        }
-    }
     let (v, b, p) = (tv.ns(), tb.ns(), tp.ns());
     println!(
         "attrs-bench: random-convert: veil {v:.1} bitmap {b:.1} pagemap {p:.1} | veil/bitmap {:.2}x (target <= 3x) {}",

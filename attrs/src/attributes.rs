@@ -28,9 +28,16 @@ pub enum AttributesError {
 #[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Attributes(u8);
 
+/// `KVM_MEMORY_ATTRIBUTE_PRIVATE` (include/uapi/linux/kvm.h), bit 3 of the raw word.
+const KVM_PRIVATE: u64 = 1 << 3;
+
 impl Attributes {
     /// The page is private: host userspace cannot (or must not) map or touch it.
-    pub const PRIVATE: Attributes = Attributes(1 << 3);
+    //
+    // Kept in bit 0 rather than KVM's bit 3: the raw word exists only at the boundary
+    // (`from_bits`, `bits`), and a private test on a freshly read bitmap bit then costs
+    // nothing.
+    pub const PRIVATE: Attributes = Attributes(1);
 
     /// Every bit veil knows.
     pub const KNOWN: Attributes = Attributes::PRIVATE;
@@ -42,16 +49,16 @@ impl Attributes {
 
     /// Builds attributes from a raw attribute word, rejecting bits veil does not know.
     pub const fn from_bits(bits: u64) -> Result<Self, AttributesError> {
-        let unknown = bits & !(Self::KNOWN.0 as u64);
+        let unknown = bits & !KVM_PRIVATE;
         if unknown != 0 {
             return Err(AttributesError::UnknownBits { bits, unknown });
         }
-        Ok(Attributes(bits as u8))
+        Ok(Attributes((bits == KVM_PRIVATE) as u8))
     }
 
     /// The raw attribute word, as KVM takes it.
     pub const fn bits(self) -> u64 {
-        self.0 as u64
+        if self.is_private() { KVM_PRIVATE } else { 0 }
     }
 
     /// Whether no bit is set, i.e. the page is shared.

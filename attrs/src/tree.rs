@@ -62,9 +62,10 @@ pub(crate) const RUN_LEAF_MAX: usize = 2;
 const RUN_LEAF_INLINE: usize = 4;
 /// An untagged level-1 region with at least this many run boundaries is one bitmap.
 ///
-/// That is 8 per leaf on average, where leaves turn into bitmaps: from here on the
-/// region as 64 leaves would cost about the 32 KiB of the bitmap, and a lookup one more
-/// pointer.
+/// That is two per leaf on average. Scattered pages have by then made most leaves
+/// bitmaps, so the 32 KiB region bitmap costs at most about 1.4 times the tree's
+/// memory (and never more than a plain bitmap of the region), while every lookup and
+/// conversion in it is one step shorter and allocates nothing.
 pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 128;
 const DENSE_FRAMES: u64 = 1 << span_shift(1);
 const DENSE_WORDS: usize = (DENSE_FRAMES / 64) as usize;
@@ -792,14 +793,17 @@ fn fresh_generation() -> u64 {
 /// A whole tree: an owned root node covering `2^span_shift(height)` frames, and the
 /// generation that decides which bitmaps it may change in place.
 ///
-/// The root is a node even when uniform, and never shared: a clone copies it (64
-/// slots) and shares everything below.
+/// The root is a node even when uniform, held inline (a lookup starts with no pointer
+/// to follow) and never shared: a clone copies its 64 slots and shares everything
+/// below.
 pub(crate) struct Tree {
     height: u32,
     /// `span_shift(height - 1)`: how far a frame number shifts to index the root.
     root_shift: u32,
-    root: Box<Node>,
-    generation: AtomicU64,
+    root: Node,
+    /// Boxed so that the tree's own bytes hold no interior mutability, which lets the
+    /// compiler keep them in registers across lookups.
+    generation: Box<AtomicU64>,
 }
 
 impl Tree {
@@ -809,8 +813,8 @@ impl Tree {
         Tree {
             height,
             root_shift: span_shift(height - 1),
-            root: Box::new(Node::uniform(PageState::SHARED)),
-            generation: AtomicU64::new(fresh_generation()),
+            root: Node::uniform(PageState::SHARED),
+            generation: Box::new(AtomicU64::new(fresh_generation())),
         }
     }
 
@@ -830,7 +834,10 @@ impl Tree {
     /// plain bitmap; callers try this first and keep that path short.
     #[inline]
     pub(crate) fn get_dense(&self, gfn: u64) -> Option<PageState> {
-        match &self.root.slots[((gfn >> self.root_shift) as usize) & (FANOUT - 1)] {
+        // Dense bitmaps sit at level 1, so right under the root only when the height is
+        // 2 and the root's shift that of level 1. In any other tree no root slot is
+        // dense, whichever this index picks.
+        match &self.root.slots[((gfn >> span_shift(1)) as usize) & (FANOUT - 1)] {
             Slot::Dense(d) => Some(d.state_at(gfn)),
             _ => None,
         }
@@ -858,7 +865,7 @@ impl Tree {
     /// (the end of a uniform slot or of a bitmap's or leaf's run; the next piece may
     /// have the same state).
     pub(crate) fn locate(&self, gfn: u64) -> (PageState, u64) {
-        let mut node = &*self.root;
+        let mut node = &self.root;
         let mut level = self.height;
         loop {
             level = level.saturating_sub(1);
@@ -914,7 +921,7 @@ impl Tree {
         let bit = bit_of(state)?;
         let owner = *self.generation.get_mut();
         // Read: find the bitmap and the count change, and check nothing changes form.
-        let mut node = &*self.root;
+        let mut node = &self.root;
         let mut level = self.height;
         let delta = loop {
             level = level.saturating_sub(1);
@@ -955,7 +962,7 @@ impl Tree {
             }
         };
         // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
-        let mut node = &mut *self.root;
+        let mut node = &mut self.root;
         let mut level = self.height;
         loop {
             node.boundaries = node.boundaries.saturating_add_signed(delta);
@@ -978,9 +985,10 @@ impl Tree {
         Some(true)
     }
 
-    /// Heap bytes held by the tree, counting nodes a clone shares.
+    /// Heap bytes held by the tree (the root lives in the map), counting nodes a clone
+    /// shares.
     pub(crate) fn heap_bytes(&self) -> usize {
-        size_of::<Node>() + self.root.slots.iter().map(Slot::heap_bytes).sum::<usize>()
+        self.root.slots.iter().map(Slot::heap_bytes).sum::<usize>()
     }
 
     /// How many slots of each form the tree holds: uniform, node, dense, bits, runs.
@@ -1023,7 +1031,7 @@ impl Clone for Tree {
             height: self.height,
             root_shift: self.root_shift,
             root: self.root.clone(),
-            generation: AtomicU64::new(fresh_generation()),
+            generation: Box::new(AtomicU64::new(fresh_generation())),
         }
     }
 }
