@@ -11,8 +11,13 @@
 //!   xarray stores a converted range): a set visits every page of the range.
 //!
 //! Every structure returns the changed sub-ranges of each set, and the bench checks
-//! that all three agree. Each timing is the best of a few rounds (the machine may be
-//! shared). Random numbers come from a fixed seed.
+//! that all three agree. Each workload is timed in short chunks and each chunk keeps
+//! its best time over a few rounds (see `Timing`), so a shared machine disturbs veil
+//! and the baselines alike. Random numbers come from a fixed seed. Run one workload with
+//! `cargo bench -p veil-attrs -- random` (or `ranges`, `lookups`, `concurrent`).
+//!
+//! The bitmap is allocated and its pages touched before timing starts; veil allocates
+//! as it goes, inside the timed conversions.
 //!
 //! Workloads:
 //! 1. `ranges`: 1,000 conversions of 1 GiB ranges at random 1 GiB-aligned places in a
