@@ -29,9 +29,11 @@
 //! [`run_count`](crate::AttrMap::run_count) O(height) and lets a node tell it has become
 //! uniform without looking at its 64 slots.
 //!
-//! Children sit behind [`Arc`] and are changed with [`Arc::make_mut`]: cloning a tree
-//! costs one reference count, and a later set copies only the path it changes while a
-//! clone still holds the old one (path copying).
+//! The root node lives in the map; everything below sits behind [`Arc`]. Cloning a
+//! tree copies the root's 64 slots and shares the rest, and a later set copies only the
+//! path it changes while a clone still holds it (path copying): nodes and run lists
+//! through [`Arc::make_mut`], bitmaps by their owner generation (see [`Bitmap`]), which
+//! lets the map that owns a bitmap flip its bits without touching a reference count.
 
 use std::fmt;
 use std::ops::ControlFlow;
