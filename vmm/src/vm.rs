@@ -1,0 +1,279 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! [`Vm`]: a KVM VM with veil's guest memory registered and its memory exits wired up.
+//!
+//! What every caller of veil-memory and veil-vcpu otherwise writes the same way: probe
+//! the host, create a VM of the type the flavor needs, build guest memory with that VM
+//! as its guest_memfd source (and, for the attributes flavor, as the VM whose attributes
+//! conversions set), register the memory slots and keep them from outliving the memory,
+//! enable conversion exits where the host has them, and run vCPUs with the memory as
+//! their [`MemoryHandler`](veil_vcpu::MemoryHandler). Devices, boot data and vCPU
+//! registers stay with the caller.
+
+use std::io;
+use std::sync::Arc;
+
+use kvm_bindings::kvm_userspace_memory_region2;
+use kvm_ioctls::{Kvm, VmFd};
+use veil_memory::{
+    BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, RegionSpec,
+};
+use veil_vcpu::{
+    CapError, FaultPolicy, IoHandler, RunnerError, Vcpu, VcpuSet, enable_conversion_exits,
+};
+
+use crate::exits::MemoryExits;
+
+/// Why a [`Vm`] could not be built or could not start its vCPUs. Nothing built so far is
+/// left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// `/dev/kvm` could not be opened.
+    #[error("cannot open /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    /// Probing the host's capabilities failed.
+    #[error("probing the host's KVM failed")]
+    Probe(#[source] CapsError),
+    /// The flavor asked for does not run on this host (the error names what is missing).
+    #[error("the {flavor} flavor does not run on this host")]
+    Flavor {
+        /// The flavor asked for, or the one the host was expected to run.
+        flavor: Flavor,
+        /// What the host lacks.
+        #[source]
+        source: CapsError,
+    },
+    /// `KVM_CREATE_VM` failed.
+    #[error("cannot create a VM of type {vm_type}")]
+    CreateVm {
+        /// The VM type asked for.
+        vm_type: u32,
+        /// The error.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// veil-memory could not build the guest memory.
+    #[error("cannot build guest memory")]
+    Memory(#[source] BuildError),
+    /// `KVM_SET_USER_MEMORY_REGION2` failed for a slot.
+    #[error("cannot register memory slot {slot} ({size:#x} bytes at {gpa:#x})")]
+    Memslot {
+        /// The slot number.
+        slot: u32,
+        /// Its guest-physical address.
+        gpa: u64,
+        /// Its size in bytes.
+        size: u64,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The host offers conversion exits, but enabling them failed.
+    #[error("cannot enable conversion exits")]
+    ConversionExits(#[source] CapError),
+    /// Creating or starting vCPUs failed.
+    #[error("vCPU")]
+    Vcpu(#[source] RunnerError),
+}
+
+/// Describes a [`Vm`]; see [`Vm::builder`].
+#[derive(Debug, Default)]
+#[must_use]
+pub struct VmBuilder {
+    flavor: Option<Flavor>,
+    regions: Vec<(u64, u64, ContentPolicy)>,
+}
+
+impl VmBuilder {
+    /// Carries out conversions in `flavor`. Without this, the first flavor the host runs,
+    /// in the order of [`HostCaps::supported_flavors`] (attributes, in-place, emulated).
+    pub fn flavor(mut self, flavor: Flavor) -> Self {
+        self.flavor = Some(flavor);
+        self
+    }
+
+    /// Adds `size` bytes of guest memory at guest-physical `base`, keeping or discarding
+    /// contents on conversion as `policy` says. The attributes flavor only discards.
+    pub fn region(mut self, base: u64, size: u64, policy: ContentPolicy) -> Self {
+        self.regions.push((base, size, policy));
+        self
+    }
+
+    /// Probes the host, creates the VM and its memory, and registers the memory with it.
+    pub fn build(self) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        let caps = HostCaps::probe_with(&kvm).map_err(VmError::Probe)?;
+        let flavor = match self.flavor {
+            Some(flavor) => flavor,
+            None => caps
+                .supported_flavors()
+                .first()
+                .copied()
+                .unwrap_or(Flavor::Emulated),
+        };
+        let vm_type = caps
+            .require(flavor)
+            .map_err(|source| VmError::Flavor { flavor, source })?
+            .vm_type
+            .unwrap_or(0);
+        let vm = Arc::new(
+            kvm.create_vm_with_type(vm_type.into())
+                .map_err(|source| VmError::CreateVm { vm_type, source })?,
+        );
+
+        let mut memory = HostSafeMemory::builder()
+            .guest_memfd_source(vm.as_ref())
+            .kvm_side_mapping(caps.kvm_side_mapping.mapping);
+        if flavor == Flavor::Attributes {
+            memory = memory.attributes_vm(vm.clone());
+        }
+        for &(base, size, policy) in &self.regions {
+            memory = memory.region(RegionSpec::new(base, size, flavor).policy(policy));
+        }
+        let memory = Arc::new(memory.build().map_err(VmError::Memory)?);
+
+        let slots = memory.memslots(0);
+        for (registered, &slot) in slots.iter().enumerate() {
+            // SAFETY: the slot describes mappings and a guest_memfd owned by `memory`.
+            // Every slot is deleted again before `memory` can be dropped: below on
+            // failure, and in `Vm::drop` otherwise.
+            if let Err(e) = unsafe { vm.set_user_memory_region2(slot) } {
+                forget_slots(&vm, &slots[..registered], &memory);
+                return Err(VmError::Memslot {
+                    slot: slot.slot,
+                    gpa: slot.guest_phys_addr,
+                    size: slot.memory_size,
+                    source: io::Error::from_raw_os_error(e.errno()),
+                });
+            }
+        }
+        // From here on `Vm::drop` deletes the slots.
+        let mut built = Vm {
+            kvm,
+            vm,
+            exits: Arc::new(MemoryExits::new(memory.clone())),
+            memory,
+            slots,
+            caps,
+            flavor,
+            conversion_exits: false,
+        };
+        if built.caps.map_gpa_range_exits() {
+            enable_conversion_exits(&built.vm).map_err(VmError::ConversionExits)?;
+            built.conversion_exits = true;
+        }
+        Ok(built)
+    }
+}
+
+/// Deletes `slots` from `vm`. If KVM refuses, the memory they point into is leaked
+/// rather than unmapped under a VM that may still reach it.
+fn forget_slots(vm: &VmFd, slots: &[kvm_userspace_memory_region2], memory: &Arc<HostSafeMemory>) {
+    let mut leak = false;
+    for slot in slots {
+        let delete = kvm_userspace_memory_region2 {
+            slot: slot.slot,
+            guest_phys_addr: slot.guest_phys_addr,
+            memory_size: 0,
+            ..Default::default()
+        };
+        // SAFETY: a size of 0 deletes the slot; KVM keeps no reference to its memory.
+        if let Err(e) = unsafe { vm.set_user_memory_region2(delete) } {
+            log::error!(
+                "cannot delete memory slot {}: {e}; leaking its guest memory",
+                slot.slot
+            );
+            leak = true;
+        }
+    }
+    if leak {
+        std::mem::forget(Arc::clone(memory));
+    }
+}
+
+/// A KVM VM with veil's guest memory registered as its memory slots, ready for vCPUs.
+///
+/// Dropping it deletes the memory slots, so KVM never reaches the memory after veil
+/// unmaps it, even where vCPU file descriptors outlive the `Vm`. Stop the vCPUs first:
+/// after the drop their guest finds no memory.
+#[derive(Debug)]
+pub struct Vm {
+    kvm: Kvm,
+    vm: Arc<VmFd>,
+    memory: Arc<HostSafeMemory>,
+    exits: Arc<MemoryExits>,
+    slots: Vec<kvm_userspace_memory_region2>,
+    caps: HostCaps,
+    flavor: Flavor,
+    conversion_exits: bool,
+}
+
+impl Vm {
+    /// Starts describing a VM.
+    pub fn builder() -> VmBuilder {
+        VmBuilder::default()
+    }
+
+    /// The open `/dev/kvm` (for `veil_vcpu::x86_64::setup_long_mode`, for example).
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
+    /// The KVM VM.
+    pub fn fd(&self) -> &VmFd {
+        &self.vm
+    }
+
+    /// The guest memory: write boot data through it, check page states in it.
+    pub fn memory(&self) -> &Arc<HostSafeMemory> {
+        &self.memory
+    }
+
+    /// The memory as veil-vcpu's memory handler, as [`run`](Self::run) passes it.
+    pub fn exits(&self) -> &Arc<MemoryExits> {
+        &self.exits
+    }
+
+    /// The host's capabilities, as probed when the VM was built.
+    pub fn caps(&self) -> &HostCaps {
+        &self.caps
+    }
+
+    /// How this VM's conversions are carried out.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
+    }
+
+    /// Whether KVM forwards `KVM_HC_MAP_GPA_RANGE` to userspace (enabled where the host
+    /// offers it). veil's port-I/O hypercall works either way.
+    pub fn conversion_exits(&self) -> bool {
+        self.conversion_exits
+    }
+
+    /// Creates vCPU `id`.
+    pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, VmError> {
+        Vcpu::new(&self.vm, id).map_err(VmError::Vcpu)
+    }
+
+    /// Runs `vcpus` (registers already set), one thread each, with this VM's memory
+    /// answering memory exits, `io` answering port and MMIO accesses, and memory faults
+    /// handled as `policy` says.
+    pub fn run<I>(
+        &self,
+        vcpus: Vec<Vcpu>,
+        io: Arc<I>,
+        policy: FaultPolicy,
+    ) -> Result<VcpuSet, VmError>
+    where
+        I: IoHandler + ?Sized + 'static,
+    {
+        VcpuSet::spawn(vcpus, self.exits.clone(), io, policy).map_err(VmError::Vcpu)
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        forget_slots(&self.vm, &self.slots, &self.memory);
+    }
+}
