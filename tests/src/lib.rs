@@ -5,6 +5,7 @@
 //!
 //! Tests that need `/dev/kvm` call [`kvm_or_skip`] first: without KVM they print why they
 //! skip and return, unless `VEIL_REQUIRE_KVM=1` is set, in which case they fail.
+//! [`long_mode`] holds the boot data the 64-bit test guests run with.
 
 use std::path::Path;
 
@@ -34,4 +35,68 @@ pub fn kvm_or_skip(test: &str) -> bool {
     }
     eprintln!("skipping {test}: {reason} (set {REQUIRE_KVM}=1 to fail instead)");
     false
+}
+
+/// Boot data for the 64-bit test guests: page tables that identity-map the first 1 GiB
+/// with 2 MiB pages, and the GDT `veil_vcpu::x86_64::setup_long_mode` builds its segment
+/// registers from.
+///
+/// These serve the tests only; placing boot data in a real VM is veil-loader's job.
+pub mod long_mode {
+    use veil_vcpu::x86_64::{BOOT_GDT, LongModeEntry};
+
+    /// Where the GDT goes.
+    pub const GDT: u64 = 0x500;
+    /// The PML4; the PDPT and the page directory follow it, a page each.
+    pub const PML4: u64 = 0x1000;
+    /// The first byte past the boot data.
+    pub const END: u64 = PML4 + 0x3000;
+
+    /// Each piece of boot data, with the guest-physical address it goes to.
+    pub fn boot_data() -> Vec<(u64, Vec<u8>)> {
+        let (pdpt, pd) = (PML4 + 0x1000, PML4 + 0x2000);
+        const PRESENT_RW: u64 = 0x3;
+        const HUGE: u64 = 0x80;
+        let directory: Vec<u8> = (0..512u64)
+            .flat_map(|i| ((i << 21) | PRESENT_RW | HUGE).to_le_bytes())
+            .collect();
+        let gdt: Vec<u8> = BOOT_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+        vec![
+            (PML4, (pdpt | PRESENT_RW).to_le_bytes().to_vec()),
+            (pdpt, (pd | PRESENT_RW).to_le_bytes().to_vec()),
+            (pd, directory),
+            (GDT, gdt),
+        ]
+    }
+
+    /// Entry at `entry` with the stack pointer at `stack`, on [`boot_data`]'s tables.
+    pub fn entry(entry: u64, stack: u64) -> LongModeEntry {
+        LongModeEntry {
+            page_table_root: PML4,
+            gdt_base: GDT,
+            entry,
+            stack,
+            rsi: 0,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn boot_data_stays_below_end_and_does_not_overlap() {
+            let mut pieces: Vec<(u64, u64)> = boot_data()
+                .iter()
+                .map(|(gpa, bytes)| (*gpa, gpa + bytes.len() as u64))
+                .collect();
+            pieces.sort_unstable();
+            assert!(pieces.windows(2).all(|w| w[0].1 <= w[1].0), "{pieces:x?}");
+            assert!(pieces.iter().all(|&(_, end)| end <= END));
+            let pd = &boot_data()[2].1;
+            // The last 2 MiB page ends at 1 GiB.
+            let last = u64::from_le_bytes(pd[511 * 8..].try_into().unwrap());
+            assert_eq!(last & !0xfff, (1 << 30) - (2 << 20));
+        }
+    }
 }

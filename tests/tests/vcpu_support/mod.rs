@@ -4,8 +4,7 @@
 //! Shared by the `vcpu_*` tests: a VM with anonymous guest memory, boot data for 64-bit
 //! guests, a handler that records what the guest did, and the guests themselves.
 //!
-//! The page tables and GDT written here serve these tests only; placing boot data in a
-//! real VM is veil-loader's job.
+//! The page tables and GDT come from `veil_tests::long_mode`.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use kvm_ioctls::{Kvm, VmFd};
 use veil_attrs::{AttrMap, FrameRange};
-use veil_vcpu::x86_64::{BOOT_GDT, LongModeEntry, setup_long_mode};
+use veil_vcpu::x86_64::setup_long_mode;
 use veil_vcpu::{
     BoxError, Conversion, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
     VcpuSet, VmReport,
@@ -26,10 +25,6 @@ include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 /// Guest memory: 2 MiB at guest-physical 0.
 pub const MEM_SIZE: usize = 2 << 20;
-/// Where the GDT goes.
-pub const GDT: u64 = 0x500;
-/// The PML4; the PDPT and the page directory follow it.
-pub const PML4: u64 = 0x1000;
 /// Top of the stack of 64-bit guests.
 pub const STACK: u64 = 0x8_0000;
 /// Where `spin.S` counters live: one u64 per vCPU.
@@ -110,18 +105,11 @@ impl TestVm {
         self.write(guest.load, guest.code);
     }
 
-    /// Identity-maps the first 1 GiB with 2 MiB pages, and writes `BOOT_GDT` at `GDT`.
+    /// Writes `veil_tests::long_mode::boot_data`: identity-mapped page tables for the
+    /// first 1 GiB and the GDT at `GDT`.
     pub fn write_boot_data(&self) {
-        let (pdpt, pd) = (PML4 + 0x1000, PML4 + 0x2000);
-        const PRESENT_RW: u64 = 0x3;
-        const HUGE: u64 = 0x80;
-        self.write(PML4, &(pdpt | PRESENT_RW).to_le_bytes());
-        self.write(pdpt, &(pd | PRESENT_RW).to_le_bytes());
-        for i in 0..512u64 {
-            self.write(pd + i * 8, &((i << 21) | PRESENT_RW | HUGE).to_le_bytes());
-        }
-        for (i, d) in BOOT_GDT.iter().enumerate() {
-            self.write(GDT + 8 * i as u64, &d.to_le_bytes());
+        for (gpa, bytes) in veil_tests::long_mode::boot_data() {
+            self.write(gpa, &bytes);
         }
     }
 
@@ -130,13 +118,7 @@ impl TestVm {
         self.write_boot_data();
         self.load(guest);
         let vcpu = Vcpu::new(&self.vm, id).expect("create vCPU");
-        let entry = LongModeEntry {
-            page_table_root: PML4,
-            gdt_base: GDT,
-            entry: guest.load,
-            stack: STACK - 0x1000 * id,
-            rsi: 0,
-        };
+        let entry = veil_tests::long_mode::entry(guest.load, STACK - 0x1000 * id);
         setup_long_mode(&self.kvm, vcpu.fd(), id as u32, &entry).expect("long-mode setup");
         let mut regs = vcpu.fd().get_regs().expect("KVM_GET_REGS");
         regs.rdi = rdi;
