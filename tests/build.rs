@@ -18,6 +18,7 @@ const GUESTS: &[(&str, &str, u64)] = &[
     ("hypercall16.S", "HYPERCALL16", 0x8000),
     ("spin.S", "SPIN", 0x14000),
     ("shutdown.S", "SHUTDOWN", 0x16000),
+    ("vmm_convert.S", "VMM_CONVERT", 0x18000),
 ];
 
 fn run(cmd: &mut Command, what: &str) {
