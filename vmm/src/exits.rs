@@ -37,7 +37,7 @@ pub enum MemoryExitError {
 /// veil-memory's guest memory as veil-vcpu's [`MemoryHandler`].
 ///
 /// - [`map_gpa_range`](MemoryHandler::map_gpa_range) converts the requested range with
-///   [`HostSafeMemory::convert`] and answers as [`answer`] decides.
+///   [`HostSafeMemory::convert`] and answers as [`answer_request`] decides.
 /// - [`memory_fault`](MemoryHandler::memory_fault) converts the faulting range to the
 ///   faulting access's state (veil-vcpu calls it only under
 ///   `FaultPolicy::ConvertImplicitly`). A range already in that state is left alone,
@@ -86,7 +86,7 @@ impl MemoryExits {
 /// Only an interrupted call (`EINTR`) or one the kernel asks to repeat (`EAGAIN`) is
 /// retried by the guest. [`ConvertError::RollbackFailed`] always stops the VM: KVM or
 /// the host view may then disagree with veil's record.
-pub fn answer(
+pub fn answer_request(
     result: Result<veil_memory::Conversion, ConvertError>,
 ) -> Result<Conversion, ConvertError> {
     match result {
@@ -115,7 +115,8 @@ impl MemoryHandler for MemoryExits {
         if let Err(e) = &result {
             log::debug!("{request}: {e}");
         }
-        answer(result).map_err(|source| MemoryExitError::Convert { range, to, source }.into())
+        answer_request(result)
+            .map_err(|source| MemoryExitError::Convert { range, to, source }.into())
     }
 
     fn memory_fault(&self, fault: &MemoryFault, range: FrameRange) -> Result<u64, BoxError> {
@@ -252,10 +253,14 @@ mod tests {
         ];
         for e in refused {
             let shown = e.to_string();
-            assert_eq!(answer(Err(e)).unwrap(), Conversion::Refused, "{shown}");
+            assert_eq!(
+                answer_request(Err(e)).unwrap(),
+                Conversion::Refused,
+                "{shown}"
+            );
         }
         assert_eq!(
-            answer(Ok(veil_memory::Conversion::default())).unwrap(),
+            answer_request(Ok(veil_memory::Conversion::default())).unwrap(),
             Conversion::Done
         );
     }
@@ -270,9 +275,15 @@ mod tests {
 
     #[test]
     fn failed_system_calls_stop_the_vm_unless_worth_retrying() {
-        assert_eq!(answer(Err(step(libc::EINTR))).unwrap(), Conversion::Retry);
-        assert_eq!(answer(Err(step(libc::EAGAIN))).unwrap(), Conversion::Retry);
-        let kept = answer(Err(step(libc::ENOMEM))).unwrap_err();
+        assert_eq!(
+            answer_request(Err(step(libc::EINTR))).unwrap(),
+            Conversion::Retry
+        );
+        assert_eq!(
+            answer_request(Err(step(libc::EAGAIN))).unwrap(),
+            Conversion::Retry
+        );
+        let kept = answer_request(Err(step(libc::ENOMEM))).unwrap_err();
         assert_eq!(kept.errno(), Some(libc::ENOMEM));
 
         let rollback = ConvertError::RollbackFailed {
@@ -287,7 +298,7 @@ mod tests {
         };
         assert!(
             matches!(
-                answer(Err(rollback)),
+                answer_request(Err(rollback)),
                 Err(ConvertError::RollbackFailed { .. })
             ),
             "a failed rollback is never retried"

@@ -11,6 +11,6 @@ mod exits;
 mod report;
 mod vm;
 
-pub use exits::{MemoryExitError, MemoryExits, answer};
+pub use exits::{MemoryExitError, MemoryExits, answer_request};
 pub use report::caps_table;
 pub use vm::{Vm, VmBuilder, VmError};
