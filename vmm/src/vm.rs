@@ -73,7 +73,7 @@ pub enum VmError {
     #[error("cannot enable conversion exits")]
     ConversionExits(#[source] CapError),
     /// Creating or starting vCPUs failed.
-    #[error("vCPU")]
+    #[error("cannot create or start vCPUs")]
     Vcpu(#[source] RunnerError),
 }
 
