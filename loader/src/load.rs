@@ -1,0 +1,370 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Planning, measuring and placing a boot image.
+//!
+//! [`plan`] does all the work that needs no guest memory: parse and check the kernel,
+//! compute the layout, build every byte of boot data, cross-check with linux-loader and
+//! measure. [`BootPlan::place`] then writes the planned objects through a [`Populate`]
+//! target. Any error before `place` leaves memory untouched; an error during `place`
+//! scrubs what was written.
+
+use std::borrow::Cow;
+
+use linux_loader::bootparam::boot_params;
+use serde::{Deserialize, Serialize};
+use vm_memory::{ByteValued, GuestAddress};
+
+use crate::image::{ImageError, KernelFormat, KernelImage};
+use crate::layout::{Layout, LayoutError, ObjectKind};
+use crate::measure::MeasurementLog;
+use crate::populate::{Populate, PopulateError, PopulateWay, write_zeros};
+use crate::ram::{ByteRange, GuestRam};
+use crate::x86::{
+    BootDataError, EntryState, gdt_bytes, identity_page_tables, linux_boot_params, pvh_boot_data,
+    pvh_boot_data_size,
+};
+
+/// The longest PVH command line veil places, without its NUL: one page with the NUL.
+/// (An ELF kernel does not declare a limit; Linux itself keeps 2048 bytes on x86.)
+pub const PVH_CMDLINE_MAX: u64 = 4095;
+
+/// What to boot.
+#[derive(Debug, Clone, Copy)]
+pub struct BootSource<'a> {
+    /// The kernel file's bytes.
+    pub kernel: &'a [u8],
+    /// The kernel's format, or `None` to tell it from its magic numbers.
+    pub format: Option<KernelFormat>,
+    /// The initrd's bytes.
+    pub initrd: Option<&'a [u8]>,
+    /// The kernel command line, without a terminating NUL (for example what
+    /// `linux_loader::cmdline::Cmdline::as_cstring` holds).
+    pub cmdline: &'a str,
+}
+
+impl<'a> BootSource<'a> {
+    /// A kernel with no initrd and an empty command line.
+    pub fn new(kernel: &'a [u8]) -> Self {
+        BootSource {
+            kernel,
+            format: None,
+            initrd: None,
+            cmdline: "",
+        }
+    }
+
+    /// With this initrd.
+    pub fn initrd(mut self, initrd: &'a [u8]) -> Self {
+        self.initrd = Some(initrd);
+        self
+    }
+
+    /// With this command line.
+    pub fn cmdline(mut self, cmdline: &'a str) -> Self {
+        self.cmdline = cmdline;
+        self
+    }
+
+    /// Insisting on this format.
+    pub fn format(mut self, format: KernelFormat) -> Self {
+        self.format = Some(format);
+        self
+    }
+}
+
+/// Why a boot image could not be planned or placed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The kernel image was refused.
+    #[error("bad kernel image")]
+    Image(#[from] ImageError),
+    /// The command line is longer than the kernel accepts.
+    #[error("command line of {len} bytes is longer than the kernel's limit of {max}")]
+    CommandLineTooLong {
+        /// Its length without the NUL.
+        len: u64,
+        /// The limit without the NUL.
+        max: u64,
+    },
+    /// The command line holds a NUL byte, which would cut it short.
+    #[error("command line holds a NUL byte at offset {offset}")]
+    CommandLineNul {
+        /// Where.
+        offset: usize,
+    },
+    /// No layout could be made.
+    #[error("cannot lay out the boot image")]
+    Layout(#[from] LayoutError),
+    /// Boot data could not be built.
+    #[error("cannot build boot data")]
+    BootData(#[from] BootDataError),
+    /// The plan was made for other RAM than the target has.
+    #[error("the plan was made for different RAM than the target's")]
+    RamMismatch,
+    /// Writing into guest memory failed; what was written has been scrubbed.
+    #[error("populating guest memory failed")]
+    Populate(#[from] PopulateError),
+    /// Writing failed, and scrubbing what was written failed too.
+    #[error("populating guest memory failed ({cause}), and scrubbing it failed as well")]
+    ScrubFailed {
+        /// The first failure.
+        cause: PopulateError,
+        /// The scrub's failure.
+        #[source]
+        scrub: PopulateError,
+    },
+}
+
+/// One object to place: its kind, its exact guest range and its bytes. Bytes past
+/// `bytes.len()` up to the range's end are zero (an ELF segment's bss).
+#[derive(Debug, Clone)]
+pub struct PlannedObject<'a> {
+    /// What it is.
+    pub kind: ObjectKind,
+    /// Where it goes.
+    pub range: ByteRange,
+    /// Its leading bytes.
+    pub bytes: Cow<'a, [u8]>,
+}
+
+impl PlannedObject<'_> {
+    fn zero_tail(&self) -> u64 {
+        self.range.len() - self.bytes.len() as u64
+    }
+}
+
+/// Everything decided before guest memory is touched.
+#[derive(Debug, Clone)]
+pub struct BootPlan<'a> {
+    /// The kernel's format.
+    pub format: KernelFormat,
+    /// The RAM the plan was made for.
+    pub ram: GuestRam,
+    /// Where everything goes.
+    pub layout: Layout,
+    /// The vCPU's entry state.
+    pub entry: EntryState,
+    /// The objects, in placement order.
+    pub objects: Vec<PlannedObject<'a>>,
+    /// Their measurement.
+    pub log: MeasurementLog,
+}
+
+/// What [`BootPlan::place`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Populated {
+    /// The way the target populated memory.
+    pub way: PopulateWay,
+    /// The page runs written.
+    pub runs: Vec<ByteRange>,
+    /// The runs that are private now (empty when the way leaves memory shared).
+    pub private: Vec<ByteRange>,
+}
+
+/// A loaded boot image: where everything is, how to enter it, what was measured.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// Where everything is.
+    pub layout: Layout,
+    /// The vCPU's entry state.
+    pub entry: EntryState,
+    /// The measurement log.
+    pub log: MeasurementLog,
+    /// How memory was populated.
+    pub populated: Populated,
+}
+
+/// Plans `source` for a guest with `ram`: parses and checks, lays out, builds boot data,
+/// cross-checks with linux-loader and measures. Touches no guest memory.
+pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>, LoadError> {
+    let image = match source.format {
+        Some(format) => KernelImage::parse_as(source.kernel, format)?,
+        None => KernelImage::parse(source.kernel)?,
+    };
+
+    if let Some(offset) = source.cmdline.bytes().position(|b| b == 0) {
+        return Err(LoadError::CommandLineNul { offset });
+    }
+    let max = match &image {
+        KernelImage::BzImage(bz) => bz.cmdline_max(),
+        KernelImage::PvhElf(_) => PVH_CMDLINE_MAX,
+    };
+    let len = source.cmdline.len() as u64;
+    if len > max {
+        return Err(LoadError::CommandLineTooLong { len, max });
+    }
+    let mut cmdline = source.cmdline.as_bytes().to_vec();
+    cmdline.push(0);
+
+    let boot_params_len = match &image {
+        KernelImage::BzImage(_) => size_of::<boot_params>() as u64,
+        KernelImage::PvhElf(_) => pvh_boot_data_size(ram, source.initrd.is_some()),
+    };
+    let initrd_len = source.initrd.map(|i| i.len() as u64).filter(|&n| n > 0);
+    let layout = Layout::compute(
+        &image,
+        initrd_len,
+        cmdline.len() as u64,
+        boot_params_len,
+        ram,
+    )?;
+    image.cross_check(source.kernel, GuestAddress(layout.kernel_load))?;
+
+    let (boot_params, entry): (Vec<u8>, EntryState) = match &image {
+        KernelImage::BzImage(bz) => {
+            let params =
+                linux_boot_params(bz, layout.kernel_load, layout.cmdline, layout.initrd, ram)?;
+            let tables = layout.page_tables.map(|r| r.start().0).unwrap_or_default();
+            let entry = EntryState::linux64(
+                layout.kernel_load,
+                layout.boot_params.start().0,
+                tables,
+                layout.gdt.start().0,
+            );
+            (params.as_slice().to_vec(), entry)
+        }
+        KernelImage::PvhElf(elf) => {
+            let data = pvh_boot_data(
+                layout.boot_params.start().0,
+                layout.cmdline,
+                layout.initrd,
+                ram,
+            );
+            let entry = EntryState::pvh(
+                elf.entry(),
+                layout.boot_params.start().0,
+                layout.gdt.start().0,
+            );
+            (data, entry)
+        }
+    };
+
+    let mut segments = match &image {
+        KernelImage::PvhElf(elf) => elf
+            .segments()
+            .iter()
+            .map(|s| elf.segment_bytes(s))
+            .collect::<Vec<_>>(),
+        KernelImage::BzImage(bz) => vec![bz.payload()],
+    }
+    .into_iter();
+    let mut cmdline = Some(cmdline);
+    let mut boot_params = Some(boot_params);
+    let mut objects = Vec::with_capacity(layout.placements.len());
+    for p in &layout.placements {
+        let bytes: Cow<'a, [u8]> = match p.kind {
+            ObjectKind::KernelSegment | ObjectKind::Kernel => {
+                Cow::Borrowed(segments.next().unwrap_or_default())
+            }
+            ObjectKind::Initrd => Cow::Borrowed(source.initrd.unwrap_or_default()),
+            ObjectKind::CommandLine => Cow::Owned(cmdline.take().unwrap_or_default()),
+            ObjectKind::BootParams => Cow::Owned(boot_params.take().unwrap_or_default()),
+            ObjectKind::PageTables => Cow::Owned(identity_page_tables(p.range.start().0)),
+            ObjectKind::Gdt => Cow::Owned(gdt_bytes()),
+            ObjectKind::KernelImage => Cow::Borrowed(&[][..]),
+        };
+        objects.push(PlannedObject {
+            kind: p.kind,
+            range: p.range,
+            bytes,
+        });
+    }
+
+    let mut log = MeasurementLog::new();
+    log.record(ObjectKind::KernelImage, None, source.kernel, 0);
+    for o in &objects {
+        log.record(o.kind, Some(o.range.start().0), &o.bytes, o.zero_tail());
+    }
+
+    Ok(BootPlan {
+        format: image.format(),
+        ram: ram.clone(),
+        layout,
+        entry,
+        objects,
+        log,
+    })
+}
+
+/// The measurement log of `source` for a guest with `ram`, computed without a VM. It is
+/// the log [`load`] produces for the same inputs.
+pub fn measure(source: &BootSource<'_>, ram: &GuestRam) -> Result<MeasurementLog, LoadError> {
+    Ok(plan(source, ram)?.log)
+}
+
+/// Plans `source` for `target`'s RAM and places it.
+pub fn load<P: Populate + ?Sized>(
+    source: &BootSource<'_>,
+    target: &P,
+) -> Result<Loaded, LoadError> {
+    let ram = target.ram()?;
+    plan(source, &ram)?.place(target)
+}
+
+impl BootPlan<'_> {
+    /// Writes every object through `target`: prepares the page runs (nothing is written
+    /// if that fails), zeroes the parts of the runs no object covers, writes the objects,
+    /// and seals the runs. On a failure after the first write, every run is scrubbed.
+    pub fn place<P: Populate + ?Sized>(&self, target: &P) -> Result<Loaded, LoadError> {
+        if target.ram()? != self.ram {
+            return Err(LoadError::RamMismatch);
+        }
+        let runs = self.layout.page_runs();
+        target.prepare(&runs)?;
+        let written = self
+            .write_all(target, &runs)
+            .and_then(|()| target.seal(&runs));
+        let private = match written {
+            Ok(private) => private,
+            Err(cause) => {
+                return Err(match target.scrub(&runs) {
+                    Ok(()) => LoadError::Populate(cause),
+                    Err(scrub) => LoadError::ScrubFailed { cause, scrub },
+                });
+            }
+        };
+        Ok(Loaded {
+            layout: self.layout.clone(),
+            entry: self.entry,
+            log: self.log.clone(),
+            populated: Populated {
+                way: target.way(),
+                runs,
+                private,
+            },
+        })
+    }
+
+    fn write_all<P: Populate + ?Sized>(
+        &self,
+        target: &P,
+        runs: &[ByteRange],
+    ) -> Result<(), PopulateError> {
+        let mut ranges: Vec<ByteRange> = self.objects.iter().map(|o| o.range).collect();
+        ranges.sort();
+        // Zero what no object covers, so pages that become private hold nothing stale.
+        for run in runs {
+            let mut at = run.start().0;
+            for r in ranges.iter().filter(|r| r.overlaps(run)) {
+                if let Some(gap) = ByteRange::new(at, r.start().0.saturating_sub(at)) {
+                    write_zeros(gap, |gpa, z| target.write(gpa, z))?;
+                }
+                at = at.max(r.end());
+            }
+            if let Some(gap) = ByteRange::new(at, run.end().saturating_sub(at)) {
+                write_zeros(gap, |gpa, z| target.write(gpa, z))?;
+            }
+        }
+        for o in &self.objects {
+            if !o.bytes.is_empty() {
+                target.write(o.range.start(), &o.bytes)?;
+            }
+            let tail = o.zero_tail();
+            if let Some(tail) = ByteRange::new(o.range.start().0 + o.bytes.len() as u64, tail) {
+                write_zeros(tail, |gpa, z| target.write(gpa, z))?;
+            }
+        }
+        Ok(())
+    }
+}

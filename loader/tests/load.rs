@@ -1,0 +1,396 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Loading the committed fixtures into plain and private-capable memory, without KVM.
+
+mod common;
+
+use common::*;
+use veil_loader::boot::{
+    CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, E820_RAM, EntryMode, GDT, PVH_START_MAGIC,
+    TSS_SELECTOR,
+};
+use veil_loader::{
+    BootSource, ByteRange, GuestRam, KernelFormat, KernelImage, LoadError, ObjectKind,
+    PopulateError, PopulateWay, SharedOnly, SnpLaunchUpdate, TdxInitMemRegion, WriteThenConvert,
+    load, measure, plan,
+};
+
+const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
+
+#[test]
+fn pvh_fixture_parses() {
+    let KernelImage::PvhElf(elf) = KernelImage::parse(PVH_KERNEL).unwrap() else {
+        panic!("not parsed as PVH ELF");
+    };
+    assert_eq!(elf.entry(), 0x10_0000);
+    let segs = elf.segments();
+    assert_eq!(segs.len(), 2);
+    assert_eq!(segs[0].range, ByteRange::new(0x10_0000, 0xfc).unwrap());
+    assert_eq!(segs[1].range, ByteRange::new(0x10_1000, 0x120).unwrap());
+    assert_eq!(segs[1].file_size, 0x1f);
+}
+
+#[test]
+fn bzimage_fixture_parses() {
+    let KernelImage::BzImage(bz) = KernelImage::parse(BZ_KERNEL).unwrap() else {
+        panic!("not parsed as bzImage");
+    };
+    assert_eq!(bz.version(), 0x020f);
+    assert_eq!(bz.setup_size(), 0x400);
+    assert_eq!(bz.payload(), &BZ_KERNEL[0x400..]);
+    assert_eq!(bz.cmdline_max(), 255);
+    assert_eq!(bz.pref_address(), 0x100_0000);
+    assert_eq!(bz.memory_needed(), 0x2_0000);
+    assert!(bz.relocatable());
+}
+
+#[test]
+fn pvh_loads_into_plain_memory() {
+    let mem = memory(RAM);
+    fill(&mem, RAM, 0xcc);
+    let initrd = initrd();
+    let source = BootSource::new(PVH_KERNEL)
+        .initrd(&initrd)
+        .cmdline(PVH_CMDLINE);
+    let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
+    let layout = &loaded.layout;
+
+    // Segments: file bytes at their addresses, bss zero-filled.
+    assert_eq!(read(&mem, 0x10_0000, 0xfc), &PVH_KERNEL[0x1000..0x10fc]);
+    assert_eq!(read(&mem, 0x10_1000, 0x1f), &PVH_KERNEL[0x2000..0x201f]);
+    assert!(read(&mem, 0x10_101f, 0x120 - 0x1f).iter().all(|&b| b == 0));
+    // The rest of the segments' pages is zeroed too; the next page is untouched.
+    assert!(
+        read(&mem, 0x10_1120, 0x1000 - 0x120)
+            .iter()
+            .all(|&b| b == 0)
+    );
+    assert_eq!(read(&mem, 0x10_2000, 1), [0xcc]);
+
+    // Command line with its NUL.
+    let cmd = layout.cmdline;
+    assert_eq!(cmd.len() as usize, PVH_CMDLINE.len() + 1);
+    let mut expected = PVH_CMDLINE.as_bytes().to_vec();
+    expected.push(0);
+    assert_eq!(read(&mem, cmd.start().0, expected.len()), expected);
+
+    // Initrd, high in RAM.
+    let ird = layout.initrd.unwrap();
+    assert_eq!(read(&mem, ird.start().0, initrd.len()), initrd);
+    assert!(
+        ird.end() <= 0x400_0000 && ird.start().0 >= 0x3f0_0000,
+        "{ird}"
+    );
+
+    // hvm_start_info.
+    let si = read(
+        &mem,
+        layout.boot_params.start().0,
+        layout.boot_params.len() as usize,
+    );
+    assert_eq!(u32_at(&si, 0), PVH_START_MAGIC);
+    assert_eq!(u32_at(&si, 4), 1);
+    assert_eq!(u32_at(&si, 12), 1);
+    assert_eq!(u64_at(&si, 24), cmd.start().0);
+    let modlist = u64_at(&si, 16);
+    let m = read(&mem, modlist, 16);
+    assert_eq!(
+        (u64_at(&m, 0), u64_at(&m, 8)),
+        (ird.start().0, initrd.len() as u64)
+    );
+    assert_eq!(u32_at(&si, 48), 2);
+    let mm = read(&mem, u64_at(&si, 40), 48);
+    for (i, &(base, size)) in RAM.iter().enumerate() {
+        let e = &mm[i * 24..];
+        assert_eq!(
+            (u64_at(e, 0), u64_at(e, 8), u32_at(e, 16)),
+            (base, size, E820_RAM)
+        );
+    }
+
+    // GDT, and no page tables for a 32-bit entry.
+    let gdt = read(&mem, layout.gdt.start().0, 40);
+    for (i, word) in GDT.iter().enumerate() {
+        assert_eq!(u64_at(&gdt, i * 8), *word);
+    }
+    assert_eq!(layout.page_tables, None);
+
+    // Entry state.
+    let e = loaded.entry;
+    assert_eq!(e.mode, EntryMode::Pvh32);
+    assert_eq!(e.rip, 0x10_0000);
+    assert_eq!(e.rbx, layout.boot_params.start().0);
+    assert_eq!(e.gdt_base, layout.gdt.start().0);
+    assert_eq!(e.code.selector, CODE32_SELECTOR);
+    assert_eq!(e.data.selector, DATA_SELECTOR);
+    assert_eq!(e.tss.selector, TSS_SELECTOR);
+
+    // Placement order, also the log's order after the kernel image.
+    let kinds: Vec<ObjectKind> = layout.placements.iter().map(|p| p.kind).collect();
+    use ObjectKind::*;
+    assert_eq!(
+        kinds,
+        [
+            KernelSegment,
+            KernelSegment,
+            Initrd,
+            CommandLine,
+            BootParams,
+            Gdt
+        ]
+    );
+    let logged: Vec<ObjectKind> = loaded.log.entries.iter().map(|e| e.kind).collect();
+    assert_eq!(logged[0], KernelImage);
+    assert_eq!(&logged[1..], &kinds[..]);
+    assert_eq!(loaded.populated.way, PopulateWay::SharedOnly);
+    assert!(loaded.populated.private.is_empty());
+}
+
+#[test]
+fn bzimage_loads_into_plain_memory() {
+    let mem = memory(RAM);
+    let initrd = initrd();
+    let source = BootSource::new(BZ_KERNEL)
+        .initrd(&initrd)
+        .cmdline(BZ_CMDLINE);
+    let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
+    let l = &loaded.layout;
+    // At pref_address.
+    assert_eq!(l.kernel_load, 0x100_0000);
+    assert_eq!(
+        read(&mem, 0x100_0000, BZ_KERNEL.len() - 0x400),
+        &BZ_KERNEL[0x400..]
+    );
+
+    let bp = read(&mem, l.boot_params.start().0, 4096);
+    // The setup header is the image's, up to its declared end (0x26c).
+    assert_eq!(bp[0x1f1], BZ_KERNEL[0x1f1]);
+    assert_eq!(&bp[0x202..0x206], b"HdrS");
+    assert_eq!(&bp[0x230..0x238], &BZ_KERNEL[0x230..0x238]);
+    assert_eq!(bp[0x210], 0xff, "type_of_loader");
+    assert_eq!(bp[0x211], 0x01, "loadflags: LOADED_HIGH only");
+    assert_eq!(u32_at(&bp, 0x214), 0x100_0000, "code32_start");
+    assert_eq!(u32_at(&bp, 0x228) as u64, l.cmdline.start().0);
+    let ird = l.initrd.unwrap();
+    assert_eq!(u32_at(&bp, 0x218) as u64, ird.start().0);
+    assert_eq!(u32_at(&bp, 0x21c) as usize, initrd.len());
+    assert!(ird.end() <= 0x7fff_ffff + 1);
+    assert_eq!(bp[0x1e8], 2, "e820_entries");
+    for (i, &(base, size)) in RAM.iter().enumerate() {
+        let e = &bp[0x2d0 + i * 20..];
+        assert_eq!(
+            (u64_at(e, 0), u64_at(e, 8), u32_at(e, 16)),
+            (base, size, E820_RAM)
+        );
+    }
+
+    let pt = l.page_tables.unwrap();
+    assert_eq!(pt.len(), 6 * 4096);
+    let pml4 = read(&mem, pt.start().0, 8);
+    assert_eq!(u64_at(&pml4, 0), (pt.start().0 + 4096) | 3);
+
+    let e = loaded.entry;
+    assert_eq!(e.mode, EntryMode::Linux64);
+    assert_eq!(e.rip, 0x100_0200);
+    assert_eq!(e.rsi, l.boot_params.start().0);
+    assert_eq!(e.cr3, pt.start().0);
+    assert_eq!(e.code.selector, CODE64_SELECTOR);
+    assert!(e.code.l);
+    let kinds: Vec<ObjectKind> = l.placements.iter().map(|p| p.kind).collect();
+    use ObjectKind::*;
+    assert_eq!(
+        kinds,
+        [Kernel, Initrd, CommandLine, BootParams, PageTables, Gdt]
+    );
+    // init_size is reserved from the load address.
+    assert_eq!(
+        l.kernel_reserved,
+        ByteRange::new(0x100_0000, 0x2_0000).unwrap()
+    );
+}
+
+#[test]
+fn measure_without_a_vm_equals_load() {
+    let initrd = initrd();
+    for (kernel, cmdline) in [(PVH_KERNEL, PVH_CMDLINE), (BZ_KERNEL, BZ_CMDLINE)] {
+        let source = BootSource::new(kernel).initrd(&initrd).cmdline(cmdline);
+        let ram = GuestRam::new(RAM).unwrap();
+        let log = measure(&source, &ram).unwrap();
+        let mem = memory(RAM);
+        let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
+        assert_eq!(loaded.log, log);
+        // Each entry's digest is the digest of what memory holds there.
+        for e in &log.entries[1..] {
+            let bytes = read(&mem, e.gpa.unwrap(), e.size as usize);
+            assert_eq!(veil_loader::Digest::of(&bytes), e.sha256, "{:?}", e.kind);
+        }
+        assert_eq!(log.entries[0].sha256, veil_loader::Digest::of(kernel));
+    }
+}
+
+#[test]
+fn write_then_convert_seals_every_run() {
+    let mock = MockPrivateMemory::new(RAM);
+    let initrd = initrd();
+    let source = BootSource::new(PVH_KERNEL)
+        .initrd(&initrd)
+        .cmdline(PVH_CMDLINE);
+    let loaded = load(&source, &WriteThenConvert::new(&mock)).unwrap();
+    assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
+    assert_eq!(loaded.populated.private, loaded.populated.runs);
+    // Exactly the pages of the placed objects are private.
+    let mut expected: Vec<u64> = loaded
+        .layout
+        .placements
+        .iter()
+        .flat_map(|p| {
+            let r = p.range.page_aligned().unwrap();
+            (r.start().0 / 4096)..(r.end() / 4096)
+        })
+        .collect();
+    expected.sort();
+    expected.dedup();
+    assert_eq!(mock.private_pages(), expected);
+    // Contents were kept across the conversion.
+    assert_eq!(
+        read(&mock.mem, 0x10_0000, 0xfc),
+        &PVH_KERNEL[0x1000..0x10fc]
+    );
+
+    // Loading again fails before writing anything: the pages are private now.
+    let writes = mock.writes.get();
+    let err = load(&source, &WriteThenConvert::new(&mock)).unwrap_err();
+    assert!(
+        matches!(err, LoadError::Populate(PopulateError::NotShared { .. })),
+        "{err}"
+    );
+    assert_eq!(mock.writes.get(), writes);
+}
+
+#[test]
+fn failure_while_writing_leaves_nothing_half_written() {
+    let initrd = initrd();
+    let source = BootSource::new(BZ_KERNEL)
+        .initrd(&initrd)
+        .cmdline(BZ_CMDLINE);
+    let total_writes = {
+        let mock = MockPrivateMemory::new(RAM);
+        load(&source, &WriteThenConvert::new(&mock)).unwrap();
+        mock.writes.get()
+    };
+    assert!(total_writes > 3);
+    for fail_at in 0..total_writes {
+        let mock = MockPrivateMemory::new(RAM);
+        fill(&mock.mem, RAM, 0xcc);
+        mock.fail_write_at.set(Some(fail_at));
+        let err = load(&source, &WriteThenConvert::new(&mock)).unwrap_err();
+        assert!(
+            matches!(err, LoadError::Populate(PopulateError::Write { .. })),
+            "{fail_at}: {err}"
+        );
+        assert!(
+            mock.private_pages().is_empty(),
+            "nothing private after {fail_at}"
+        );
+        // Every page that was to become private is zero; everything else untouched.
+        let plan = plan(&source, &GuestRam::new(RAM).unwrap()).unwrap();
+        let runs = plan.layout.page_runs();
+        for &(b, s) in RAM {
+            let bytes = read(&mock.mem, b, s as usize);
+            for (i, chunk) in bytes.chunks(4096).enumerate() {
+                let page = b + i as u64 * 4096;
+                let in_run = runs.iter().any(|r| r.start().0 <= page && page < r.end());
+                let want = if in_run { 0 } else { 0xcc };
+                assert!(
+                    chunk.iter().all(|&x| x == want),
+                    "page {page:#x} after {fail_at}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn failure_while_converting_returns_everything_to_shared_and_zero() {
+    let initrd = initrd();
+    let source = BootSource::new(PVH_KERNEL)
+        .initrd(&initrd)
+        .cmdline(PVH_CMDLINE);
+    let runs = plan(&source, &GuestRam::new(RAM).unwrap())
+        .unwrap()
+        .layout
+        .page_runs();
+    assert!(runs.len() >= 3);
+    for fail_at in 0..runs.len() {
+        let mock = MockPrivateMemory::new(RAM);
+        mock.fail_convert_at.set(Some(fail_at));
+        let err = load(&source, &WriteThenConvert::new(&mock)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Populate(PopulateError::Convert { to: "private", .. })
+            ),
+            "{err}"
+        );
+        assert!(mock.private_pages().is_empty());
+        for r in &runs {
+            assert!(
+                read(&mock.mem, r.start().0, r.len() as usize)
+                    .iter()
+                    .all(|&b| b == 0)
+            );
+        }
+    }
+}
+
+#[test]
+fn extension_points_refuse_before_writing() {
+    let ram = GuestRam::new(RAM).unwrap();
+    let source = BootSource::new(PVH_KERNEL).cmdline(PVH_CMDLINE);
+    let err = load(&source, &SnpLaunchUpdate::new(ram.clone())).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::Populate(PopulateError::Unsupported {
+                way: PopulateWay::SnpLaunchUpdate
+            })
+        ),
+        "{err}"
+    );
+    assert!(err.source_chain().contains("not supported by this backend"));
+    let err = load(&source, &TdxInitMemRegion::new(ram)).unwrap_err();
+    assert!(matches!(
+        err,
+        LoadError::Populate(PopulateError::Unsupported {
+            way: PopulateWay::TdxInitMemRegion
+        })
+    ));
+}
+
+trait Chain {
+    fn source_chain(&self) -> String;
+}
+
+impl<E: std::error::Error> Chain for E {
+    fn source_chain(&self) -> String {
+        let mut s = self.to_string();
+        let mut cur = self.source();
+        while let Some(e) = cur {
+            s.push_str(": ");
+            s.push_str(&e.to_string());
+            cur = e.source();
+        }
+        s
+    }
+}
+
+#[test]
+fn explicit_format_is_honoured() {
+    let err = plan(
+        &BootSource::new(PVH_KERNEL).format(KernelFormat::BzImage),
+        &GuestRam::new(RAM).unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, LoadError::Image(_)), "{err}");
+}
