@@ -270,19 +270,21 @@ fn write_then_convert_seals_every_run() {
 
 #[test]
 fn failure_while_writing_leaves_nothing_half_written() {
+    // Just enough RAM for the bzImage at 16 MiB, so the loop stays fast.
+    const SMALL: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x110_0000)];
     let initrd = initrd();
     let source = BootSource::new(BZ_KERNEL)
         .initrd(&initrd)
         .cmdline(BZ_CMDLINE);
     let total_writes = {
-        let mock = MockPrivateMemory::new(RAM);
+        let mock = MockPrivateMemory::new(SMALL);
         load(&source, &WriteThenConvert::new(&mock)).unwrap();
         mock.writes.get()
     };
     assert!(total_writes > 3);
     for fail_at in 0..total_writes {
-        let mock = MockPrivateMemory::new(RAM);
-        fill(&mock.mem, RAM, 0xcc);
+        let mock = MockPrivateMemory::new(SMALL);
+        fill(&mock.mem, SMALL, 0xcc);
         mock.fail_write_at.set(Some(fail_at));
         let err = load(&source, &WriteThenConvert::new(&mock)).unwrap_err();
         assert!(
@@ -294,9 +296,9 @@ fn failure_while_writing_leaves_nothing_half_written() {
             "nothing private after {fail_at}"
         );
         // Every page that was to become private is zero; everything else untouched.
-        let plan = plan(&source, &GuestRam::new(RAM).unwrap()).unwrap();
+        let plan = plan(&source, &GuestRam::new(SMALL).unwrap()).unwrap();
         let runs = plan.layout.page_runs();
-        for &(b, s) in RAM {
+        for &(b, s) in SMALL {
             let bytes = read(&mock.mem, b, s as usize);
             for (i, chunk) in bytes.chunks(4096).enumerate() {
                 let page = b + i as u64 * 4096;
