@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Seeds the fuzz corpus with the test fixtures, one copy per flags byte (see harness.rs).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+corpus="$here/corpus/load"
+mkdir -p "$corpus"
+for f in pvh-test-kernel.elf bzimage-test-kernel.bin; do
+    for flags in 0 4 8 12 1 2; do
+        { printf "\\x$(printf %02x "$flags")"; cat "$here/../tests/fixtures/$f"; } > "$corpus/$f.$flags"
+    done
+done

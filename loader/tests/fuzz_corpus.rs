@@ -1,0 +1,92 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The fuzz harness (`fuzz/harness.rs`, the body of the cargo-fuzz target) run in every
+//! `cargo test`: over the fixtures with every flags byte, and over a fixed set of
+//! pseudo-random mutations of them (byte flips, random header words, truncations,
+//! splices). No input may panic.
+
+#[path = "../fuzz/harness.rs"]
+mod harness;
+
+const FIXTURES: [&[u8]; 2] = [
+    include_bytes!("fixtures/pvh-test-kernel.elf"),
+    include_bytes!("fixtures/bzimage-test-kernel.bin"),
+];
+
+/// xorshift64*: a fixed, seedable sequence so every run tests the same inputs.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn with_flags(flags: u8, kernel: &[u8]) -> Vec<u8> {
+    let mut v = vec![flags];
+    v.extend_from_slice(kernel);
+    v
+}
+
+#[test]
+fn fixtures_with_every_flag_combination() {
+    for kernel in FIXTURES {
+        for flags in 0..16u8 {
+            harness::run(&with_flags(flags, kernel));
+        }
+    }
+    harness::run(&[]);
+    harness::run(&[0]);
+}
+
+#[test]
+fn pseudo_random_mutations() {
+    let mut rng = Rng(0x5645_494c_4c4f_4144);
+    for _ in 0..4000 {
+        let base = FIXTURES[rng.below(2)];
+        let mut k = base.to_vec();
+        match rng.below(4) {
+            // Flip a few bytes, biased to the headers where the checks are.
+            0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = if rng.below(2) == 0 {
+                        rng.below(0x300.min(k.len()))
+                    } else {
+                        rng.below(k.len())
+                    };
+                    k[at] ^= 1 << rng.below(8);
+                }
+            }
+            // A random 64-bit word at a header offset.
+            1 => {
+                let at = rng.below(0x300.min(k.len() - 8));
+                let word = match rng.below(4) {
+                    0 => u64::MAX - rng.below(0x1000) as u64,
+                    1 => rng.next() & 0xffff_ffff,
+                    2 => rng.next() & 0xfff_ffff,
+                    _ => rng.next(),
+                };
+                k[at..at + 8].copy_from_slice(&word.to_le_bytes());
+            }
+            // Truncate.
+            2 => k.truncate(rng.below(k.len())),
+            // Splice part of the other fixture in.
+            _ => {
+                let other = FIXTURES[rng.below(2)];
+                let from = rng.below(other.len());
+                let len = rng.below(other.len() - from).min(k.len());
+                let at = rng.below(k.len() - len + 1);
+                k[at..at + len].copy_from_slice(&other[from..from + len]);
+            }
+        }
+        harness::run(&with_flags(rng.below(16) as u8, &k));
+    }
+}
