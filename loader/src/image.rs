@@ -243,6 +243,7 @@ impl<'a> PvhElf<'a> {
 /// A checked bzImage.
 #[derive(Debug, Clone)]
 pub struct BzImage<'a> {
+    file: &'a [u8],
     header: setup_header,
     setup_size: u64,
     payload: &'a [u8],
@@ -606,17 +607,17 @@ impl<'a> KernelImage<'a> {
         }
         let payload = &bytes[setup_size as usize..];
         Ok(KernelImage::BzImage(BzImage {
+            file: bytes,
             header,
             setup_size,
             payload,
         }))
     }
 
-    /// Runs linux-loader's loader for this format over `bytes` (the same bytes the image
-    /// was parsed from) into a staging copy in host memory, and checks that it agrees
-    /// with veil's reading. `load` is where the bzImage goes; ELF segments go to their
-    /// own addresses.
-    pub fn cross_check(&self, bytes: &[u8], load: GuestAddress) -> Result<(), ImageError> {
+    /// Runs linux-loader's loader for this format over the image into a staging copy in
+    /// host memory, and checks that it agrees with veil's reading. `load` is where the
+    /// bzImage goes; ELF segments go to their own addresses.
+    pub fn cross_check(&self, load: GuestAddress) -> Result<(), ImageError> {
         match self {
             KernelImage::PvhElf(elf) => {
                 // linux-loader copies p_filesz bytes of each segment with file bytes.
@@ -627,7 +628,7 @@ impl<'a> KernelImage<'a> {
                     .filter_map(|s| ByteRange::new(s.range.start().0, s.file_size))
                     .collect();
                 let staging = staging_memory(&ranges)?;
-                let result = LlElf::load(&staging, None, &mut Cursor::new(bytes), None)
+                let result = LlElf::load(&staging, None, &mut Cursor::new(elf.bytes), None)
                     .map_err(ImageError::LinuxLoader)?;
                 let found = match result.pvh_boot_cap {
                     PvhBootCapability::PvhEntryPresent(addr) => addr.0,
@@ -655,7 +656,7 @@ impl<'a> KernelImage<'a> {
                     reason: "the kernel would wrap the address space",
                 })?;
                 let staging = staging_memory(&[range])?;
-                let result = LlBzImage::load(&staging, Some(load), &mut Cursor::new(bytes), None)
+                let result = LlBzImage::load(&staging, Some(load), &mut Cursor::new(bz.file), None)
                     .map_err(ImageError::LinuxLoader)?;
                 agree("the load address", load.0, result.kernel_load.0)?;
                 agree("the kernel's end", load.0 + len, result.kernel_end)?;
@@ -771,4 +772,69 @@ fn find_pvh_entry(bytes: &[u8], offset: u64, size: u64) -> Result<Option<u32>, I
 /// this never overflows a `u64`.
 fn align_up(len: u64) -> u64 {
     len.div_ceil(NOTE_ALIGN) * NOTE_ALIGN
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        v.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(name);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        v.extend_from_slice(desc);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        v
+    }
+
+    fn entry_of(notes: &[u8]) -> Result<Option<u32>, ImageError> {
+        find_pvh_entry(notes, 0, notes.len() as u64)
+    }
+
+    #[test]
+    fn pvh_note_after_other_notes() {
+        // Linux's vmlinux: a GNU build-id note, other Xen notes, then PHYS32_ENTRY with a
+        // pointer-sized (8-byte) descriptor.
+        let mut notes = note(b"GNU\0", 3, &[0xab; 20]);
+        notes.extend(note(b"Xen\0", 6, b"linux\0"));
+        notes.extend(note(b"Xen\0", 18, &0x100_0a40u64.to_le_bytes()));
+        assert_eq!(entry_of(&notes).unwrap(), Some(0x100_0a40));
+        // A 4-byte descriptor, as in the PVH test kernel.
+        assert_eq!(
+            entry_of(&note(b"Xen\0", 18, &0x20_0000u32.to_le_bytes())).unwrap(),
+            Some(0x20_0000)
+        );
+        // The right type under another name is not the PVH note.
+        assert_eq!(entry_of(&note(b"Xem\0", 18, &[0; 4])).unwrap(), None);
+        assert_eq!(entry_of(&[]).unwrap(), None);
+    }
+
+    #[test]
+    fn bad_pvh_notes() {
+        let high = note(b"Xen\0", 18, &0x1_0000_0000u64.to_le_bytes());
+        assert!(matches!(
+            entry_of(&high),
+            Err(ImageError::FieldOutOfRange {
+                field: "PVH entry point",
+                value: 0x1_0000_0000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            entry_of(&note(b"Xen\0", 18, &[1, 2, 3, 4, 5, 6])),
+            Err(ImageError::BadNote { .. })
+        ));
+        let mut short = note(b"Xen\0", 18, &[0; 4]);
+        short.truncate(10);
+        assert!(matches!(
+            entry_of(&short),
+            Err(ImageError::BadNote { offset: 0, .. })
+        ));
+        let mut past = note(b"GNU\0", 3, &[0; 8]);
+        past[4..8].copy_from_slice(&64u32.to_le_bytes());
+        assert!(matches!(entry_of(&past), Err(ImageError::BadNote { .. })));
+    }
 }

@@ -209,7 +209,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         boot_params_len,
         ram,
     )?;
-    image.cross_check(source.kernel, GuestAddress(layout.kernel_load))?;
+    image.cross_check(GuestAddress(layout.kernel_load))?;
 
     let (boot_params, entry): (Vec<u8>, EntryState) = match &image {
         KernelImage::BzImage(bz) => {
