@@ -96,11 +96,11 @@ pub enum PopulateError {
         #[source]
         source: BoxError,
     },
-    /// Converting a range failed.
-    #[error("converting {range} to {to} failed")]
+    /// Converting page runs failed.
+    #[error("converting {} page runs from {} to {to} failed", runs.len(), runs.first().map(|r| r.to_string()).unwrap_or_default())]
     Convert {
-        /// The range.
-        range: ByteRange,
+        /// The runs.
+        runs: Vec<ByteRange>,
         /// "private" or "shared".
         to: &'static str,
         /// The memory's error.
@@ -233,11 +233,12 @@ pub trait ConvertPrivate {
     /// Writes `bytes` at `gpa` through the host mapping; fails on private bytes.
     fn write(&self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), BoxError>;
 
-    /// Converts the page-aligned `range` to private, keeping its contents.
-    fn to_private(&self, range: ByteRange) -> Result<(), BoxError>;
+    /// Converts the page-aligned `runs` to private, keeping their contents: all of them
+    /// or, on error, preferably none (the loader scrubs either way).
+    fn to_private(&self, runs: &[ByteRange]) -> Result<(), BoxError>;
 
-    /// Converts the page-aligned `range` back to shared.
-    fn to_shared(&self, range: ByteRange) -> Result<(), BoxError>;
+    /// Converts the page-aligned `runs` back to shared.
+    fn to_shared(&self, runs: &[ByteRange]) -> Result<(), BoxError>;
 }
 
 /// Populates by writing through the host mapping while shared, then converting to
@@ -282,29 +283,32 @@ impl<M: ConvertPrivate + ?Sized> Populate for WriteThenConvert<'_, M> {
     }
 
     fn seal(&self, runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError> {
-        for &range in runs {
-            self.memory
-                .to_private(range)
-                .map_err(|source| PopulateError::Convert {
-                    range,
-                    to: "private",
-                    source,
-                })?;
-        }
+        self.memory
+            .to_private(runs)
+            .map_err(|source| PopulateError::Convert {
+                runs: runs.to_vec(),
+                to: "private",
+                source,
+            })?;
         Ok(runs.to_vec())
     }
 
     fn scrub(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
+        let private: Vec<ByteRange> = runs
+            .iter()
+            .copied()
+            .filter(|r| !self.memory.is_shared(*r))
+            .collect();
+        if !private.is_empty() {
+            self.memory
+                .to_shared(&private)
+                .map_err(|source| PopulateError::Convert {
+                    runs: private,
+                    to: "shared",
+                    source,
+                })?;
+        }
         for &range in runs {
-            if !self.memory.is_shared(range) {
-                self.memory
-                    .to_shared(range)
-                    .map_err(|source| PopulateError::Convert {
-                        range,
-                        to: "shared",
-                        source,
-                    })?;
-            }
             write_zeros(range, |gpa, z| self.write(gpa, z))?;
         }
         Ok(())

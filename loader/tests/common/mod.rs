@@ -133,22 +133,28 @@ impl ConvertPrivate for MockPrivateMemory {
             .map_err(|e| Box::new(e) as BoxError)
     }
 
-    fn to_private(&self, range: ByteRange) -> Result<(), BoxError> {
-        let n = self.conversions.get();
-        self.conversions.set(n + 1);
-        if self.fail_convert_at.get() == Some(n) {
-            return Err(Box::new(MockError(format!(
-                "injected failure of conversion {n}"
-            ))));
+    /// Converts run by run, so an injected failure leaves earlier runs private (the
+    /// harder case for the loader's scrub).
+    fn to_private(&self, runs: &[ByteRange]) -> Result<(), BoxError> {
+        for &range in runs {
+            let n = self.conversions.get();
+            self.conversions.set(n + 1);
+            if self.fail_convert_at.get() == Some(n) {
+                return Err(Box::new(MockError(format!(
+                    "injected failure of conversion {n}"
+                ))));
+            }
+            self.private.borrow_mut().extend(Self::pages(range));
         }
-        self.private.borrow_mut().extend(Self::pages(range));
         Ok(())
     }
 
-    fn to_shared(&self, range: ByteRange) -> Result<(), BoxError> {
+    fn to_shared(&self, runs: &[ByteRange]) -> Result<(), BoxError> {
         let mut p = self.private.borrow_mut();
-        for f in Self::pages(range) {
-            p.remove(&f);
+        for &range in runs {
+            for f in Self::pages(range) {
+                p.remove(&f);
+            }
         }
         Ok(())
     }
