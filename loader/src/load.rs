@@ -197,11 +197,12 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
     let mut cmdline = source.cmdline.as_bytes().to_vec();
     cmdline.push(0);
 
+    // An empty initrd is no initrd: nothing placed, no module entry.
+    let initrd_len = source.initrd.map(|i| i.len() as u64).filter(|&n| n > 0);
     let boot_params_len = match &image {
         KernelImage::BzImage(_) => size_of::<boot_params>() as u64,
-        KernelImage::PvhElf(_) => pvh_boot_data_size(ram, source.initrd.is_some()),
+        KernelImage::PvhElf(_) => pvh_boot_data_size(ram, initrd_len.is_some()),
     };
-    let initrd_len = source.initrd.map(|i| i.len() as u64).filter(|&n| n > 0);
     let layout = Layout::compute(
         &image,
         initrd_len,

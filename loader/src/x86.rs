@@ -317,10 +317,16 @@ pub fn linux_boot_params(
     params.hdr.code32_start = low32("the kernel", load)?;
     params.hdr.vid_mode = 0xffff; // "normal"
     params.hdr.cmd_line_ptr = low32("the command line", cmdline.start().0)?;
-    if let Some(initrd) = initrd {
-        params.hdr.ramdisk_image = low32("the initrd", initrd.start().0)?;
-        params.hdr.ramdisk_size = low32("the initrd's size", initrd.len())?;
-    }
+    // Whatever the image's header holds here, the loader's values replace it.
+    let (image_at, size) = match initrd {
+        Some(r) => (
+            low32("the initrd", r.start().0)?,
+            low32("the initrd's size", r.len())?,
+        ),
+        None => (0, 0),
+    };
+    params.hdr.ramdisk_image = image_at;
+    params.hdr.ramdisk_size = size;
     let ranges = ram.ranges();
     if ranges.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(BootDataError::TooManyRamRanges {

@@ -396,3 +396,37 @@ fn explicit_format_is_honoured() {
     .unwrap_err();
     assert!(matches!(err, LoadError::Image(_)), "{err}");
 }
+
+#[test]
+fn empty_initrd_is_no_initrd() {
+    let ram = GuestRam::new(RAM).unwrap();
+    let none = plan(&BootSource::new(PVH_KERNEL).cmdline(PVH_CMDLINE), &ram).unwrap();
+    let empty = plan(
+        &BootSource::new(PVH_KERNEL).initrd(&[]).cmdline(PVH_CMDLINE),
+        &ram,
+    )
+    .unwrap();
+    assert_eq!(empty.layout, none.layout);
+    assert_eq!(empty.log, none.log);
+    assert_eq!(
+        none.layout.boot_params.len(),
+        56 + 2 * 24,
+        "start info and memory map only"
+    );
+}
+
+#[test]
+fn loader_values_replace_the_images_ramdisk_fields() {
+    // An image whose header carries ramdisk values of its own.
+    let mut k = BZ_KERNEL.to_vec();
+    k[0x218..0x21c].copy_from_slice(&0x1234_5000u32.to_le_bytes());
+    k[0x21c..0x220].copy_from_slice(&0x1000u32.to_le_bytes());
+    let mem = memory(RAM);
+    let loaded = load(
+        &BootSource::new(&k).cmdline(BZ_CMDLINE),
+        &SharedOnly::new(&mem),
+    )
+    .unwrap();
+    let bp = read(&mem, loaded.layout.boot_params.start().0, 4096);
+    assert_eq!((u32_at(&bp, 0x218), u32_at(&bp, 0x21c)), (0, 0));
+}
