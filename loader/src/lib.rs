@@ -2,6 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 #![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 
 mod image;
 mod layout;
