@@ -4,6 +4,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod flavor;
 mod image;
 mod layout;
 mod load;
@@ -12,6 +13,7 @@ mod populate;
 mod ram;
 mod x86;
 
+pub use flavor::populate_way;
 pub use image::{
     BzImage, ElfSegment, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL, PvhElf,
 };

@@ -142,7 +142,7 @@ pub fn ram_of<M: GuestMemoryBackend>(memory: &M) -> Result<GuestRam, PopulateErr
 }
 
 fn check_inside(ram: &GuestRam, runs: &[ByteRange]) -> Result<(), PopulateError> {
-    match runs.iter().find(|r| !ram.holds(r)) {
+    match runs.iter().find(|r| !ram.covers(r)) {
         Some(&range) => Err(PopulateError::OutsideMemory { range }),
         None => Ok(()),
     }

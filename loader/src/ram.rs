@@ -173,6 +173,21 @@ impl GuestRam {
     pub fn holds(&self, range: &ByteRange) -> bool {
         self.ranges.iter().any(|r| r.contains(range))
     }
+
+    /// Whether every byte of `range` is RAM, possibly in adjacent ranges (page runs of
+    /// neighbouring placements may join across the boundary of two ranges that touch).
+    pub fn covers(&self, range: &ByteRange) -> bool {
+        let mut at = range.start().0;
+        for r in &self.ranges {
+            if r.start().0 <= at && at < r.end() {
+                at = r.end();
+                if at >= range.end() {
+                    return true;
+                }
+            }
+        }
+        false
+    }
 }
 
 #[cfg(test)]
@@ -207,6 +222,14 @@ mod tests {
         assert!(ram.holds(&ByteRange::new(0x9_f000, 0x1000).unwrap()));
         // Straddling the hole between the two ranges is refused.
         assert!(!ram.holds(&ByteRange::new(0x9_f000, 0x2000).unwrap()));
+        assert!(!ram.covers(&ByteRange::new(0x9_f000, 0x2000).unwrap()));
+        // Adjacent ranges cover a run across their boundary; holds wants one range.
+        let touching = GuestRam::new(&[(0, 0x1000), (0x1000, 0x1000), (0x3000, 0x1000)]).unwrap();
+        let across = ByteRange::new(0x800, 0x1000).unwrap();
+        assert!(touching.covers(&across) && !touching.holds(&across));
+        assert!(touching.covers(&ByteRange::new(0, 0x2000).unwrap()));
+        assert!(!touching.covers(&ByteRange::new(0, 0x3000).unwrap()));
+        assert!(!touching.covers(&ByteRange::new(0x2000, 0x10).unwrap()));
 
         assert_eq!(GuestRam::new(&[]), Err(RamError::Empty));
         assert_eq!(
