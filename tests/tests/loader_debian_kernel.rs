@@ -12,11 +12,15 @@
 
 use std::path::PathBuf;
 
+use kvm_ioctls::Kvm;
 use veil_loader::boot::E820_RAM;
 use veil_loader::{
-    BootSource, Digest, GuestRam, KernelImage, Loaded, ObjectKind, SharedOnly, load, measure,
+    BootSource, Digest, GuestRam, KernelImage, Loaded, ObjectKind, PopulateWay, SharedOnly, load,
+    measure,
 };
-use veil_tests::required;
+use veil_memory::veil_attrs::{Attributes, FrameRange};
+use veil_memory::{ContentPolicy, Flavor, HostCaps, HostSafeMemory, RegionSpec, host_access_error};
+use veil_tests::{kvm_or_skip, required};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 const KERNEL_VAR: &str = "VEIL_DEBIAN_KERNEL";
@@ -79,8 +83,15 @@ fn read(mem: &GuestMemoryMmap, gpa: u64, len: usize) -> Vec<u8> {
     buf
 }
 
-/// Checks everything the loader wrote for `image` against the image itself.
-fn check_placement(image: &[u8], initrd: &[u8], mem: &GuestMemoryMmap, loaded: &Loaded) {
+/// Checks everything the loader wrote for `image` against the image itself, reading
+/// guest memory with `read(gpa, len)`.
+fn check_placement(
+    image: &[u8],
+    initrd: &[u8],
+    ram: &[(u64, u64)],
+    read: &dyn Fn(u64, usize) -> Vec<u8>,
+    loaded: &Loaded,
+) {
     let setup_sects = match image[0x1f1] {
         0 => 4,
         n => usize::from(n),
@@ -96,7 +107,7 @@ fn check_placement(image: &[u8], initrd: &[u8], mem: &GuestMemoryMmap, loaded: &
     assert_eq!(l.kernel_load % align, 0);
     let payload = &image[setup_size..];
     assert!(
-        read(mem, l.kernel_load, payload.len()) == payload,
+        read(l.kernel_load, payload.len()) == payload,
         "kernel bytes differ"
     );
     assert_eq!(
@@ -106,7 +117,7 @@ fn check_placement(image: &[u8], initrd: &[u8], mem: &GuestMemoryMmap, loaded: &
 
     // boot_params: the image's setup header up to its declared end, with the fields the
     // loader fills in.
-    let bp = read(mem, l.boot_params.start().0, 4096);
+    let bp = read(l.boot_params.start().0, 4096);
     let header_end = 0x202 + usize::from(image[0x201]);
     let written: &[(usize, usize)] = &[
         (0x1fa, 2), // vid_mode
@@ -134,7 +145,7 @@ fn check_placement(image: &[u8], initrd: &[u8], mem: &GuestMemoryMmap, loaded: &
     assert_eq!(cmd_ptr, l.cmdline.start().0);
     let mut expected = CMDLINE.as_bytes().to_vec();
     expected.push(0);
-    assert_eq!(read(mem, cmd_ptr, expected.len()), expected);
+    assert_eq!(read(cmd_ptr, expected.len()), expected);
     assert!(CMDLINE.len() as u32 <= u32_at(&bp, 0x238));
 
     // The initrd, within initrd_addr_max.
@@ -146,14 +157,14 @@ fn check_placement(image: &[u8], initrd: &[u8], mem: &GuestMemoryMmap, loaded: &
         "initrd_addr_max"
     );
     assert!(
-        read(mem, image_at, initrd.len()) == initrd,
+        read(image_at, initrd.len()) == initrd,
         "initrd bytes differ"
     );
     assert!(!l.kernel_reserved.overlaps(&l.initrd.unwrap()));
 
     // The e820 map is the RAM ranges.
-    assert_eq!(usize::from(bp[0x1e8]), RAM.len());
-    for (i, &(base, len)) in RAM.iter().enumerate() {
+    assert_eq!(usize::from(bp[0x1e8]), ram.len());
+    for (i, &(base, len)) in ram.iter().enumerate() {
         let e = &bp[0x2d0 + 20 * i..];
         assert_eq!(
             (u64_at(e, 0), u64_at(e, 8), u32_at(e, 16)),
@@ -183,7 +194,13 @@ fn debian_kernel_is_placed_with_matching_boot_params() {
     let source = BootSource::new(&image).initrd(&initrd).cmdline(CMDLINE);
     let mem = memory();
     let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
-    check_placement(&image, &initrd, &mem, &loaded);
+    check_placement(
+        &image,
+        &initrd,
+        RAM,
+        &|gpa, len| read(&mem, gpa, len),
+        &loaded,
+    );
 
     // The measurement: computed without a VM, equal to what loading recorded, and its
     // digests are the digests of the bytes in memory.
@@ -196,4 +213,64 @@ fn debian_kernel_is_placed_with_matching_boot_params() {
         assert_eq!(Digest::of(&bytes), e.sha256, "{:?}", e.kind);
     }
     eprintln!("{test}: launch digest {}", log.launch_digest);
+}
+
+#[test]
+fn debian_kernel_is_placed_privately_in_in_place_memory() {
+    let test = "debian_kernel_is_placed_privately_in_in_place_memory";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some((_, image)) = debian_kernel(test) else {
+        return;
+    };
+    let kvm = Kvm::new().unwrap();
+    let caps = HostCaps::probe_with(&kvm).unwrap();
+    if let Err(e) = caps.require(Flavor::InPlace) {
+        eprintln!("skipping {test}: {e}");
+        return;
+    }
+    let vm = kvm.create_vm().unwrap();
+    // Low RAM and 511 MiB from 1 MiB: in-place regions on guest_memfd, keeping contents.
+    const RAM: &[(u64, u64)] = &[(0, 0x9_f000), (0x10_0000, 0x1ff0_0000)];
+    let mut builder = HostSafeMemory::builder()
+        .guest_memfd_source(&vm)
+        .kvm_side_mapping(caps.kvm_side_mapping.mapping);
+    for &(base, size) in RAM {
+        builder = builder
+            .region(RegionSpec::new(base, size, Flavor::InPlace).policy(ContentPolicy::Preserve));
+    }
+    let mem = builder.build().unwrap();
+
+    let initrd = initrd();
+    let source = BootSource::new(&image).initrd(&initrd).cmdline(CMDLINE);
+    let loaded = load(&source, &mem).unwrap();
+    assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
+    assert_eq!(loaded.populated.private, loaded.populated.runs);
+    assert_eq!(
+        loaded.log,
+        measure(&source, &GuestRam::new(RAM).unwrap()).unwrap()
+    );
+
+    // Private now: the host cannot read the kernel.
+    let mut probe = [0u8; 1];
+    let err = mem
+        .read_slice(&mut probe, GuestAddress(loaded.layout.kernel_load))
+        .unwrap_err();
+    assert!(host_access_error(&err).is_some(), "{err}");
+
+    // Converted back (Preserve keeps the bytes), everything is where it belongs.
+    let runs: Vec<FrameRange> = loaded
+        .populated
+        .runs
+        .iter()
+        .map(|r| FrameRange::from_gpa(r.start().0, r.len()).unwrap())
+        .collect();
+    mem.convert_ranges(&runs, Attributes::empty()).unwrap();
+    let read_mem = |gpa: u64, len: usize| {
+        let mut buf = vec![0u8; len];
+        mem.read_slice(&mut buf, GuestAddress(gpa)).unwrap();
+        buf
+    };
+    check_placement(&image, &initrd, RAM, &read_mem, &loaded);
 }
