@@ -129,8 +129,10 @@ pub struct PlannedObject<'a> {
 }
 
 impl PlannedObject<'_> {
+    /// Zero bytes after `bytes` up to the range's end. Objects are built never to exceed
+    /// their range; saturating keeps that an invariant rather than a possible panic.
     fn zero_tail(&self) -> u64 {
-        self.range.len() - self.bytes.len() as u64
+        self.range.len().saturating_sub(self.bytes.len() as u64)
     }
 }
 
