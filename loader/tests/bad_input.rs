@@ -598,3 +598,30 @@ fn plan_for_other_ram_is_refused() {
     assert!(matches!(err, LoadError::RamMismatch), "{err}");
     assert_eq!(mock.writes.get(), 0);
 }
+
+#[test]
+fn disagreement_with_linux_loader_is_an_error() {
+    // A fourth program header, in the zero padding after the table: a PT_NOTE holding
+    // one empty note. veil finds the PVH note in the first PT_NOTE; linux-loader keeps
+    // only the last PT_NOTE's answer ("no PVH entry"), so the two readings differ and the
+    // image is refused rather than booted with a guess.
+    let mut k = PVH_KERNEL.to_vec();
+    put(&mut k, 56, &4u16.to_le_bytes()); // e_phnum
+    let p = phdr(3, 0);
+    put(&mut k, p, &4u32.to_le_bytes()); // p_type = PT_NOTE
+    put(&mut k, p + P_OFFSET, &0x200u64.to_le_bytes());
+    put(&mut k, p + P_FILESZ, &12u64.to_le_bytes());
+    assert!(k[0x200..0x20c].iter().all(|&b| b == 0), "an empty note");
+    let e = image_err(refuse(&k, PVH_CMDLINE, None));
+    assert!(
+        matches!(
+            e,
+            ImageError::Disagreement {
+                what: "the PVH entry point",
+                veil: 0x10_0000,
+                linux_loader: 0
+            }
+        ),
+        "{e}"
+    );
+}
