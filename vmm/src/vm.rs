@@ -8,21 +8,25 @@
 //! as its guest_memfd source (and, for the attributes flavor, as the VM whose attributes
 //! conversions set), register the memory slots and keep them from outliving the memory,
 //! enable conversion exits where the host has them, and run vCPUs with the memory as
-//! their [`MemoryHandler`](veil_vcpu::MemoryHandler). Devices, boot data and vCPU
-//! registers stay with the caller.
+//! their [`MemoryHandler`](veil_vcpu::MemoryHandler). Devices and boot data stay with
+//! the caller; a vCPU entering a kernel veil-loader placed is one call
+//! ([`Vm::create_boot_vcpu`]).
 
 use std::io;
 use std::sync::Arc;
 
 use kvm_bindings::kvm_userspace_memory_region2;
 use kvm_ioctls::{Kvm, VmFd};
+use veil_loader::boot::EntryState;
 use veil_memory::{
     BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, RegionSpec,
 };
+use veil_vcpu::x86_64::{X86Error, setup_entry};
 use veil_vcpu::{
     CapError, FaultPolicy, IoHandler, RunnerError, Vcpu, VcpuSet, enable_conversion_exits,
 };
 
+use crate::entry::entry_registers;
 use crate::exits::MemoryExits;
 
 /// Why a [`Vm`] could not be built or could not start its vCPUs. Nothing built so far is
@@ -75,6 +79,16 @@ pub enum VmError {
     /// Creating or starting vCPUs failed.
     #[error("cannot create or start vCPUs")]
     Vcpu(#[source] RunnerError),
+    /// A vCPU could not be set up for the boot entry: the entry state was refused
+    /// (before the vCPU was created), or setting its registers failed.
+    #[error("cannot set up vCPU {id} for the boot entry")]
+    Entry {
+        /// The vCPU's id.
+        id: u32,
+        /// Why.
+        #[source]
+        source: X86Error,
+    },
 }
 
 /// Describes a [`Vm`]; see [`Vm::builder`].
@@ -215,7 +229,7 @@ impl Vm {
         VmBuilder::default()
     }
 
-    /// The open `/dev/kvm` (for `veil_vcpu::x86_64::setup_long_mode`, for example).
+    /// The open `/dev/kvm` (for `veil_vcpu::x86_64::setup_entry`, for example).
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
     }
@@ -254,6 +268,23 @@ impl Vm {
     /// Creates vCPU `id`.
     pub fn create_vcpu(&self, id: u64) -> Result<Vcpu, VmError> {
         Vcpu::new(&self.vm, id).map_err(VmError::Vcpu)
+    }
+
+    /// Creates vCPU `id` and sets it up to enter the kernel veil-loader placed: `entry` is
+    /// the `entry` of a `veil_loader::Loaded` (or of a `BootPlan`), mapped by
+    /// [`entry_registers`] and written by veil-vcpu's `setup_entry` with `id` as the APIC
+    /// id (CPUID, MSRs, FPU, segments, control and general registers).
+    ///
+    /// An entry state that contradicts itself is refused before the vCPU is created, so
+    /// the id stays free. KVM cannot destroy a vCPU: if an ioctl fails after creation,
+    /// the id stays taken in this VM.
+    pub fn create_boot_vcpu(&self, id: u32, entry: &EntryState) -> Result<Vcpu, VmError> {
+        let registers = entry_registers(entry);
+        let refused = |source| VmError::Entry { id, source };
+        registers.validate().map_err(refused)?;
+        let vcpu = self.create_vcpu(u64::from(id))?;
+        setup_entry(&self.kvm, vcpu.fd(), id, &registers).map_err(refused)?;
+        Ok(vcpu)
     }
 
     /// Runs `vcpus` (registers already set), one thread each, with this VM's memory
