@@ -3,18 +3,21 @@
 
 //! Shared by veil-loader's real-KVM tests: the test kernels, a VM that runs one vCPU on
 //! veil-vcpu's loop from a veil-loader entry state, and the reports the kernels send.
+//!
+//! The vCPU enters the kernel the way a VMM using the crates does: veil-vmm's
+//! `entry_registers` maps veil-loader's entry state, veil-vcpu's `setup_entry` writes it.
 
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_segment, kvm_userspace_memory_region};
+use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 use veil_attrs::FrameRange;
 use veil_loader::Loaded;
-use veil_loader::boot::{EntryMode, EntryState, Segment};
-use veil_vcpu::x86_64::{LongModeEntry, setup_long_mode};
+use veil_loader::boot::EntryState;
+use veil_vcpu::x86_64::{CpuMode, setup_entry};
 use veil_vcpu::{
     BoxError, Conversion, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault,
     MemoryHandler, StopReason, Vcpu, VcpuSet,
@@ -64,24 +67,6 @@ pub fn map_plain_memory(vm: &VmFd, mem: &GuestMemoryMmap) {
     }
 }
 
-fn kvm_segment_of(s: &Segment) -> kvm_segment {
-    kvm_segment {
-        base: s.base,
-        limit: s.limit,
-        selector: s.selector,
-        type_: s.type_,
-        present: u8::from(s.present),
-        dpl: s.dpl,
-        db: u8::from(s.db),
-        s: u8::from(s.s),
-        l: u8::from(s.l),
-        g: u8::from(s.g),
-        avl: u8::from(s.avl),
-        unusable: 0,
-        padding: 0,
-    }
-}
-
 /// What a test kernel said.
 #[derive(Debug, Default)]
 pub struct Report {
@@ -91,7 +76,14 @@ pub struct Report {
 
 /// Collects the test kernels' port writes.
 #[derive(Default)]
-struct Ports(Mutex<Report>);
+pub struct Ports(Mutex<Report>);
+
+impl Ports {
+    /// What the kernel reported so far, taken out.
+    pub fn take(&self) -> Report {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
 
 impl IoHandler for Ports {
     fn pio_read(&self, _: u16, data: &mut [u8]) -> Result<(), BoxError> {
@@ -154,37 +146,9 @@ impl Guest {
     /// within milliseconds), and returns what the guest reported.
     pub fn run(&self, entry: &EntryState, ram: &[(u64, u64)]) -> Report {
         let vcpu = Vcpu::new(&self.vm, 0).unwrap();
-        if entry.mode == EntryMode::Linux64 {
-            // CPUID, MSRs, FPU and long-mode control registers from veil-vcpu.
-            let long = LongModeEntry {
-                page_table_root: entry.cr3,
-                gdt_base: entry.gdt_base,
-                entry: entry.rip,
-                stack: 0,
-                rsi: entry.rsi,
-            };
-            setup_long_mode(&self.kvm, vcpu.fd(), 0, &long).unwrap();
-        }
-        // Segments from the GDT veil-loader wrote (the Linux boot protocol's __BOOT_CS
-        // 0x10 and __BOOT_DS 0x18, or PVH's flat 32-bit segments), and its registers.
-        let mut sregs = vcpu.fd().get_sregs().unwrap();
-        sregs.cs = kvm_segment_of(&entry.code);
-        let data = kvm_segment_of(&entry.data);
-        (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss) = (data, data, data, data, data);
-        sregs.tr = kvm_segment_of(&entry.tss);
-        sregs.gdt.base = entry.gdt_base;
-        sregs.gdt.limit = entry.gdt_limit;
-        sregs.cr0 = entry.cr0 | (sregs.cr0 & (1 << 5)); // keep CR0.NE as veil-vcpu set it
-        sregs.cr3 = entry.cr3;
-        sregs.cr4 = entry.cr4;
-        sregs.efer = entry.efer;
-        vcpu.fd().set_sregs(&sregs).unwrap();
-        let mut regs = vcpu.fd().get_regs().unwrap();
-        regs.rip = entry.rip;
-        regs.rbx = entry.rbx;
-        regs.rsi = entry.rsi;
-        regs.rflags = entry.rflags;
-        vcpu.fd().set_regs(&regs).unwrap();
+        let registers = veil_vmm::entry_registers(entry);
+        setup_entry(&self.kvm, vcpu.fd(), 0, &registers).unwrap();
+        check_entered(&vcpu, entry);
 
         let layout = GuestLayout::new(
             ram.iter()
@@ -217,8 +181,50 @@ impl Guest {
             "the guest did not halt: {:?}",
             report.reason
         );
-        std::mem::take(&mut *ports.0.lock().unwrap())
+        ports.take()
     }
+}
+
+/// Checks that `vcpu` holds veil-loader's entry state as KVM reads it back: the mode,
+/// the segment selectors and hidden parts, the control registers and the entry
+/// registers.
+pub fn check_entered(vcpu: &Vcpu, entry: &EntryState) {
+    let sregs = vcpu.fd().get_sregs().unwrap();
+    let regs = vcpu.fd().get_regs().unwrap();
+    let mode = veil_vmm::cpu_mode(entry.mode);
+    assert_eq!(sregs.cs.l == 1, mode == CpuMode::Long64, "{sregs:?}");
+    for (seg, want) in [
+        (sregs.cs, entry.code),
+        (sregs.ss, entry.data),
+        (sregs.ds, entry.data),
+        (sregs.tr, entry.tss),
+    ] {
+        assert_eq!(
+            (seg.selector, seg.base, seg.limit, seg.type_, seg.db, seg.l),
+            (
+                want.selector,
+                want.base,
+                want.limit,
+                want.type_,
+                u8::from(want.db),
+                u8::from(want.l)
+            ),
+            "{seg:?}"
+        );
+    }
+    assert_eq!(
+        (sregs.gdt.base, sregs.gdt.limit),
+        (entry.gdt_base, entry.gdt_limit)
+    );
+    assert_eq!(
+        (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer),
+        (entry.cr0, entry.cr3, entry.cr4, entry.efer),
+        "control registers as veil-loader gave them"
+    );
+    assert_eq!(
+        (regs.rip, regs.rbx, regs.rsi, regs.rflags),
+        (entry.rip, entry.rbx, entry.rsi, entry.rflags)
+    );
 }
 
 /// The memory map as the test kernels report it.
