@@ -19,6 +19,8 @@ const GUESTS: &[(&str, &str, u64)] = &[
     ("spin.S", "SPIN", 0x14000),
     ("shutdown.S", "SHUTDOWN", 0x16000),
     ("vmm_convert.S", "VMM_CONVERT", 0x18000),
+    ("entry32.S", "ENTRY32", 0x1a000),
+    ("entry64.S", "ENTRY64", 0x1c000),
 ];
 
 fn run(cmd: &mut Command, what: &str) {

@@ -4,7 +4,8 @@
 //! Shared by the `vcpu_*` tests: a VM with anonymous guest memory, boot data for 64-bit
 //! guests, a handler that records what the guest did, and the guests themselves.
 //!
-//! The page tables and GDT come from `veil_tests::long_mode`.
+//! The page tables and GDT come from `veil_tests::long_mode`; the entry tests add a GDT
+//! of their own ([`ENTRY_GDT`]) and build their entry registers from it.
 
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
@@ -13,9 +14,13 @@ use std::ptr::NonNull;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use kvm_bindings::{kvm_dtable, kvm_regs};
 use kvm_ioctls::{Kvm, VmFd};
 use veil_attrs::{AttrMap, FrameRange};
-use veil_vcpu::x86_64::setup_long_mode;
+use veil_loader::boot::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
+use veil_vcpu::x86_64::{
+    CpuMode, EntryRegisters, X86Error, gdt_entry, segment_from_gdt, setup_entry, setup_long_mode,
+};
 use veil_vcpu::{
     BoxError, Conversion, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
     VcpuSet, VmReport,
@@ -35,6 +40,65 @@ pub const REPORT_PORT: u16 = 0x10;
 pub const INPUT_PORT: u16 = 0x11;
 /// MMIO window used by `io.S` (no memory there).
 pub const MMIO_BASE: u64 = 0x1000_0000;
+
+/// Where the entry tests write [`ENTRY_GDT`] (past `veil_tests::long_mode::GDT`, below
+/// its page tables).
+pub const ENTRY_GDT_AT: u64 = 0x800;
+/// The entry tests' GDT: null, data (0x08), 64-bit code (0x10), 32-bit code (0x18), and
+/// a busy 32-bit TSS (0x20, limit 0x67). Its order differs from `BOOT_GDT`'s, so guests
+/// that run on it show the segments come from the entry registers.
+pub const ENTRY_GDT: [u64; 5] = [
+    0,
+    gdt_entry(0xc093, 0, 0xfffff),
+    gdt_entry(0xa09b, 0, 0xfffff),
+    gdt_entry(0xc09b, 0, 0xfffff),
+    gdt_entry(0x008b, 0, 0x67),
+];
+/// Selectors in [`ENTRY_GDT`].
+pub const ENTRY_DATA: u16 = 0x08;
+pub const ENTRY_CODE64: u16 = 0x10;
+pub const ENTRY_CODE32: u16 = 0x18;
+pub const ENTRY_TSS: u16 = 0x20;
+
+/// Entry registers for `guest` in `mode` on [`ENTRY_GDT`]: stack at `STACK`, `rbx` =
+/// `rbx`, no IDT; long mode on `veil_tests::long_mode`'s page tables, 32-bit protected
+/// mode with paging off.
+pub fn entry_registers(mode: CpuMode, guest: &Guest, rbx: u64) -> EntryRegisters {
+    let segment = |selector: u16| segment_from_gdt(ENTRY_GDT[usize::from(selector >> 3)], selector);
+    let (code, cr0, cr3, cr4, efer) = match mode {
+        CpuMode::Protected32 => (ENTRY_CODE32, CR0_PE | CR0_ET, 0, 0, 0),
+        CpuMode::Long64 => (
+            ENTRY_CODE64,
+            CR0_PE | CR0_ET | CR0_PG,
+            veil_tests::long_mode::PML4,
+            CR4_PAE,
+            EFER_LME | EFER_LMA,
+        ),
+    };
+    EntryRegisters {
+        mode,
+        regs: kvm_regs {
+            rip: guest.load,
+            rsp: STACK,
+            rbx,
+            rflags: 2,
+            ..Default::default()
+        },
+        cr0,
+        cr3,
+        cr4,
+        efer,
+        gdt: kvm_dtable {
+            base: ENTRY_GDT_AT,
+            limit: (ENTRY_GDT.len() * 8 - 1) as u16,
+            ..Default::default()
+        },
+        idt: kvm_dtable::default(),
+        code: segment(code),
+        data: segment(ENTRY_DATA),
+        tss: segment(ENTRY_TSS),
+    }
+}
 
 /// A VM with `MEM_SIZE` bytes of anonymous memory in slot 0.
 pub struct TestVm {
@@ -124,6 +188,23 @@ impl TestVm {
         regs.rdi = rdi;
         vcpu.fd().set_regs(&regs).expect("KVM_SET_REGS");
         vcpu
+    }
+
+    /// vCPU `id` set up by `setup_entry` with `entry`, after writing the boot data,
+    /// [`ENTRY_GDT`] and `guest` into memory.
+    pub fn entry_vcpu(
+        &self,
+        id: u64,
+        guest: &Guest,
+        entry: &EntryRegisters,
+    ) -> Result<Vcpu, X86Error> {
+        self.write_boot_data();
+        let gdt: Vec<u8> = ENTRY_GDT.iter().flat_map(|d| d.to_le_bytes()).collect();
+        self.write(ENTRY_GDT_AT, &gdt);
+        self.load(guest);
+        let vcpu = Vcpu::new(&self.vm, id).expect("create vCPU");
+        setup_entry(&self.kvm, vcpu.fd(), id as u32, entry)?;
+        Ok(vcpu)
     }
 
     /// vCPU `id` in real mode at `guest` (linked below 64 KiB), with `edit` applied to its
@@ -282,6 +363,26 @@ impl IoHandler for Recorder {
         self.mmio_writes.lock().unwrap().push((addr, data.to_vec()));
         Ok(())
     }
+}
+
+/// Runs `vcpu` with a fresh [`Recorder`] until the guest halts (failing the test if it
+/// does anything else, or runs past `limit`), and returns what it reported.
+pub fn run_to_halt(vcpu: Vcpu, limit: Duration) -> Vec<u32> {
+    let rec = std::sync::Arc::new(Recorder::default());
+    let set = VcpuSet::spawn(
+        vec![vcpu],
+        rec.clone(),
+        rec.clone(),
+        veil_vcpu::FaultPolicy::Refuse,
+    )
+    .expect("start the vCPU");
+    let report = wait_for_end(set, limit);
+    assert!(
+        matches!(report.reason, veil_vcpu::StopReason::AllHalted),
+        "{:?}",
+        report.reason
+    );
+    rec.reports()
 }
 
 /// Waits until `cond` holds, for at most `limit`; `false` if it never did.
