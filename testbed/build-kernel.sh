@@ -61,9 +61,10 @@ build() {
         say "no /usr/src/$KERNEL_SOURCE_PACKAGE.tar.* (package $KERNEL_SOURCE_PACKAGE)"
         return 1
     }
-    # A directory left by an interrupted build is incomplete: start over.
-    rm -rf "$work" "$staging" "$TESTBED_CACHE"/trash-* && mkdir -p "$work" "$staging" ||
-        return 1
+    # Directories left by interrupted or failed builds are of no use: no other build
+    # runs while this one holds the lock, so remove them all and start over.
+    rm -rf "$TESTBED_CACHE"/build-* "$TESTBED_CACHE"/kernels/.staging-* "$TESTBED_CACHE"/trash-* &&
+        mkdir -p "$work" "$staging" || return 1
     log=$work/build.log
     say "building kernel $key from $tarball with $jobs jobs (a few minutes; log: $log)"
     tar -C "$work" --strip-components=1 -xf "$tarball" || {

@@ -144,7 +144,8 @@ if dmesg | grep -qE 'WARNING:|BUG:|Oops'; then
     echo "$marker kernel-warnings"
     dmesg | grep -A 30 -E 'WARNING:|BUG:|Oops' | head -n 120
 fi
-poweroff -f
+# A reset ends QEMU (-no-reboot), with or without ACPI in the kernel.
+reboot -f
 EOF
 chmod 755 "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$work/initramfs.cpio" || {
