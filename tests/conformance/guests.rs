@@ -4,10 +4,13 @@
 //! Guest programs, kept as assembly source in `guests/` and assembled by the Rust
 //! compiler into the test binary, so the binary needs nothing beside it in the testbed.
 //!
-//! Each `guests/<name>.s` is GNU assembler (AT&T) source for 16-bit real mode. It is
-//! placed in a read-only data section of its own between two symbols and handed to the
-//! tests as bytes; it is never executed on the host. The sources use no absolute
-//! addresses of their own labels, so the bytes run wherever the test loads them.
+//! Each `guests/<name>.s` is GNU assembler (AT&T) source that starts by naming its mode
+//! (`.code16` or `.code64`). It is placed in a read-only data section of its own between
+//! two symbols and handed to the tests as bytes; it is never executed on the host. The
+//! sources use no absolute addresses of their own labels (64-bit guests address their
+//! data relative to `%rip`), so the bytes run wherever the test loads them. All sources
+//! are assembled into one module: labels and macros carry the guest's name as a prefix,
+//! or are numeric local labels.
 
 /// The guest-physical address every guest program is loaded at and entered at
 /// (`%cs` = 0, `%ip` = this).
@@ -24,7 +27,6 @@ macro_rules! guest {
                 ".globl veil_guest_", stringify!($name), "_start\n",
                 ".hidden veil_guest_", stringify!($name), "_start\n",
                 "veil_guest_", stringify!($name), "_start:\n",
-                ".code16\n",
                 include_str!(concat!("guests/", stringify!($name), ".s")),
                 "\n.code64\n",
                 ".globl veil_guest_", stringify!($name), "_end\n",

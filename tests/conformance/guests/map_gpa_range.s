@@ -13,6 +13,8 @@
 # %eax (32 bits outside long mode), which goes out on port 0x12 as four bytes before
 # the guest halts.
 
+        .code16
+
         vmmcall
         outl    %eax, $0x12
         hlt

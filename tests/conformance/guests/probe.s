@@ -13,6 +13,8 @@
 # A private access the host cannot back stops at the first read with a memory fault
 # exit; KVM_RUN again re-executes that read, so the guest needs no retry logic.
 
+        .code16
+
         movb    (%si), %al
         outb    %al, $0x10
         testb   %ah, %ah
