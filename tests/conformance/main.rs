@@ -8,10 +8,21 @@
 //! this binary statically and runs it in the testbed VM, which has all of them. Run
 //! anywhere else, each test says why it does not apply and returns (see [`testbed`]).
 //!
-//! Guests are real-mode programs kept as assembly source in `conformance/guests/`.
+//! Two layers of tests:
+//!
+//! - KVM itself, through `kvm-ioctls` and a `veil-attrs` mirror (`capabilities`,
+//!   `attributes`, `faults`, `private_memory`, `hypercalls`): what the uAPI does on a
+//!   software-protected VM, which veil builds on.
+//! - veil as the VMM (`veil_*`): guest memory from veil-memory's attributes flavor,
+//!   vCPUs run by veil-vcpu's loop, and the scenarios of the kernel selftest
+//!   `private_mem_kvm_exits_test`.
+//!
+//! Guests are real-mode and 64-bit programs kept as assembly source in
+//! `conformance/guests/`.
 
 mod guests;
 mod testbed;
+mod veil_vm;
 mod vm;
 
 mod attributes;
@@ -19,6 +30,7 @@ mod capabilities;
 mod faults;
 mod hypercalls;
 mod private_memory;
+mod veil_faults;
 
 /// The guest-physical layout the tests share.
 mod layout {
