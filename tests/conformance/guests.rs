@@ -70,6 +70,12 @@ guest!(
     map_gpa_range
 );
 
+guest!(
+    /// `guests/bad_requests.s` (64-bit): malformed MAP_GPA_RANGE requests, each result
+    /// and whether the target page stayed as it was reported on port 0x10.
+    bad_requests
+);
+
 #[cfg(test)]
 mod tests {
     #[test]

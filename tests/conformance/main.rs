@@ -31,6 +31,7 @@ mod faults;
 mod hypercalls;
 mod private_memory;
 mod veil_faults;
+mod veil_requests;
 
 /// The guest-physical layout the tests share.
 mod layout {

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use kvm_ioctls::{Kvm, VmFd};
 use veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_memory::{Flavor, HostCaps, HostSafeMemory, RegionSpec};
+use veil_vcpu::x86_64::{BOOT_GDT, LongModeEntry, setup_long_mode};
 use veil_vcpu::{
     BoxError, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
     VcpuSet, VmReport,
@@ -26,12 +27,25 @@ pub const REPORT_PORT_2: u16 = 0x11;
 /// A write here hands over to the host: the test's sync callback runs with the value.
 pub const SYNC_PORT: u16 = 0x20;
 
+/// Where the GDT of 64-bit guests goes (in the boot region).
+pub const GDT: u64 = 0x500;
+/// The PML4 of 64-bit guests; the PDPT and the page directory follow it.
+pub const PML4: u64 = 0x1000;
+/// Where 64-bit guest programs are loaded and entered.
+pub const CODE: u64 = 0x1_0000;
+/// Top of the stack of vCPU 0; each further vCPU's is 4 KiB lower.
+pub const STACK: u64 = 0x8_0000;
+/// The boot region: [0, 2 MiB), always shared.
+pub const BOOT_SIZE: u64 = 2 << 20;
+
 /// A software-protected VM whose memory is veil's.
 pub struct VeilVm {
     /// Declared first so it is closed before the memory its slots point at.
     pub vm: Arc<VmFd>,
     /// Guest memory: one attributes-flavor region per spec.
     pub mem: Arc<HostSafeMemory>,
+    /// KVM.
+    pub kvm: Kvm,
 }
 
 impl VeilVm {
@@ -56,7 +70,7 @@ impl VeilVm {
             builder = builder.region(RegionSpec::new(base, size, Flavor::Attributes));
         }
         let mem = Arc::new(builder.build().expect("building guest memory"));
-        VeilVm { vm, mem }
+        VeilVm { vm, mem, kvm }
     }
 
     /// Registers every region's memslot (slot = region index).
@@ -81,6 +95,54 @@ impl VeilVm {
     /// The guest layout the vCPU loop checks requests and faults against.
     pub fn layout(&self) -> GuestLayout {
         GuestLayout::new(self.mem.regions().iter().map(|r| r.range()))
+    }
+
+    /// Writes the 64-bit boot data into the (shared) boot region: page tables
+    /// identity-mapping the first 1 GiB with 2 MiB pages, and `BOOT_GDT`.
+    pub fn write_boot_data(&self) {
+        let (pdpt, pd) = (PML4 + 0x1000, PML4 + 0x2000);
+        const PRESENT_RW: u64 = 0x3;
+        const HUGE: u64 = 0x80;
+        let write = |gpa: u64, value: u64| {
+            self.mem
+                .host_write(gpa, &value.to_le_bytes())
+                .expect("the boot region is shared")
+        };
+        write(PML4, pdpt | PRESENT_RW);
+        write(pdpt, pd | PRESENT_RW);
+        for i in 0..512u64 {
+            write(pd + i * 8, (i << 21) | PRESENT_RW | HUGE);
+        }
+        for (i, d) in BOOT_GDT.iter().enumerate() {
+            write(GDT + 8 * i as u64, *d);
+        }
+    }
+
+    /// vCPU `id` entering `code` (loaded at [`CODE`]) in 64-bit mode, with `regs`
+    /// applied to its general registers.
+    pub fn long_mode_vcpu(
+        &self,
+        id: u64,
+        code: &[u8],
+        regs: impl FnOnce(&mut kvm_bindings::kvm_regs),
+    ) -> Vcpu {
+        self.write_boot_data();
+        self.mem
+            .host_write(CODE, code)
+            .expect("the boot region is shared");
+        let vcpu = Vcpu::new(&self.vm, id).expect("KVM_CREATE_VCPU");
+        let entry = LongModeEntry {
+            page_table_root: PML4,
+            gdt_base: GDT,
+            entry: CODE,
+            stack: STACK - 0x1000 * id,
+            rsi: 0,
+        };
+        setup_long_mode(&self.kvm, vcpu.fd(), id as u32, &entry).expect("long-mode setup");
+        let mut r = vcpu.fd().get_regs().expect("KVM_GET_REGS");
+        regs(&mut r);
+        vcpu.fd().set_regs(&r).expect("KVM_SET_REGS");
+        vcpu
     }
 
     /// vCPU `id` in real mode entering `code` (loaded at `load`, below 64 KiB) with
