@@ -76,6 +76,12 @@ guest!(
     bad_requests
 );
 
+guest!(
+    /// `guests/conversions.s` (64-bit): the conversion scenarios of
+    /// `private_mem_conversions_test` on one chunk of guest memory.
+    conversions
+);
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -14,8 +14,8 @@
 //!   `attributes`, `faults`, `private_memory`, `hypercalls`): what the uAPI does on a
 //!   software-protected VM, which veil builds on.
 //! - veil as the VMM (`veil_*`): guest memory from veil-memory's attributes flavor,
-//!   vCPUs run by veil-vcpu's loop, and the scenarios of the kernel selftest
-//!   `private_mem_kvm_exits_test`.
+//!   vCPUs run by veil-vcpu's loop, and the scenarios of the kernel selftests
+//!   `private_mem_conversions_test` and `private_mem_kvm_exits_test`.
 //!
 //! Guests are real-mode and 64-bit programs kept as assembly source in
 //! `conformance/guests/`.
@@ -30,6 +30,7 @@ mod capabilities;
 mod faults;
 mod hypercalls;
 mod private_memory;
+mod veil_conversions;
 mod veil_faults;
 mod veil_requests;
 
