@@ -49,6 +49,13 @@ check_config() {
     return "$bad"
 }
 
+# Deletes the trash-* directories of the cache in the background.
+sweep_trash() {
+    local trash=("$TESTBED_CACHE"/trash-*)
+    [ -e "${trash[0]}" ] || return 0
+    (rm -rf "${trash[@]}" </dev/null >/dev/null 2>&1 &)
+}
+
 build() {
     local key=$1 out=$2
     if [ -f "$out/bzImage" ]; then
@@ -62,9 +69,15 @@ build() {
         return 1
     }
     # Directories left by interrupted or failed builds are of no use: no other build
-    # runs while this one holds the lock, so remove them all and start over.
-    rm -rf "$TESTBED_CACHE"/build-* "$TESTBED_CACHE"/kernels/.staging-* "$TESTBED_CACHE"/trash-* &&
-        mkdir -p "$work" "$staging" || return 1
+    # runs while this one holds the lock, so move them aside and delete them in the
+    # background (a source tree takes minutes to delete on a busy machine).
+    local old
+    for old in "$TESTBED_CACHE"/build-* "$TESTBED_CACHE"/kernels/.staging-*; do
+        [ -e "$old" ] || continue
+        mv -T "$old" "$TESTBED_CACHE/trash-$(basename "$old")-$$" || return 1
+    done
+    sweep_trash
+    mkdir -p "$work" "$staging" || return 1
     log=$work/build.log
     say "building kernel $key from $tarball with $jobs jobs (a few minutes; log: $log)"
     tar -C "$work" --strip-components=1 -xf "$tarball" || {
@@ -108,9 +121,8 @@ build() {
     mv -T "$staging" "$out" || return 1
     say "kernel $key built in $((SECONDS - started)) s"
     # The source tree is large and slow to delete: move it aside and delete it in the
-    # background. A later build deletes whatever such a removal left behind.
-    mv -T "$work" "$TESTBED_CACHE/trash-$key-$$" &&
-        (rm -rf "$TESTBED_CACHE/trash-$key-$$" </dev/null >/dev/null 2>&1 &)
+    # background. A later build sweeps whatever such a removal left behind.
+    mv -T "$work" "$TESTBED_CACHE/trash-build-$key-$$" && sweep_trash
 }
 
 main() {

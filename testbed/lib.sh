@@ -76,8 +76,8 @@ ensure_packages() {
 }
 
 # kernel_key: prints the cache key of the kernel the current inputs build: a hash of
-# the configuration fragment, the kernel source package version, the compiler and
-# assembler versions and the recipe number.
+# the fragment's option lines (comments may change freely), the kernel source package
+# version, the compiler and assembler versions and the recipe number.
 kernel_key() {
     local source_version
     source_version=$(dpkg-query -W -f='${Version}' "$KERNEL_SOURCE_PACKAGE") || return 1
@@ -86,6 +86,6 @@ kernel_key() {
         printf 'source %s %s\n' "$KERNEL_SOURCE_PACKAGE" "$source_version"
         printf 'gcc %s\n' "$(gcc -dumpfullversion)"
         printf 'as %s\n' "$(as --version | head -n1)"
-        cat "$TESTBED_DIR/kernel.config"
+        grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$TESTBED_DIR/kernel.config"
     } | sha256sum | cut -c1-16
 }
