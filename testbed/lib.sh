@@ -2,11 +2,11 @@
 #
 # Knobs read here:
 #   VEIL_TESTBED_CACHE  where built kernels are kept
-#                       (default ${XDG_CACHE_HOME:-$HOME/.cache}/veil-testbed)
+#                       (default ${XDG_CACHE_HOME:-$HOME/.cache}/veil/testbed)
 #   VEIL_TESTBED_JOBS   parallel make jobs for the kernel build (default: nproc)
 
 TESTBED_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-TESTBED_CACHE=${VEIL_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/veil-testbed}
+TESTBED_CACHE=${VEIL_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/veil/testbed}
 
 # Bump when the way the kernel is built changes in a way the inputs hashed by
 # kernel_key do not show; the next run then builds afresh.
