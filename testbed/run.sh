@@ -32,6 +32,9 @@
 #   VEIL_TESTBED_TIMEOUT       seconds the program may run (default 900)
 #   VEIL_TESTBED_BOOT_TIMEOUT  seconds the guest may take to reach init (default 120)
 #   VEIL_TESTBED_CPU           QEMU CPU model (default max; it must have svm and npt)
+#   VEIL_TESTBED_TCG_THREADS   QEMU's TCG threading: single (default) or multi; with
+#                              multi, guests converting memory on two vCPUs at once
+#                              sometimes crashed (see docs/testbed.md)
 #   VEIL_TESTBED_CPUS          guest CPUs (default 2)
 #   VEIL_TESTBED_MEMORY        guest memory (default 1G)
 #   VEIL_TESTBED_APPEND        extra guest kernel command line
@@ -161,7 +164,11 @@ mkfifo "$program_out" || exit "$EXIT_SETUP"
 cat "$program_out" &
 reader_pid=$!
 
-qemu=(qemu-system-x86_64 -machine q35 -accel tcg -cpu "${VEIL_TESTBED_CPU:-max}"
+# One TCG thread for all guest CPUs: with one thread per CPU (QEMU's default), nested
+# guests converting memory on two vCPUs at once sometimes triple-faulted, or reset the
+# whole testbed VM (docs/testbed.md, Limits).
+qemu=(qemu-system-x86_64 -machine q35 -accel "tcg,thread=${VEIL_TESTBED_TCG_THREADS:-single}"
+    -cpu "${VEIL_TESTBED_CPU:-max}"
     -smp "${VEIL_TESTBED_CPUS:-2}" -m "${VEIL_TESTBED_MEMORY:-1G}"
     -nodefaults -no-user-config -display none -monitor none -no-reboot
     -serial "file:$console" -serial "file:$program_out"

@@ -117,12 +117,27 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
         })
         .collect();
     let report = handlers.run(cpus, FaultPolicy::Refuse);
-    assert!(
-        matches!(report.reason, StopReason::AllHalted),
-        "{} (reports {:x?})",
-        report.reason,
-        handlers.reports()
-    );
+    if !matches!(report.reason, StopReason::AllHalted) {
+        // Where each vCPU was, for a guest that died without reporting.
+        let state: Vec<String> = report
+            .vcpus
+            .iter()
+            .filter_map(|r| r.vcpu.as_ref().map(|v| (r.index, &r.end, v)))
+            .map(|(i, end, v)| match (v.fd().get_regs(), v.fd().get_sregs()) {
+                (Ok(r), Ok(s)) => format!(
+                    "vCPU {i} {end:?}: rip {:#x} rsp {:#x} rbx {:#x} r9 {:#x} r11 {:#x} cr2 {:#x}",
+                    r.rip, r.rsp, r.rbx, r.r9, r.r11, s.cr2
+                ),
+                _ => format!("vCPU {i} {end:?}: registers unreadable"),
+            })
+            .collect();
+        panic!(
+            "{} (reports {:x?}); {}",
+            report.reason,
+            handlers.reports(),
+            state.join("; ")
+        );
+    }
     let mut reports = handlers.reports();
     reports.sort_unstable();
     let expected: Vec<u32> = (0..vcpus as u32).map(|i| 0x600d_0000 + i).collect();
