@@ -3,6 +3,7 @@
 
 //! [`ConcurrentAttrMap`]: an [`AttrMap`] that vCPU threads read while one thread converts.
 
+use std::ops::Deref;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arc_swap::ArcSwap;
@@ -20,41 +21,147 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// from it alone. A read therefore sees the state either before or after any one
 /// [`set`](ConcurrentAttrMap::set) or [`update`](ConcurrentAttrMap::update), never a mix,
 /// and a thread's successive reads never go back to an older state. Writers are
-/// serialised by a mutex; one writer at a time.
+/// serialised by a mutex; one writer at a time, and a writer never waits for a reader.
+///
+/// # How a write is published
+///
+/// Two maps take turns. Readers see the published one; the writer changes the other, a
+/// spare no reader can reach, then publishes it with one atomic swap. The map it
+/// replaces becomes the next write's spare as soon as no reader holds it any more
+/// (its reference count, which the swap brings up to date for every reader still
+/// inside a read, says so): that write first replays on it the sets of the write it
+/// missed, from a journal, then makes its own. A map still pinned by a reader (a
+/// [`snapshot`](ConcurrentAttrMap::snapshot) kept, or a read in progress) is left to
+/// that reader, and the write starts from a clone of the published map instead.
 ///
 /// # Cost
 ///
-/// A read pays one atomic load and reference count update on top of the plain
-/// [`AttrMap`] query.
+/// A read pays one atomic load and a debt slot (or reference count) update on top of
+/// the plain [`AttrMap`] query.
 ///
-/// A write changes the writer's own map and publishes a clone of it. Cloning copies
-/// the root's 64 slots and shares everything below; the next write then copies the
-/// nodes and bitmaps on its path that a snapshot still holds (path copying), so each
-/// published write pays for one path. On the benchmark's 64 GiB guest after 100,000
-/// scattered conversions (every 1 GiB region a 32 KiB bitmap), measured on a shared
-/// 2-core machine: a single-page set took about 40 ns on a plain map and 3.8 us
-/// published, most of it copying that region's bitmap; an aligned 1 GiB set took about
-/// 160 ns plain and 0.5 us published. In a small guest with a few runs a published
-/// single-page set costs about 0.5 us, mostly cloning the 64-slot root and freeing the
-/// old snapshot. Old snapshots are freed when their last reader
-/// drops them. Several sets made inside one [`update`](ConcurrentAttrMap::update) share
-/// one publish and copy each path once: batch where you can.
+/// A write pays its sets twice (once on the spare, once replayed on the other map at
+/// the next write), the swap, and a record of each set that changed something. Once
+/// the two maps have diverged they share no node, so both sets change their map in
+/// place: no allocation, no copy, whatever the map holds. Measured on a shared 2-core
+/// machine, a published single-page set costs about TODO in a small guest and about
+/// TODO in the benchmark's 64 GiB guest after 100,000 scattered conversions (every
+/// 1 GiB region a 32 KiB bitmap), where a plain set costs about TODO; an aligned 1 GiB
+/// set costs about TODO published. The writer's [`update`](ConcurrentAttrMap::update)
+/// publishes once for all the sets it makes: batch where you can.
+///
+/// A write that finds its spare pinned pays a clone instead (the 64-slot root), and
+/// then it and the next few writes copy the paths they change while the clone and the
+/// published map still share them (a dense region's bitmap is 32 KiB). Keep snapshots
+/// short-lived.
+///
+/// The two maps hold up to twice the memory of one.
 #[derive(Debug)]
 pub struct ConcurrentAttrMap {
-    writer: Mutex<AttrMap>,
+    writer: Mutex<Writer>,
     published: ArcSwap<AttrMap>,
+}
+
+/// One set recorded in the journal.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    range: FrameRange,
+    state: PageState,
+}
+
+/// What only the writer touches.
+#[derive(Debug, Default)]
+struct Writer {
+    /// The map the next write changes, once brought up to date: either the map published
+    /// before the last write, which lacks the sets in `journal`, or a map equal to the
+    /// published one (with `journal` empty). `None` after a write panicked.
+    spare: Option<Arc<AttrMap>>,
+    /// The sets of the last published write that changed something, in order.
+    journal: Vec<Entry>,
+    /// Writes that found no spare ready and cloned the published map.
+    clones: u64,
+}
+
+/// A journal longer than this gives its memory back once replayed.
+const JOURNAL_KEEP: usize = 1024;
+
+impl Writer {
+    /// The spare brought up to date, if no reader holds it.
+    fn ready_spare(&mut self) -> Option<Arc<AttrMap>> {
+        let mut spare = self.spare.take()?;
+        let map = Arc::get_mut(&mut spare)?;
+        for entry in self.journal.drain(..) {
+            // The same sets on a map of the same size and the same state before them:
+            // they cannot fail, and if one did, the map would go unused.
+            map.set_state(entry.range, entry.state).ok()?;
+        }
+        if self.journal.capacity() > JOURNAL_KEEP {
+            self.journal = Vec::new();
+        }
+        Some(spare)
+    }
+}
+
+/// The map inside [`ConcurrentAttrMap::update`], for the one writer.
+///
+/// It reads as an [`AttrMap`] (through `Deref`) and changes through
+/// [`set`](AttrMapWriter::set) and [`set_state`](AttrMapWriter::set_state), which behave
+/// exactly as [`AttrMap`]'s and also record the set so the other copy of the map can
+/// replay it.
+#[derive(Debug)]
+pub struct AttrMapWriter<'a> {
+    map: &'a mut AttrMap,
+    journal: &'a mut Vec<Entry>,
+}
+
+impl AttrMapWriter<'_> {
+    /// Gives every frame of `range` the attributes `attributes` and no tag; see
+    /// [`AttrMap::set`].
+    pub fn set(
+        &mut self,
+        range: FrameRange,
+        attributes: Attributes,
+    ) -> Result<Changes, RangeError> {
+        self.set_state(range, PageState::new(attributes))
+    }
+
+    /// Gives every frame of `range` the state `state`; see [`AttrMap::set_state`].
+    pub fn set_state(
+        &mut self,
+        range: FrameRange,
+        state: PageState,
+    ) -> Result<Changes, RangeError> {
+        let changes = self.map.set_state(range, state)?;
+        if !changes.is_empty() {
+            self.journal.push(Entry { range, state });
+        }
+        Ok(changes)
+    }
+}
+
+impl Deref for AttrMapWriter<'_> {
+    type Target = AttrMap;
+
+    fn deref(&self) -> &AttrMap {
+        self.map
+    }
 }
 
 impl ConcurrentAttrMap {
     /// Shares `map` between threads.
     pub fn new(map: AttrMap) -> Self {
         ConcurrentAttrMap {
-            published: ArcSwap::from_pointee(map.clone()),
-            writer: Mutex::new(map),
+            writer: Mutex::new(Writer {
+                spare: Some(Arc::new(map.clone())),
+                ..Writer::default()
+            }),
+            published: ArcSwap::from_pointee(map),
         }
     }
 
     /// The current state as one consistent snapshot, for several queries that must agree.
+    ///
+    /// While a snapshot is alive, writes cannot reuse its map (see the type's cost
+    /// notes): drop it when done.
     pub fn snapshot(&self) -> Arc<AttrMap> {
         self.published.load_full()
     }
@@ -89,13 +196,43 @@ impl ConcurrentAttrMap {
     ///
     /// Readers see nothing of what `f` does until it returns, so a caller can set a range,
     /// act on the changes (issue ioctls, change protections), and undo the set on failure
-    /// without any reader seeing the intermediate state.
-    pub fn update<R>(&self, f: impl FnOnce(&mut AttrMap) -> R) -> R {
-        // A panic in an earlier writer leaves a map that is still a valid map; carry on.
-        let mut map = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
-        let result = f(&mut map);
-        self.published.store(Arc::new(map.clone()));
+    /// without any reader seeing the intermediate state. If `f` changed nothing (every
+    /// set it made returned no change), nothing is published. If `f` panics, nothing it
+    /// did is published.
+    pub fn update<R>(&self, f: impl FnOnce(&mut AttrMapWriter<'_>) -> R) -> R {
+        // A panic in an earlier writer loses only its unpublished spare; carry on.
+        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let w = &mut *writer;
+        let mut spare = match w.ready_spare() {
+            Some(spare) => spare,
+            None => {
+                w.journal.clear();
+                w.clones += 1;
+                // Shared with the published map: `make_mut` below clones it.
+                self.published.load_full()
+            }
+        };
+        #[cfg(test)]
+        assert!(*spare == **self.published.load(), "the spare lags behind");
+        let result = f(&mut AttrMapWriter {
+            map: Arc::make_mut(&mut spare),
+            journal: &mut w.journal,
+        });
+        w.spare = Some(if w.journal.is_empty() {
+            spare
+        } else {
+            self.published.swap(spare)
+        });
         result
+    }
+
+    /// Writes so far that found no spare ready and cloned the published map (tests only).
+    #[cfg(test)]
+    fn clones(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clones
     }
 }
 
@@ -135,12 +272,14 @@ mod tests {
         PageState::tagged(attributes(v), Tag::new(v).unwrap())
     }
 
-    /// Writes version `v`: R in one set, P's odd pages one page at a time.
-    fn write(map: &mut AttrMap, v: u16) {
-        map.set_state(range(R), state(v)).unwrap();
+    /// Writes version `v` through `set`: R in one set, P's odd pages one page at a time.
+    fn write(v: u16, mut set: impl FnMut(FrameRange, PageState)) {
+        set(range(R), state(v));
         for gfn in (P.0 + 1..P.1).step_by(2) {
-            map.set(FrameRange::new(Gfn(gfn), 1).unwrap(), attributes(v))
-                .unwrap();
+            set(
+                FrameRange::new(Gfn(gfn), 1).unwrap(),
+                PageState::new(attributes(v)),
+            );
         }
     }
 
@@ -157,7 +296,9 @@ mod tests {
             map.set(FrameRange::new(Gfn(gfn), 1).unwrap(), Attributes::PRIVATE)
                 .unwrap();
         }
-        write(&mut map, 1);
+        write(1, |r, st| {
+            map.set_state(r, st).unwrap();
+        });
         assert_eq!(map.forms()[2], 1, "P's region is a dense bitmap");
         map
     }
@@ -224,16 +365,26 @@ mod tests {
                     })
                 })
                 .collect();
+            // Stops the readers however the writer ends, a failed assertion included.
+            struct Stop<'a>(&'a AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::Release);
+                }
+            }
+            let stop = Stop(&done);
             for v in 2..=VERSIONS {
                 let changes = map.update(|m| {
-                    write(m, v);
+                    write(v, |r, st| {
+                        m.set_state(r, st).unwrap();
+                    });
                     m.check_invariants().unwrap();
                     m.run_count()
                 });
                 assert!(changes > 1);
                 thread::yield_now();
             }
-            done.store(true, Ordering::Release);
+            drop(stop);
             readers.into_iter().map(|r| r.join().unwrap()).collect()
         });
         let last = map.snapshot();
@@ -242,5 +393,294 @@ mod tests {
         // The readers saw the map change under them.
         let all: BTreeSet<u16> = seen.into_iter().flatten().collect();
         assert!(all.len() >= 2, "readers saw only versions {all:?}");
+    }
+
+    /// Single pages of the first 1 GiB, the start of a map small tests share.
+    fn page(gfn: u64) -> FrameRange {
+        FrameRange::new(Gfn(gfn), 1).unwrap()
+    }
+
+    const GIB_FRAMES: u64 = 1 << 18;
+
+    /// A 2 GiB map whose first 1 GiB is one dense bitmap (70 isolated private pages) and
+    /// whose second holds a bitmap leaf and a run leaf.
+    fn small() -> AttrMap {
+        let mut map = AttrMap::new((2 * GIB_FRAMES) << PAGE_SHIFT).unwrap();
+        for k in 0..70 {
+            map.set(page(100 + k * 3001), Attributes::PRIVATE).unwrap();
+        }
+        for k in 0..5 {
+            map.set(page(GIB_FRAMES + 10 + 3 * k), Attributes::PRIVATE)
+                .unwrap();
+        }
+        map.set(
+            FrameRange::new(Gfn(GIB_FRAMES + 9000), 3400).unwrap(),
+            Attributes::PRIVATE,
+        )
+        .unwrap();
+        let forms = map.forms();
+        assert!(forms[2] == 1 && forms[3] >= 1 && forms[4] >= 1, "{forms:?}");
+        map
+    }
+
+    /// Sets `range` to `state` on the shared map and on `model`, checking both agree.
+    fn both(map: &ConcurrentAttrMap, model: &mut AttrMap, range: FrameRange, state: PageState) {
+        let published = map.set_state(range, state).unwrap();
+        assert_eq!(published, model.set_state(range, state).unwrap());
+        assert_eq!(*map.snapshot(), *model);
+    }
+
+    #[test]
+    fn writes_alternate_between_two_maps() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        let first = Arc::as_ptr(&map.snapshot());
+        both(&map, &mut model, page(101), PageState::PRIVATE);
+        let second = Arc::as_ptr(&map.snapshot());
+        assert_ne!(first, second);
+        // Single pages in every form, ranges, tags: each write replays the one before.
+        let tag = PageState::tagged(Attributes::PRIVATE, Tag::new(5).unwrap());
+        for round in 0..10u64 {
+            for gfn in [100 + round, 3101 + round, GIB_FRAMES + 11 + round, 9000] {
+                both(&map, &mut model, page(gfn), PageState::PRIVATE);
+                both(&map, &mut model, page(gfn + 1), PageState::SHARED);
+            }
+            let r = FrameRange::new(Gfn(50_000 + round * 7), 3000).unwrap();
+            both(&map, &mut model, r, tag);
+            both(&map, &mut model, r, PageState::SHARED);
+            both(&map, &mut model, page(GIB_FRAMES + 9100 + round), tag);
+        }
+        map.snapshot().check_invariants().unwrap();
+        // Nothing pinned a map: the two maps took turns and nothing was cloned.
+        assert_eq!(map.clones(), 0);
+        let now = Arc::as_ptr(&map.snapshot());
+        assert!(now == first || now == second);
+        both(&map, &mut model, page(500_000), PageState::PRIVATE);
+        let next = Arc::as_ptr(&map.snapshot());
+        assert!((now, next) == (first, second) || (now, next) == (second, first));
+    }
+
+    #[test]
+    fn rollback_inside_an_update_is_replayed() {
+        let map = ConcurrentAttrMap::new(small());
+        let before = map.snapshot();
+        // Set, then undo exactly the changes, as a failed conversion does.
+        let n = map.update(|m| {
+            let mut undo = Vec::new();
+            for r in [
+                page(101),
+                FrameRange::new(Gfn(95), 20).unwrap(),
+                page(GIB_FRAMES + 12),
+            ] {
+                undo.extend(m.set(r, Attributes::PRIVATE).unwrap());
+            }
+            assert!(m.get(Gfn(96)).unwrap().is_private());
+            for c in undo.iter().rev() {
+                m.set_state(c.range, c.previous).unwrap();
+            }
+            undo.len()
+        });
+        assert!(n >= 3);
+        assert_eq!(*map.snapshot(), *before);
+        drop(before);
+        // The next write starts from the other map with both halves replayed.
+        let mut model = small();
+        both(&map, &mut model, page(103), PageState::PRIVATE);
+        both(&map, &mut model, page(GIB_FRAMES + 13), PageState::PRIVATE);
+        assert_eq!(map.clones(), 0);
+    }
+
+    #[test]
+    fn a_pinned_map_is_left_to_its_reader() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        let pinned = map.snapshot();
+        let pinned_model = model.clone();
+        both(&map, &mut model, page(101), PageState::PRIVATE);
+        // The map the next write would reuse is still held: it clones instead, and the
+        // holder's view never changes.
+        both(&map, &mut model, page(104), PageState::PRIVATE);
+        assert_eq!(map.clones(), 1);
+        assert_eq!(*pinned, pinned_model);
+        both(&map, &mut model, page(3102), PageState::PRIVATE);
+        both(&map, &mut model, page(3102), PageState::SHARED);
+        assert_eq!(*pinned, pinned_model);
+        assert!(!Arc::ptr_eq(&pinned, &map.snapshot()));
+        assert_eq!(map.clones(), 1);
+        drop(pinned);
+        for gfn in 200..220 {
+            both(&map, &mut model, page(gfn), PageState::PRIVATE);
+        }
+        assert_eq!(map.clones(), 1);
+        // A guard held across a write pins the same way.
+        let guard = map.published.load();
+        both(&map, &mut model, page(300), PageState::PRIVATE);
+        both(&map, &mut model, page(302), PageState::PRIVATE);
+        assert_eq!(map.clones(), 2);
+        drop(guard);
+        map.snapshot().check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_reader_may_clone_a_snapshot() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        for gfn in [101, 3102, GIB_FRAMES + 12] {
+            both(&map, &mut model, page(gfn), PageState::PRIVATE);
+        }
+        // A reader makes a plain map of its own out of a snapshot and changes it. Both
+        // published maps share nothing the writer changes in place with it.
+        let mut own = AttrMap::clone(&map.snapshot());
+        let own_before = own.clone();
+        for gfn in [101, 3105, GIB_FRAMES + 14] {
+            own.set(page(gfn), Attributes::empty()).unwrap();
+            own.set(page(gfn + 2), Attributes::PRIVATE).unwrap();
+        }
+        let own_after = own.clone();
+        for gfn in [101, 102, 3105, 3106, 3107, GIB_FRAMES + 14, GIB_FRAMES + 16] {
+            both(&map, &mut model, page(gfn), PageState::PRIVATE);
+            both(&map, &mut model, page(gfn + 1000), PageState::PRIVATE);
+        }
+        assert_eq!(own, own_after);
+        assert_ne!(own, own_before);
+        assert_eq!(map.clones(), 0);
+    }
+
+    #[test]
+    fn an_update_that_changes_nothing_publishes_nothing() {
+        let map = ConcurrentAttrMap::new(small());
+        let before = map.snapshot();
+        let changes = map.update(|m| m.set(page(100), Attributes::PRIVATE).unwrap());
+        assert!(changes.is_empty());
+        assert!(map.set(page(GIB_FRAMES * 2), Attributes::PRIVATE).is_err());
+        assert!(Arc::ptr_eq(&before, &map.snapshot()));
+        drop(before);
+        let mut model = small();
+        both(&map, &mut model, page(101), PageState::PRIVATE);
+        both(&map, &mut model, page(100), PageState::SHARED);
+        assert_eq!(map.clones(), 0);
+    }
+
+    #[test]
+    fn a_panicking_update_publishes_nothing() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        both(&map, &mut model, page(101), PageState::PRIVATE);
+        let before = Arc::as_ptr(&map.snapshot());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            map.update(|m| {
+                m.set(page(105), Attributes::PRIVATE).unwrap();
+                panic!("a writer fails halfway");
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(Arc::as_ptr(&map.snapshot()), before);
+        assert_eq!(*map.snapshot(), model);
+        // The next writer starts over from the published map.
+        both(&map, &mut model, page(106), PageState::PRIVATE);
+        assert_eq!(map.clones(), 1);
+        both(&map, &mut model, page(107), PageState::PRIVATE);
+        assert_eq!(map.clones(), 1);
+        assert_eq!(map.get(Gfn(105)).unwrap(), PageState::SHARED);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// One update of these sets; `rollback` undoes them inside it.
+        Update(Vec<(u64, u64, PageState)>, bool),
+        /// Take a snapshot and keep it.
+        Pin,
+        /// Drop the oldest snapshot kept.
+        Unpin,
+        /// Clone a snapshot into a plain map and change that.
+        CloneSnapshot(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        let spot = prop_oneof![
+            4 => 0..2 * GIB_FRAMES,
+            4 => 90..3000u64,
+            2 => GIB_FRAMES..GIB_FRAMES + 10_000,
+        ];
+        let len = prop_oneof![6 => Just(1u64), 2 => 1..64u64, 1 => 1..GIB_FRAMES];
+        let state = prop_oneof![
+            4 => Just(PageState::PRIVATE),
+            4 => Just(PageState::SHARED),
+            1 => Just(PageState::tagged(Attributes::PRIVATE, Tag::new(3).unwrap())),
+        ];
+        let set = (spot, len, state).prop_map(|(a, n, s)| (a, (a + n).min(2 * GIB_FRAMES), s));
+        prop_oneof![
+            8 => (prop::collection::vec(set, 1..4), prop::bool::weighted(0.2))
+                .prop_map(|(sets, rollback)| Step::Update(sets, rollback)),
+            1 => Just(Step::Pin),
+            1 => Just(Step::Unpin),
+            1 => (0..2 * GIB_FRAMES).prop_map(Step::CloneSnapshot),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Any mix of writes, rollbacks, pinned snapshots and cloned snapshots: the
+        /// published map is always the plain map the same sets make, no snapshot ever
+        /// changes, and (checked inside every update) each spare replays to the
+        /// published map.
+        #[test]
+        fn published_map_follows_a_plain_map(steps in prop::collection::vec(step(), 1..40)) {
+            let map = ConcurrentAttrMap::new(small());
+            let mut model = small();
+            let mut pinned: Vec<(Arc<AttrMap>, AttrMap)> = Vec::new();
+            for step in steps {
+                match step {
+                    Step::Update(sets, rollback) => {
+                        let expect: Vec<Changes> = sets
+                            .iter()
+                            .map(|&(a, b, s)| model.set_state(fr(a, b), s).unwrap())
+                            .collect();
+                        let got = map.update(|m| {
+                            let got: Vec<Changes> = sets
+                                .iter()
+                                .map(|&(a, b, s)| m.set_state(fr(a, b), s).unwrap())
+                                .collect();
+                            if rollback {
+                                for c in got.iter().flatten().rev() {
+                                    m.set_state(c.range, c.previous).unwrap();
+                                }
+                            }
+                            got
+                        });
+                        prop_assert_eq!(&got, &expect);
+                        if rollback {
+                            for c in expect.iter().flatten().rev() {
+                                model.set_state(c.range, c.previous).unwrap();
+                            }
+                        }
+                    }
+                    Step::Pin => pinned.push((map.snapshot(), model.clone())),
+                    Step::Unpin => {
+                        if !pinned.is_empty() {
+                            let (snap, then) = pinned.remove(0);
+                            prop_assert_eq!(&*snap, &then);
+                        }
+                    }
+                    Step::CloneSnapshot(gfn) => {
+                        let mut own = AttrMap::clone(&map.snapshot());
+                        own.set(page(gfn), Attributes::PRIVATE).unwrap();
+                        own.set(page(gfn ^ 1), Attributes::empty()).unwrap();
+                    }
+                }
+                prop_assert_eq!(&*map.snapshot(), &model);
+            }
+            for (snap, then) in &pinned {
+                prop_assert_eq!(&**snap, then);
+            }
+            map.snapshot().check_invariants().unwrap();
+        }
+    }
+
+    fn fr(a: u64, b: u64) -> FrameRange {
+        FrameRange::from_bounds(Gfn(a), Gfn(b)).unwrap()
     }
 }

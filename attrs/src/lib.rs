@@ -17,6 +17,6 @@ mod tree;
 mod oracle_tests;
 
 pub use attributes::{Attributes, AttributesError, PageState, Tag};
-pub use concurrent::ConcurrentAttrMap;
+pub use concurrent::{AttrMapWriter, ConcurrentAttrMap};
 pub use map::{AttrMap, Change, Changes, Run, Runs};
 pub use range::{FrameRange, Gfn, MAX_FRAMES, PAGE_SHIFT, PAGE_SIZE, RangeError};

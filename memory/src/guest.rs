@@ -14,7 +14,8 @@ use kvm_bindings::kvm_userspace_memory_region2;
 use kvm_ioctls::VmFd;
 use smallvec::SmallVec;
 use veil_attrs::{
-    AttrMap, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState, RangeError,
+    AttrMap, AttrMapWriter, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState,
+    RangeError,
 };
 use vm_memory::{
     AtomicAccess, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
@@ -644,7 +645,7 @@ impl std::fmt::Debug for HostSafeMemory {
 }
 
 /// Puts back the state each change had, newest first.
-fn restore(map: &mut AttrMap, changes: &[veil_attrs::Change]) {
+fn restore(map: &mut AttrMapWriter<'_>, changes: &[veil_attrs::Change]) {
     for c in changes.iter().rev() {
         // Restoring ranges that were just set cannot fail: they are in bounds.
         let _ = map.set_state(c.range, c.previous);
