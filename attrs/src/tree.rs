@@ -565,6 +565,54 @@ fn leaf_slot(leaf: BitLeaf) -> Slot {
     }
 }
 
+/// For setting frame `i` of a leaf of untagged `runs` to `state`: the leaf's new runs
+/// and the states of frames `i - 1`, `i` and `i + 1` within the leaf (none past its
+/// edges), in one pass. `None` if a run is tagged.
+fn leaf_with_frame(
+    runs: &[LeafRun],
+    i: u64,
+    state: PageState,
+) -> Option<(RunLeaf, Option<PageState>, PageState, Option<PageState>)> {
+    let mut leaf = RunLeaf {
+        runs: SmallVec::new(),
+    };
+    let mut push = |start: u64, state: PageState| {
+        if leaf.runs.last().map(|r| r.state) != Some(state) {
+            leaf.runs.push(LeafRun {
+                start: start as u16,
+                state,
+            });
+        }
+    };
+    let (mut left, mut old, mut right) = (None, PageState::SHARED, None);
+    for (k, run) in runs.iter().enumerate() {
+        if run.state.tag.is_some() {
+            return None;
+        }
+        let start = u64::from(run.start);
+        let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
+        if start < i && i <= end {
+            left = Some(run.state);
+        }
+        if start <= i + 1 && i + 1 < end {
+            right = Some(run.state);
+        }
+        if i < start || i >= end {
+            push(start, run.state);
+            continue;
+        }
+        old = run.state;
+        if start < i {
+            push(start, run.state);
+        }
+        push(i, state);
+        if i + 1 < end {
+            push(i + 1, run.state);
+        }
+    }
+    Some((leaf, left, old, right))
+}
+
 /// One run of a [`RunLeaf`]: from `start` to the next run's start (or the leaf's end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct LeafRun {
@@ -907,8 +955,9 @@ impl Tree {
     }
 
     /// Sets one frame to an untagged state in place, when all that changes is one bit of
-    /// a bitmap this tree owns and the counts on its path: the frame is not at the
-    /// bitmap's edge and no slot changes form. Returns `None`, having changed nothing,
+    /// a bitmap this tree owns and the counts on its path (the frame is not at the
+    /// bitmap's edge and no slot changes form), or one untagged leaf and the counts on
+    /// its path (no node changes form). Returns `None`, having changed nothing,
     /// when that does not hold, and otherwise whether the frame changed (the change is
     /// in `out`).
     ///
@@ -959,8 +1008,12 @@ impl Tree {
                     }
                     break delta;
                 }
-                Slot::Uniform(s) => return (*s == state).then_some(false),
-                Slot::Runs(l) => return (l.state_at(gfn) == state).then_some(false),
+                Slot::Uniform(s) if *s == state => return Some(false),
+                Slot::Runs(l) if l.state_at(gfn) == state => return Some(false),
+                Slot::Uniform(_) | Slot::Runs(_) if level == 0 => {
+                    return self.set_leaf_frame(gfn, state, out);
+                }
+                Slot::Uniform(_) | Slot::Runs(_) => return None,
             }
         };
         // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
@@ -984,6 +1037,100 @@ impl Tree {
             }
         }
         out.push_piece(gfn, gfn + 1, state_of(!bit));
+        Some(true)
+    }
+
+    /// [`set_frame`](Tree::set_frame) for a frame of an untagged leaf held as one state
+    /// or as a run list, which the new state (untagged, different) keeps untagged.
+    ///
+    /// The leaf becomes the canonical slot for its new runs, and every node on the path
+    /// adds the change of the two frame pairs the frame is in (those within its span).
+    /// Returns `None`, having changed nothing, when a node would have to change form
+    /// (become uniform or a dense bitmap).
+    fn set_leaf_frame(&mut self, gfn: u64, state: PageState, out: &mut Changes) -> Option<bool> {
+        let owner = *self.generation.get_mut();
+        let offset = gfn & (LEAF_FRAMES - 1);
+        // Read: the leaf, the frame's neighbours, and the count change on every node.
+        let mut node = &self.root;
+        let mut level = self.height;
+        let (leaf, left, old, right) = loop {
+            level = level.saturating_sub(1);
+            match &node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) if level > 0 => node = n,
+                Slot::Uniform(s) if level == 0 => {
+                    break leaf_with_frame(
+                        &[LeafRun {
+                            start: 0,
+                            state: *s,
+                        }],
+                        offset,
+                        state,
+                    )?;
+                }
+                Slot::Runs(l) if level == 0 => break leaf_with_frame(&l.runs, offset, state)?,
+                _ => return None,
+            }
+        };
+        if old == state {
+            return Some(false);
+        }
+        // Neighbours outside the leaf (the frames past the guest's end are shared).
+        let left = left.or_else(|| gfn.checked_sub(1).map(|g| self.get(g)));
+        let right = right.or_else(|| (gfn + 1 < self.capacity()).then(|| self.get(gfn + 1)));
+        let pair =
+            |n: Option<PageState>| n.map_or(0, |n| i64::from(n != state) - i64::from(n != old));
+        let (dl, dr) = (pair(left), pair(right));
+        // The count change of the node at `level` whose span holds `gfn`.
+        let delta = |level: u32| {
+            let span = 1u64 << span_shift(level);
+            let base = gfn & !(span - 1);
+            (if gfn > base { dl } else { 0 }) + (if gfn + 1 < base + span { dr } else { 0 })
+        };
+        let mut node = &self.root;
+        let mut level = self.height;
+        while level > 1 {
+            level -= 1;
+            let Slot::Node(n) = &node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)]
+            else {
+                return None;
+            };
+            node = n;
+            // A node below the root stays a node: not uniform, and at level 1 not a
+            // region that must become a bitmap.
+            let boundaries = n.boundaries as i64 + delta(level);
+            if boundaries <= 0
+                || (level == 1 && n.tagged == 0 && boundaries >= DENSE_MIN_BOUNDARIES as i64)
+            {
+                return None;
+            }
+        }
+        // Write: nothing can fail from here on.
+        out.push_piece(gfn, gfn + 1, old);
+        let slot = leaf.into_slot(owner);
+        let mut node = &mut self.root;
+        let mut level = self.height;
+        loop {
+            let span = 1u64 << span_shift(level);
+            let base = gfn & !(span - 1);
+            node.boundaries = node.boundaries.saturating_add_signed(delta(level));
+            if gfn == base {
+                node.first = state;
+            }
+            if gfn == base + span - 1 {
+                node.last = state;
+            }
+            level -= 1;
+            let index = ((gfn >> span_shift(level)) as usize) & (FANOUT - 1);
+            if level == 0 {
+                node.slots[index] = slot;
+                break;
+            }
+            match &mut node.slots[index] {
+                Slot::Node(n) => node = Arc::make_mut(n),
+                // The read above walked nodes down to the leaf.
+                _ => break,
+            }
+        }
         Some(true)
     }
 
