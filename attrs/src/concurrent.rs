@@ -166,6 +166,15 @@ impl ConcurrentAttrMap {
         self.published.load_full()
     }
 
+    /// Runs `f` on the current state, for a few queries that must agree.
+    ///
+    /// Cheaper than [`snapshot`](ConcurrentAttrMap::snapshot): no reference count is
+    /// taken unless a write lands meanwhile. Keep `f` short: like a snapshot, it keeps
+    /// the writer from reusing this map.
+    pub fn read<R>(&self, f: impl FnOnce(&AttrMap) -> R) -> R {
+        f(&self.published.load())
+    }
+
     /// The state of one frame; see [`AttrMap::get`].
     pub fn get(&self, gfn: Gfn) -> Result<PageState, RangeError> {
         self.published.load().get(gfn)

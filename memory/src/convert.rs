@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 
 use smallvec::SmallVec;
-use veil_attrs::{Attributes, Change, FrameRange, PageState, RangeError};
+use veil_attrs::{Attributes, Change, FrameRange, Gfn, PageState, RangeError};
 
 use crate::region::{ContentPolicy, Flavor};
 
@@ -204,23 +204,40 @@ pub(crate) fn plan_into(
 ) {
     let to_private = to.is_private();
     for region in regions {
-        let runs: SmallVec<[FrameRange; 4]> = changes
-            .iter()
-            .filter(|c| c.previous.attributes.is_private() != to_private)
-            .filter_map(|c| c.range.intersection(&region.range))
-            .collect();
-        let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
-            continue;
-        };
-        let Some(span) = FrameRange::from_bounds(first.start(), last.end()) else {
-            continue;
-        };
         let op = |kind, range| Op {
             region: region.index,
             kind,
             range,
         };
-        let changed_bytes: u64 = runs.iter().map(FrameRange::size).sum();
+        // In-place and emulated regions that discard do it per changed run: a page of
+        // the span that did not change keeps its contents.
+        let per_run = match region.flavor {
+            Flavor::InPlace if region.policy == ContentPolicy::Discard => {
+                Some(StepKind::DiscardGuestMemfd)
+            }
+            Flavor::Emulated if region.policy == ContentPolicy::Discard => {
+                Some(StepKind::DiscardMemfd)
+            }
+            _ => None,
+        };
+        let mut span: Option<(Gfn, Gfn)> = None;
+        let mut changed_bytes = 0;
+        for c in changes {
+            if c.previous.attributes.is_private() == to_private {
+                continue;
+            }
+            let Some(run) = c.range.intersection(&region.range) else {
+                continue;
+            };
+            span = Some((span.map_or(run.start(), |(first, _)| first), run.end()));
+            changed_bytes += run.size();
+            if let Some(kind) = per_run {
+                plan.discards.push(op(kind, run));
+            }
+        }
+        let Some(span) = span.and_then(|(first, end)| FrameRange::from_bounds(first, end)) else {
+            continue;
+        };
         match region.flavor {
             Flavor::Attributes => {
                 plan.reversible.push(op(StepKind::SetAttributes(to), span));
@@ -239,13 +256,7 @@ pub(crate) fn plan_into(
                     },
                     span,
                 ));
-                if region.policy == ContentPolicy::Discard {
-                    let kind = if region.flavor == Flavor::InPlace {
-                        StepKind::DiscardGuestMemfd
-                    } else {
-                        StepKind::DiscardMemfd
-                    };
-                    plan.discards.extend(runs.iter().map(|&r| op(kind, r)));
+                if per_run.is_some() {
                     plan.bytes_discarded += changed_bytes;
                 }
             }

@@ -136,7 +136,7 @@ impl GuestSpan {
             });
         }
         let lease = self.lock.read();
-        check_shared(&self.attrs.snapshot(), gpa, count)?;
+        self.attrs.read(|map| check_shared(map, gpa, count))?;
         // The offset is inside the span, whose host view is mapped contiguously.
         Ok((lease, (self.host + offset as usize) as *mut u8))
     }
@@ -814,13 +814,12 @@ impl HostSafeMemory {
         // Already there (a vCPU repeating a request): answer from the lock-free snapshot
         // without taking the writer's lock or publishing. A conversion racing with this
         // one is then simply ordered after it.
-        let snapshot = self.attrs.snapshot();
-        let unchanged = covered.iter().all(|(range, _)| {
-            snapshot
-                .runs(*range)
-                .is_ok_and(|mut runs| runs.all(|run| run.state == target))
+        let unchanged = self.attrs.read(|map| {
+            covered.iter().all(|(range, _)| {
+                map.runs(*range)
+                    .is_ok_and(|mut runs| runs.all(|run| run.state == target))
+            })
         });
-        drop(snapshot);
         if unchanged {
             return Ok(Conversion::default());
         }
@@ -836,7 +835,7 @@ impl HostSafeMemory {
                     }
                 };
                 convert::plan_into(&mut plan, regions, &some, to);
-                changes.extend(some);
+                changes.extend_from_slice(&some);
             }
             // Only conversions that start with listeners subscribed are told; without
             // any, there is no order to keep.
