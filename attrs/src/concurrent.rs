@@ -71,35 +71,23 @@ struct Entry {
 /// What only the writer touches.
 #[derive(Debug, Default)]
 struct Writer {
-    /// The map the next write changes, once brought up to date: either the map published
-    /// before the last write, which lacks the sets in `journal`, or a map equal to the
-    /// published one (with `journal` empty). `None` after a write panicked.
+    /// The map the next write changes: either the map published before the last write,
+    /// which lacks the sets in `journal`, or a map equal to the published one (with
+    /// `journal` empty). `None` after a write panicked.
     spare: Option<Arc<AttrMap>>,
-    /// The sets of the last published write that changed something, in order.
+    /// The sets the published map has and `spare` lacks, in order.
     journal: Vec<Entry>,
+    /// The sets of the write in progress that changed something, in order.
+    recording: Vec<Entry>,
     /// Writes that found no spare ready and cloned the published map.
     clones: u64,
+    /// Sets replayed on a spare (tests only).
+    #[cfg(test)]
+    replayed: u64,
 }
 
 /// A journal longer than this gives its memory back once replayed.
 const JOURNAL_KEEP: usize = 1024;
-
-impl Writer {
-    /// The spare brought up to date, if no reader holds it.
-    fn ready_spare(&mut self) -> Option<Arc<AttrMap>> {
-        let mut spare = self.spare.take()?;
-        let map = Arc::get_mut(&mut spare)?;
-        for entry in self.journal.drain(..) {
-            // The same sets on a map of the same size and the same state before them:
-            // they cannot fail, and if one did, the map would go unused.
-            map.set_state(entry.range, entry.state).ok()?;
-        }
-        if self.journal.capacity() > JOURNAL_KEEP {
-            self.journal = Vec::new();
-        }
-        Some(spare)
-    }
-}
 
 /// The map inside [`ConcurrentAttrMap::update`], for the one writer.
 ///
@@ -109,8 +97,17 @@ impl Writer {
 /// replay it.
 #[derive(Debug)]
 pub struct AttrMapWriter<'a> {
+    /// The spare: the published map once `pending` is replayed on it.
     map: &'a mut AttrMap,
-    journal: &'a mut Vec<Entry>,
+    /// The published map, while `pending` is not empty.
+    published: Option<&'a AttrMap>,
+    /// The sets `map` lacks.
+    pending: &'a mut Vec<Entry>,
+    /// The sets made here that changed something.
+    recording: &'a mut Vec<Entry>,
+    /// Sets replayed on a spare (tests only).
+    #[cfg(test)]
+    replayed: &'a mut u64,
 }
 
 impl AttrMapWriter<'_> {
@@ -130,19 +127,71 @@ impl AttrMapWriter<'_> {
         range: FrameRange,
         state: PageState,
     ) -> Result<Changes, RangeError> {
+        if let Some(published) = self.published {
+            if self.pending.iter().all(|e| covers(range, e.range)) {
+                // The spare differs from the published map only inside `range`, which
+                // this set makes one state whole: what changes is read off the published
+                // map, and the spare needs this set alone, not the ones it lacks.
+                let changes = changes_to(published, range, state)?;
+                if !changes.is_empty() {
+                    // In bounds: the maps have one size, and the published map took it.
+                    let _ = self.map.set_state(range, state);
+                    self.pending.clear();
+                    self.published = None;
+                    self.recording.push(Entry { range, state });
+                }
+                return Ok(changes);
+            }
+            self.catch_up();
+        }
         let changes = self.map.set_state(range, state)?;
         if !changes.is_empty() {
-            self.journal.push(Entry { range, state });
+            self.recording.push(Entry { range, state });
         }
         Ok(changes)
     }
+
+    /// Replays on the spare the sets it lacks.
+    fn catch_up(&mut self) {
+        #[cfg(test)]
+        {
+            *self.replayed += self.pending.len() as u64;
+        }
+        for entry in self.pending.drain(..) {
+            // The same sets, in the same order, from the same state, on a map of the
+            // same size: they succeed as they did on the published map.
+            let _ = self.map.set_state(entry.range, entry.state);
+        }
+        #[cfg(test)]
+        if let Some(published) = self.published {
+            assert!(*self.map == *published, "the replayed spare differs");
+        }
+        self.published = None;
+    }
+}
+
+/// Whether `outer` holds every frame of `inner`.
+fn covers(outer: FrameRange, inner: FrameRange) -> bool {
+    outer.start() <= inner.start() && inner.end() <= outer.end()
+}
+
+/// What `map.set_state(range, state)` would return, without changing `map`: its maximal
+/// runs within `range` that have another state.
+fn changes_to(map: &AttrMap, range: FrameRange, state: PageState) -> Result<Changes, RangeError> {
+    let mut changes = Changes::default();
+    for run in map.runs(range)? {
+        if run.state != state {
+            changes.push_piece(run.range.start().0, run.range.end().0, run.state);
+        }
+    }
+    Ok(changes)
 }
 
 impl Deref for AttrMapWriter<'_> {
     type Target = AttrMap;
 
     fn deref(&self) -> &AttrMap {
-        self.map
+        self.published.unwrap_or(self.map)
     }
 }
 
@@ -212,7 +261,13 @@ impl ConcurrentAttrMap {
         // A panic in an earlier writer loses only its unpublished spare; carry on.
         let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let w = &mut *writer;
-        let mut spare = match w.ready_spare() {
+        w.recording.clear();
+        // The spare, if no reader holds it; it lacks the journal's sets.
+        let mut spare = w.spare.take();
+        if spare.as_mut().and_then(Arc::get_mut).is_none() {
+            spare = None;
+        }
+        let mut spare = match spare {
             Some(spare) => spare,
             None => {
                 w.journal.clear();
@@ -221,17 +276,28 @@ impl ConcurrentAttrMap {
                 self.published.load_full()
             }
         };
-        #[cfg(test)]
-        assert!(*spare == **self.published.load(), "the spare lags behind");
+        if w.journal.capacity() > JOURNAL_KEEP && w.journal.is_empty() {
+            w.journal = Vec::new();
+        }
+        // The published map, for reads and changes until the spare has the journal.
+        let published = (!w.journal.is_empty()).then(|| self.published.load());
         let result = f(&mut AttrMapWriter {
             map: Arc::make_mut(&mut spare),
-            journal: &mut w.journal,
+            published: published.as_deref().map(|p| &**p),
+            pending: &mut w.journal,
+            recording: &mut w.recording,
+            #[cfg(test)]
+            replayed: &mut w.replayed,
         });
-        w.spare = Some(if w.journal.is_empty() {
-            spare
+        if w.recording.is_empty() {
+            // Nothing changed; the spare still lacks whatever it lacked.
+            w.spare = Some(spare);
         } else {
-            self.published.swap(spare)
-        });
+            // Every set that changed something first brought the spare up to date.
+            w.spare = Some(self.published.swap(spare));
+            std::mem::swap(&mut w.journal, &mut w.recording);
+        }
+        drop(published);
         result
     }
 
@@ -242,6 +308,15 @@ impl ConcurrentAttrMap {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clones
+    }
+
+    /// Sets replayed on a spare so far (tests only).
+    #[cfg(test)]
+    fn replayed(&self) -> u64 {
+        self.writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replayed
     }
 }
 
@@ -593,6 +668,78 @@ mod tests {
         assert_eq!(map.get(Gfn(105)).unwrap(), PageState::SHARED);
     }
 
+    #[test]
+    fn a_write_over_the_last_one_is_not_replayed() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        // Round trips of single pages in every form, and of a range across leaves:
+        // each write covers all the last one changed, save the first on each range,
+        // which replays the last write on the range before.
+        let tag = PageState::tagged(Attributes::empty(), Tag::new(2).unwrap());
+        let wide = FrameRange::new(Gfn(GIB_FRAMES + 4000), 9000).unwrap();
+        for (k, r) in [
+            page(4096),
+            page(101),
+            page(3101),
+            page(GIB_FRAMES + 12),
+            wide,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            for state in [
+                PageState::PRIVATE,
+                PageState::SHARED,
+                tag,
+                PageState::SHARED,
+            ] {
+                both(&map, &mut model, r, state);
+                assert_eq!(map.replayed(), k as u64);
+            }
+        }
+        assert_eq!(map.clones(), 0);
+        // Writes elsewhere replay the one before each.
+        both(&map, &mut model, page(5000), PageState::PRIVATE);
+        both(&map, &mut model, page(6000), PageState::PRIVATE);
+        assert_eq!(map.replayed(), 6);
+        map.snapshot().check_invariants().unwrap();
+    }
+
+    #[test]
+    fn reads_inside_an_update_see_the_published_map() {
+        let map = ConcurrentAttrMap::new(small());
+        map.set(page(7000), Attributes::PRIVATE).unwrap();
+        // The spare lacks that set until this update's set covers or replays it.
+        let (before, set, after) = map.update(|m| {
+            let before = m.get(Gfn(7000)).unwrap();
+            let set = m.set(FrameRange::new(Gfn(6999), 3).unwrap(), Attributes::PRIVATE);
+            (before, set.unwrap(), m.get(Gfn(7001)).unwrap())
+        });
+        assert_eq!(before, PageState::PRIVATE);
+        assert_eq!(set.pages(), 2);
+        assert_eq!(after, PageState::PRIVATE);
+        assert_eq!(map.replayed(), 0);
+        // A set that covers the missing one but changes nothing publishes nothing, and
+        // the spare still lacks it: the next set elsewhere replays it.
+        let published = map.snapshot();
+        let nothing =
+            map.update(|m| m.set(FrameRange::new(Gfn(6999), 3).unwrap(), Attributes::PRIVATE));
+        assert!(nothing.unwrap().is_empty());
+        assert!(Arc::ptr_eq(&published, &map.snapshot()));
+        drop(published);
+        map.set(page(8000), Attributes::PRIVATE).unwrap();
+        assert_eq!(map.replayed(), 1);
+        let mut model = small();
+        for r in [
+            page(7000),
+            FrameRange::new(Gfn(6999), 3).unwrap(),
+            page(8000),
+        ] {
+            model.set(r, Attributes::PRIVATE).unwrap();
+        }
+        assert_eq!(*map.snapshot(), model);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         /// One update of these sets; `rollback` undoes them inside it.
@@ -603,6 +750,9 @@ mod tests {
         Unpin,
         /// Clone a snapshot into a plain map and change that.
         CloneSnapshot(u64),
+        /// One update setting the span of the last update's sets (which covers them all)
+        /// to this state.
+        Repeat(PageState),
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -624,6 +774,12 @@ mod tests {
             1 => Just(Step::Pin),
             1 => Just(Step::Unpin),
             1 => (0..2 * GIB_FRAMES).prop_map(Step::CloneSnapshot),
+            3 => prop_oneof![
+                Just(PageState::PRIVATE),
+                Just(PageState::SHARED),
+                Just(PageState::tagged(Attributes::empty(), Tag::new(4).unwrap())),
+            ]
+            .prop_map(Step::Repeat),
         ]
     }
 
@@ -641,14 +797,29 @@ mod tests {
             let map = ConcurrentAttrMap::new(small());
             let mut model = small();
             let mut pinned: Vec<(Arc<AttrMap>, AttrMap)> = Vec::new();
+            let mut last = (0, 1);
             for step in steps {
+                let step = match step {
+                    Step::Repeat(state) => Step::Update(vec![(last.0, last.1, state)], false),
+                    other => other,
+                };
+                if let Step::Update(sets, _) = &step {
+                    last = (
+                        sets.iter().map(|s| s.0).min().unwrap_or(0),
+                        sets.iter().map(|s| s.1).max().unwrap_or(1),
+                    );
+                }
                 match step {
                     Step::Update(sets, rollback) => {
+                        let model_before = model.clone();
                         let expect: Vec<Changes> = sets
                             .iter()
                             .map(|&(a, b, s)| model.set_state(fr(a, b), s).unwrap())
                             .collect();
-                        let got = map.update(|m| {
+                        let before = model_before.clone();
+                        let (got, saw) = map.update(|m| {
+                            // Reads before any set see the published map.
+                            let saw = **m == before;
                             let got: Vec<Changes> = sets
                                 .iter()
                                 .map(|&(a, b, s)| m.set_state(fr(a, b), s).unwrap())
@@ -658,8 +829,9 @@ mod tests {
                                     m.set_state(c.range, c.previous).unwrap();
                                 }
                             }
-                            got
+                            (got, saw)
                         });
+                        prop_assert!(saw);
                         prop_assert_eq!(&got, &expect);
                         if rollback {
                             for c in expect.iter().flatten().rev() {
@@ -679,6 +851,7 @@ mod tests {
                         own.set(page(gfn), Attributes::PRIVATE).unwrap();
                         own.set(page(gfn ^ 1), Attributes::empty()).unwrap();
                     }
+                    Step::Repeat(_) => {}
                 }
                 prop_assert_eq!(&*map.snapshot(), &model);
             }
