@@ -603,6 +603,17 @@ struct Counters {
     discards: AtomicU64,
 }
 
+impl Counters {
+    /// Adds one to `counter`.
+    ///
+    /// Conversions count their system calls inside the attribute map's update, as the
+    /// only writer (`_writer` shows it), so no other thread changes a counter meanwhile:
+    /// a load and a store do what an atomic add would, without a locked instruction.
+    fn bump(counter: &AtomicU64, _writer: &AttrMapWriter<'_>) {
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+}
+
 /// Identifies a subscribed [`ConversionListener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
@@ -848,7 +859,7 @@ impl HostSafeMemory {
             // new ones out until the new state is published.
             let exclusive =
                 (to.is_private() && !plan.reversible.is_empty()).then(|| self.lock.write());
-            if let Err(e) = self.execute(&plan, &changes, to) {
+            if let Err(e) = self.execute(&plan, &changes, to, map) {
                 restore(map, &changes);
                 return Err(e);
             }
@@ -924,15 +935,18 @@ impl HostSafeMemory {
         })
     }
 
+    /// Issues the system calls of `plan`, undoing the reversible ones done so far if one
+    /// fails. Only inside the attribute map's update (`writer`).
     fn execute(
         &self,
         plan: &Plan,
         changes: &[veil_attrs::Change],
         to: Attributes,
+        writer: &AttrMapWriter<'_>,
     ) -> Result<(), ConvertError> {
         let ops = || plan.reversible.iter().chain(&plan.discards);
         for (count, op) in ops().enumerate() {
-            if let Err(source) = self.run(op) {
+            if let Err(source) = self.run(op, writer) {
                 let failed = |source| ConvertError::Step {
                     step: op.kind,
                     range: op.range,
@@ -941,7 +955,7 @@ impl HostSafeMemory {
                 let done: SmallVec<[&Op; 8]> = ops().take(count).collect();
                 for earlier in done.iter().rev() {
                     for u in convert::undo(earlier, changes, to) {
-                        if let Err(undo_error) = self.run(&u) {
+                        if let Err(undo_error) = self.run(&u, writer) {
                             return Err(ConvertError::RollbackFailed {
                                 step: op.kind,
                                 range: op.range,
@@ -959,7 +973,9 @@ impl HostSafeMemory {
         Ok(())
     }
 
-    fn run(&self, op: &Op) -> io::Result<()> {
+    /// Issues one system call and counts it. Only inside the attribute map's update
+    /// (`writer`), which makes this thread the only one changing the counters.
+    fn run(&self, op: &Op, writer: &AttrMapWriter<'_>) -> io::Result<()> {
         #[cfg(test)]
         {
             let mut f = lock(&self.fail_at);
@@ -978,14 +994,12 @@ impl HostSafeMemory {
         let missing = || io::Error::from_raw_os_error(libc::EBADF);
         match op.kind {
             StepKind::SetAttributes(a) => {
-                self.stats
-                    .set_memory_attributes
-                    .fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.stats.set_memory_attributes, writer);
                 let vm = self.attributes_vm.as_ref().ok_or_else(missing)?;
                 vm.set_memory_attributes(op.range, a)
             }
             StepKind::Protect { inaccessible } => {
-                self.stats.protections.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.stats.protections, writer);
                 let access = if inaccessible {
                     Access::None
                 } else {
@@ -996,12 +1010,12 @@ impl HostSafeMemory {
                     .protect(region.view_offset + offset as usize, len as usize, access)
             }
             StepKind::DiscardGuestMemfd => {
-                self.stats.discards.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.stats.discards, writer);
                 let g = region.guest_memfd().ok_or_else(missing)?;
                 sys::punch_hole(g.as_fd(), offset, len)
             }
             StepKind::DiscardMemfd => {
-                self.stats.discards.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.stats.discards, writer);
                 let m = region.shared_memfd().ok_or_else(missing)?;
                 sys::punch_hole(m.as_fd(), offset, len)
             }
