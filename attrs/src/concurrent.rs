@@ -4,7 +4,7 @@
 //! [`ConcurrentAttrMap`]: an [`AttrMap`] that vCPU threads read while one thread converts.
 
 use std::ops::Deref;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 
 use arc_swap::ArcSwap;
 
@@ -79,6 +79,8 @@ struct Writer {
     journal: Vec<Entry>,
     /// The sets of the write in progress that changed something, in order.
     recording: Vec<Entry>,
+    /// The published map, for reading it without arc-swap's guard.
+    current: Option<Arc<AttrMap>>,
     /// Writes that found no spare ready and cloned the published map.
     clones: u64,
     /// Sets replayed on a spare (tests only).
@@ -198,12 +200,14 @@ impl Deref for AttrMapWriter<'_> {
 impl ConcurrentAttrMap {
     /// Shares `map` between threads.
     pub fn new(map: AttrMap) -> Self {
+        let published = Arc::new(map);
         ConcurrentAttrMap {
             writer: Mutex::new(Writer {
-                spare: Some(Arc::new(map.clone())),
+                spare: Some(Arc::new(AttrMap::clone(&published))),
+                current: Some(Arc::clone(&published)),
                 ..Writer::default()
             }),
-            published: ArcSwap::from_pointee(map),
+            published: ArcSwap::new(published),
         }
     }
 
@@ -259,17 +263,42 @@ impl ConcurrentAttrMap {
     /// did is published.
     pub fn update<R>(&self, f: impl FnOnce(&mut AttrMapWriter<'_>) -> R) -> R {
         // A panic in an earlier writer loses only its unpublished spare; carry on.
-        let mut writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let writer = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        self.write(writer, f)
+    }
+
+    /// [`update`](ConcurrentAttrMap::update) if no other writer is running, without
+    /// waiting; otherwise gives `f` back, not run.
+    ///
+    /// For a caller that can answer without writing when it would have to wait, say
+    /// from a [`read`](ConcurrentAttrMap::read).
+    pub fn try_update<R, F>(&self, f: F) -> Result<R, F>
+    where
+        F: FnOnce(&mut AttrMapWriter<'_>) -> R,
+    {
+        match self.writer.try_lock() {
+            Ok(writer) => Ok(self.write(writer, f)),
+            Err(TryLockError::Poisoned(poisoned)) => Ok(self.write(poisoned.into_inner(), f)),
+            Err(TryLockError::WouldBlock) => Err(f),
+        }
+    }
+
+    /// Runs `f` as the writer holding `writer`, then publishes.
+    fn write<R>(
+        &self,
+        mut writer: MutexGuard<'_, Writer>,
+        f: impl FnOnce(&mut AttrMapWriter<'_>) -> R,
+    ) -> R {
         let w = &mut *writer;
         w.recording.clear();
         // The spare, if no reader holds it; it lacks the journal's sets.
-        let mut spare = w.spare.take();
-        if spare.as_mut().and_then(Arc::get_mut).is_none() {
-            spare = None;
-        }
-        let mut spare = match spare {
-            Some(spare) => spare,
-            None => {
+        // No reader can take a new reference to a map once the swap that retired it has
+        // returned (it paid every debt on it): a count of one stays one, and `make_mut`
+        // below confirms it with the one atomic exchange that orders this writer after
+        // the last reader.
+        let mut spare = match w.spare.take() {
+            Some(spare) if Arc::strong_count(&spare) == 1 => spare,
+            _ => {
                 w.journal.clear();
                 w.clones += 1;
                 // Shared with the published map: `make_mut` below clones it.
@@ -280,10 +309,14 @@ impl ConcurrentAttrMap {
             w.journal = Vec::new();
         }
         // The published map, for reads and changes until the spare has the journal.
-        let published = (!w.journal.is_empty()).then(|| self.published.load());
+        let published = if w.journal.is_empty() {
+            None
+        } else {
+            w.current.as_deref()
+        };
         let result = f(&mut AttrMapWriter {
             map: Arc::make_mut(&mut spare),
-            published: published.as_deref().map(|p| &**p),
+            published,
             pending: &mut w.journal,
             recording: &mut w.recording,
             #[cfg(test)]
@@ -294,10 +327,12 @@ impl ConcurrentAttrMap {
             w.spare = Some(spare);
         } else {
             // Every set that changed something first brought the spare up to date.
+            let next = Arc::clone(&spare);
             w.spare = Some(self.published.swap(spare));
+            // The writer's own reference to the map it retired goes, leaving readers'.
+            w.current = Some(next);
             std::mem::swap(&mut w.journal, &mut w.recording);
         }
-        drop(published);
         result
     }
 
@@ -738,6 +773,39 @@ mod tests {
             model.set(r, Attributes::PRIVATE).unwrap();
         }
         assert_eq!(*map.snapshot(), model);
+    }
+
+    #[test]
+    fn try_update_gives_f_back_while_another_writer_runs() {
+        use std::sync::mpsc;
+        let map = &ConcurrentAttrMap::new(small());
+        let (inside, writing) = mpsc::channel();
+        let (release, released) = mpsc::channel::<()>();
+        thread::scope(|s| {
+            let other = s.spawn(move || {
+                map.update(|m| {
+                    m.set(page(10), Attributes::PRIVATE).unwrap();
+                    inside.send(()).unwrap();
+                    released.recv().unwrap();
+                })
+            });
+            writing.recv().unwrap();
+            let ran = AtomicBool::new(false);
+            let f = |m: &mut AttrMapWriter<'_>| {
+                ran.store(true, Ordering::Relaxed);
+                m.set(page(11), Attributes::PRIVATE).unwrap()
+            };
+            let Err(f) = map.try_update(f) else {
+                panic!("try_update ran beside another writer");
+            };
+            assert!(!ran.load(Ordering::Relaxed));
+            release.send(()).unwrap();
+            other.join().unwrap();
+            let changes = map.try_update(f).ok().unwrap();
+            assert_eq!(changes.pages(), 1);
+        });
+        assert!(map.get(Gfn(10)).unwrap().is_private());
+        assert!(map.get(Gfn(11)).unwrap().is_private());
     }
 
     #[derive(Debug, Clone)]
