@@ -822,19 +822,7 @@ impl HostSafeMemory {
             covered.push((range, self.covering(range)?));
         }
         let target = PageState::new(to);
-        // Already there (a vCPU repeating a request): answer from the lock-free snapshot
-        // without taking the writer's lock or publishing. A conversion racing with this
-        // one is then simply ordered after it.
-        let unchanged = self.attrs.read(|map| {
-            covered.iter().all(|(range, _)| {
-                map.runs(*range)
-                    .is_ok_and(|mut runs| runs.all(|run| run.state == target))
-            })
-        });
-        if unchanged {
-            return Ok(Conversion::default());
-        }
-        let outcome = self.attrs.update(|map| -> Result<Held<'_>, ConvertError> {
+        let convert = |map: &mut AttrMapWriter<'_>| -> Result<Held<'_>, ConvertError> {
             let mut changes: SmallVec<[veil_attrs::Change; 4]> = SmallVec::new();
             let mut plan = Plan::default();
             for (range, regions) in &covered {
@@ -848,13 +836,13 @@ impl HostSafeMemory {
                 convert::plan_into(&mut plan, regions, &some, to);
                 changes.extend_from_slice(&some);
             }
+            if changes.is_empty() {
+                return Ok((Conversion::default(), None, None));
+            }
             // Only conversions that start with listeners subscribed are told; without
             // any, there is no order to keep.
             let notify =
                 (self.listener_count.load(Ordering::Acquire) > 0).then(|| lock(&self.notify));
-            if changes.is_empty() {
-                return Ok((Conversion::default(), notify, None));
-            }
             // Taking host access away: wait until no host access is in flight, and keep
             // new ones out until the new state is published.
             let exclusive =
@@ -876,7 +864,26 @@ impl HostSafeMemory {
                     .collect(),
             };
             Ok((conversion, notify, exclusive))
-        });
+        };
+        // A range already in state `to` changes nothing and publishes nothing.
+        let outcome = match self.attrs.try_update(convert) {
+            Ok(outcome) => outcome,
+            Err(convert) => {
+                // Another conversion holds the writer's lock. Already there (a vCPU
+                // repeating a request): answer from the published state without waiting
+                // for it; the conversion running is then ordered after this one.
+                let unchanged = self.attrs.read(|map| {
+                    covered.iter().all(|(range, _)| {
+                        map.runs(*range)
+                            .is_ok_and(|mut runs| runs.all(|run| run.state == target))
+                    })
+                });
+                if unchanged {
+                    return Ok(Conversion::default());
+                }
+                self.attrs.update(convert)
+            }
+        };
         let (conversion, notify, exclusive) = outcome?;
         drop(exclusive);
         if let Some(notify) = notify {

@@ -330,6 +330,47 @@ fn converting_to_the_current_state_costs_nothing() {
 }
 
 #[test]
+fn a_repeated_request_does_not_wait_for_a_running_conversion() {
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+    let mem = &emulated();
+    mem.convert(fr(0x100, 4), PRIVATE).unwrap();
+    let (inside, writing) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    thread::scope(|s| {
+        // Another writer holds the attribute map's lock, as a long conversion does.
+        let other = s.spawn(move || {
+            mem.attributes().update(|_| {
+                inside.send(()).unwrap();
+                released.recv().unwrap();
+            })
+        });
+        writing.recv().unwrap();
+        let repeat = s.spawn(|| mem.convert(fr(0x101, 2), PRIVATE));
+        let change = s.spawn(|| mem.convert(fr(0x200, 1), PRIVATE));
+        // The repeated request is answered while the lock is held (the deadline only
+        // keeps a failing test from hanging); the other cannot finish before it is free.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !repeat.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(1));
+        }
+        let answered = repeat.is_finished();
+        let waited = !change.is_finished();
+        release.send(()).unwrap();
+        other.join().unwrap();
+        assert!(
+            answered,
+            "a request for the current state waited for the writer"
+        );
+        assert!(waited, "a conversion ran beside another writer");
+        assert_eq!(repeat.join().unwrap().unwrap(), Conversion::default());
+        assert_eq!(change.join().unwrap().unwrap().pages_changed, 1);
+    });
+    assert!(mem.attributes().range_is(fr(0x200, 1), PRIVATE).unwrap());
+}
+
+#[test]
 fn bad_requests_fail_before_anything_changes() {
     let mem = HostSafeMemory::builder()
         .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
