@@ -181,6 +181,13 @@ fn covers(outer: FrameRange, inner: FrameRange) -> bool {
 /// runs within `range` that have another state.
 fn changes_to(map: &AttrMap, range: FrameRange, state: PageState) -> Result<Changes, RangeError> {
     let mut changes = Changes::default();
+    if range.pages() == 1 {
+        let (gfn, previous) = (range.start(), map.get(range.start())?);
+        if previous != state {
+            changes.push_piece(gfn.0, gfn.0 + 1, previous);
+        }
+        return Ok(changes);
+    }
     for run in map.runs(range)? {
         if run.state != state {
             changes.push_piece(run.range.start().0, run.range.end().0, run.state);
