@@ -266,14 +266,14 @@ pub(crate) fn plan_into(
 
 /// The inverse of a reversible op, one per changed run inside it (pages of the span that
 /// were already in the target state keep what they had).
-pub(crate) fn undo(op: &Op, changes: &[Change], to: Attributes) -> Ops {
+pub(crate) fn undo(op: &Op, changes: &[StateChange], to: Attributes) -> Ops {
     changes
         .iter()
-        .filter(|c| c.previous.attributes.is_private() != to.is_private())
+        .filter(|c| c.old.attributes.is_private() != to.is_private())
         .filter_map(|c| {
             let range = c.range.intersection(&op.range)?;
             let kind = match op.kind {
-                StepKind::SetAttributes(_) => StepKind::SetAttributes(c.previous.attributes),
+                StepKind::SetAttributes(_) => StepKind::SetAttributes(c.old.attributes),
                 StepKind::Protect { inaccessible } => StepKind::Protect {
                     inaccessible: !inaccessible,
                 },
@@ -419,7 +419,16 @@ mod tests {
     #[test]
     fn undo_covers_only_changed_runs() {
         let mut m = checkerboard(8);
-        let c = m.set(fr(0, 8), Attributes::PRIVATE).unwrap();
+        let c: Vec<StateChange> = m
+            .set(fr(0, 8), Attributes::PRIVATE)
+            .unwrap()
+            .iter()
+            .map(|c| StateChange {
+                range: c.range,
+                old: c.previous,
+                new: PageState::PRIVATE,
+            })
+            .collect();
         let op = Op {
             region: 0,
             kind: StepKind::Protect { inaccessible: true },

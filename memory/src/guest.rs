@@ -28,7 +28,8 @@ use crate::backend::{
     GuestMemfdSource, HUGE_PAGE_SIZE, SharedMemfd,
 };
 use crate::convert::{
-    self, Conversion, ConversionListener, ConvertError, Op, Plan, RegionPlan, StateChange, StepKind,
+    self, Conversion, ConversionListener, ConvertError, Op, Plan, RegionPlan, StateChange,
+    StateChanges, StepKind,
 };
 use crate::lease::{AccessLock, ExclusiveGuard, HostAccessLease};
 use crate::region::{Backing, ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
@@ -656,10 +657,10 @@ impl std::fmt::Debug for HostSafeMemory {
 }
 
 /// Puts back the state each change had, newest first.
-fn restore(map: &mut AttrMapWriter<'_>, changes: &[veil_attrs::Change]) {
+fn restore(map: &mut AttrMapWriter<'_>, changes: &[StateChange]) {
     for c in changes.iter().rev() {
         // Restoring ranges that were just set cannot fail: they are in bounds.
-        let _ = map.set_state(c.range, c.previous);
+        let _ = map.set_state(c.range, c.old);
     }
 }
 
@@ -823,7 +824,9 @@ impl HostSafeMemory {
         }
         let target = PageState::new(to);
         let convert = |map: &mut AttrMapWriter<'_>| -> Result<Held<'_>, ConvertError> {
-            let mut changes: SmallVec<[veil_attrs::Change; 4]> = SmallVec::new();
+            // What changed, as listeners and the caller are told; also what a rollback
+            // restores.
+            let mut changes = StateChanges::new();
             let mut plan = Plan::default();
             for (range, regions) in &covered {
                 let some = match map.set_state(*range, target) {
@@ -834,7 +837,11 @@ impl HostSafeMemory {
                     }
                 };
                 convert::plan_into(&mut plan, regions, &some, to);
-                changes.extend_from_slice(&some);
+                changes.extend(some.iter().map(|c| StateChange {
+                    range: c.range,
+                    old: c.previous,
+                    new: target,
+                }));
             }
             if changes.is_empty() {
                 return Ok((Conversion::default(), None, None));
@@ -854,14 +861,7 @@ impl HostSafeMemory {
             let conversion = Conversion {
                 pages_changed: changes.iter().map(|c| c.range.pages()).sum(),
                 bytes_discarded: plan.bytes_discarded,
-                changes: changes
-                    .iter()
-                    .map(|c| StateChange {
-                        range: c.range,
-                        old: c.previous,
-                        new: target,
-                    })
-                    .collect(),
+                changes,
             };
             Ok((conversion, notify, exclusive))
         };
@@ -947,7 +947,7 @@ impl HostSafeMemory {
     fn execute(
         &self,
         plan: &Plan,
-        changes: &[veil_attrs::Change],
+        changes: &[StateChange],
         to: Attributes,
         writer: &AttrMapWriter<'_>,
     ) -> Result<(), ConvertError> {
