@@ -69,7 +69,7 @@ struct Entry {
 }
 
 /// What only the writer touches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Writer {
     /// The map the next write changes: either the map published before the last write,
     /// which lacks the sets in `journal`, or a map equal to the published one (with
@@ -80,7 +80,7 @@ struct Writer {
     /// The sets of the write in progress that changed something, in order.
     recording: Vec<Entry>,
     /// The published map, for reading it without arc-swap's guard.
-    current: Option<Arc<AttrMap>>,
+    current: Arc<AttrMap>,
     /// Writes that found no spare ready and cloned the published map.
     clones: u64,
     /// Sets replayed on a spare (tests only).
@@ -211,8 +211,12 @@ impl ConcurrentAttrMap {
         ConcurrentAttrMap {
             writer: Mutex::new(Writer {
                 spare: Some(Arc::new(AttrMap::clone(&published))),
-                current: Some(Arc::clone(&published)),
-                ..Writer::default()
+                journal: Vec::new(),
+                recording: Vec::new(),
+                current: Arc::clone(&published),
+                clones: 0,
+                #[cfg(test)]
+                replayed: 0,
             }),
             published: ArcSwap::new(published),
         }
@@ -316,11 +320,7 @@ impl ConcurrentAttrMap {
             w.journal = Vec::new();
         }
         // The published map, for reads and changes until the spare has the journal.
-        let published = if w.journal.is_empty() {
-            None
-        } else {
-            w.current.as_deref()
-        };
+        let published = (!w.journal.is_empty()).then_some(&*w.current);
         let result = f(&mut AttrMapWriter {
             map: Arc::make_mut(&mut spare),
             published,
@@ -337,7 +337,7 @@ impl ConcurrentAttrMap {
             let next = Arc::clone(&spare);
             w.spare = Some(self.published.swap(spare));
             // The writer's own reference to the map it retired goes, leaving readers'.
-            w.current = Some(next);
+            w.current = next;
             std::mem::swap(&mut w.journal, &mut w.recording);
         }
         result
