@@ -26,6 +26,9 @@
 //!    private or shared at random, then 1,000,000 lookups of random pages.
 //! 3. `lookups`: 10,000,000 lookups of random pages in a 64 GiB guest holding about
 //!    1,000 runs (random private ranges of 1 to 2,048 pages, some cut by shared ones).
+//! 4. `concurrent` (no target): from the map `random` left, the same 4 KiB conversions
+//!    flipped, one page converted back and forth, and 10,000 aligned 1 GiB conversions,
+//!    each on a plain map and published through a `ConcurrentAttrMap`.
 //!
 //! Memory is heap bytes held: `AttrMap::heap_bytes` for veil, the word vector for the
 //! bitmap, and for the pagemap an estimate from its entry count (see `pagemap_bytes`).
@@ -455,9 +458,11 @@ fn random(t: &mut Targets) -> (AttrMap, Vec<Op>) {
     (veil, ops)
 }
 
-/// What publishing costs: single-page and 1 GiB conversions on a plain map and on a
-/// [`ConcurrentAttrMap`] (path copying plus one snapshot per set), starting from the map
-/// the `random` workload left. Not a target.
+/// What publishing costs, starting from the map the `random` workload left: single pages
+/// at random places (each published write replays the one before on the other copy),
+/// one page set back and forth (each write covers the last, so nothing is replayed),
+/// and aligned 1 GiB ranges, on a plain map and on a [`ConcurrentAttrMap`]. Not a
+/// target.
 fn concurrent(base: &AttrMap, ops: &[Op], rng: &mut Rng) {
     let flips: Vec<Op> = ops
         .iter()
@@ -467,6 +472,18 @@ fn concurrent(base: &AttrMap, ops: &[Op], rng: &mut Rng) {
         })
         .collect();
     let frames = base.frames();
+    // A page in a dense region that the random workload left shared.
+    let start = (0..frames)
+        .map(|_| rng.below(frames))
+        .find(|&g| base.get(Gfn(g)).is_ok_and(|s| s == PageState::SHARED))
+        .expect("a shared page");
+    let same: Vec<Op> = (0..100_000)
+        .map(|i| Op {
+            start,
+            end: start + 1,
+            private: i % 2 == 0,
+        })
+        .collect();
     let big: Vec<Op> = (0..10_000)
         .map(|_| {
             let start = rng.below(frames / GIB_FRAMES) * GIB_FRAMES;
@@ -478,7 +495,7 @@ fn concurrent(base: &AttrMap, ops: &[Op], rng: &mut Rng) {
         })
         .collect();
     let mut results = Vec::new();
-    for ops in [&flips, &big] {
+    for ops in [&flips, &same, &big] {
         let (mut tp, mut ts) = (Timing::new(ops.len(), 100), Timing::new(ops.len(), 100));
         for _ in 0..3 {
             let mut plain = base.clone();
@@ -503,8 +520,8 @@ fn concurrent(base: &AttrMap, ops: &[Op], rng: &mut Rng) {
         results.push((tp.ns(), ts.ns()));
     }
     println!(
-        "attrs-bench: concurrent: 4 KiB set plain {:.1} published {:.1}, 1 GiB set plain {:.1} published {:.1} (ns/op, from the random map)",
-        results[0].0, results[0].1, results[1].0, results[1].1
+        "attrs-bench: concurrent: 4 KiB set plain {:.1} published {:.1}, one 4 KiB page back and forth plain {:.1} published {:.1}, 1 GiB set plain {:.1} published {:.1} (ns/op, from the random map)",
+        results[0].0, results[0].1, results[1].0, results[1].1, results[2].0, results[2].1
     );
 }
 

@@ -27,27 +27,39 @@ use crate::range::{FrameRange, Gfn, RangeError};
 ///
 /// Two maps take turns. Readers see the published one; the writer changes the other, a
 /// spare no reader can reach, then publishes it with one atomic swap. The map it
-/// replaces becomes the next write's spare as soon as no reader holds it any more
-/// (its reference count, which the swap brings up to date for every reader still
-/// inside a read, says so): that write first replays on it the sets of the write it
-/// missed, from a journal, then makes its own. A map still pinned by a reader (a
-/// [`snapshot`](ConcurrentAttrMap::snapshot) kept, or a read in progress) is left to
-/// that reader, and the write starts from a clone of the published map instead.
+/// replaces becomes the next write's spare as soon as no reader holds it any more (its
+/// reference count, which the swap brings up to date for every reader still inside a
+/// read, says so). That spare lacks the sets of the write it missed, kept in a journal:
+/// the next write replays them before its first set, unless that set covers all of
+/// them. Then the spare differs from the published map only inside the set's range,
+/// which the set makes one state whole, so it needs that set alone: a buffer converted
+/// back and forth, a retried or a rolled-back conversion replay nothing. Until the spare
+/// has caught up, reads through the [`AttrMapWriter`] see the published map. A map
+/// still pinned by a reader (a [`snapshot`](ConcurrentAttrMap::snapshot) kept, or a
+/// read in progress) is left to that reader, and the write starts from a clone of the
+/// published map instead.
 ///
 /// # Cost
 ///
 /// A read pays one atomic load and a debt slot (or reference count) update on top of
 /// the plain [`AttrMap`] query.
 ///
-/// A write pays its sets twice (once on the spare, once replayed on the other map at
-/// the next write), the swap, and a record of each set that changed something. Once
-/// the two maps have diverged they share no node, so both sets change their map in
-/// place: no allocation, no copy, whatever the map holds. Measured on a shared 2-core
-/// machine, a published single-page set costs about TODO in a small guest and about
-/// TODO in the benchmark's 64 GiB guest after 100,000 scattered conversions (every
-/// 1 GiB region a 32 KiB bitmap), where a plain set costs about TODO; an aligned 1 GiB
-/// set costs about TODO published. The writer's [`update`](ConcurrentAttrMap::update)
-/// publishes once for all the sets it makes: batch where you can.
+/// A write pays its sets, the replay of the previous write's (none when it covers
+/// them), the swap, and a record of each set that changed something. Once the two maps
+/// have diverged they share no node, so every set changes its map in place: no copy,
+/// whatever the map holds. The swap pays arc-swap's debts with a locked
+/// compare-exchange on each of the nine debt slots of every thread that has read the
+/// map, so a write's fixed cost grows with the number of reading threads.
+///
+/// Measured on a shared 2-core machine (`cargo bench -p veil-attrs -- concurrent`), in
+/// the benchmark's 64 GiB guest after 100,000 scattered conversions (every 1 GiB region
+/// a 32 KiB bitmap), with one thread: a single-page set at a random place costs about
+/// 40 ns plain and 155 ns published (3.8 us when a write published a clone and copied
+/// the region's bitmap), one page set back and forth 86 ns published, and an aligned
+/// 1 GiB set about 150 ns plain and 320 ns published. veil-memory's 4 KiB round trip,
+/// two published writes and everything else two conversions do, takes about 3,100
+/// user-space instructions. [`update`](ConcurrentAttrMap::update) publishes once for
+/// all the sets it makes: batch where you can.
 ///
 /// A write that finds its spare pinned pays a clone instead (the 64-slot root), and
 /// then it and the next few writes copy the paths they change while the clone and the
@@ -373,6 +385,15 @@ mod tests {
     use crate::map::Run;
     use crate::range::PAGE_SHIFT;
 
+    /// Stops reader threads however the writer ends, a failed assertion included.
+    struct Stop<'a>(&'a AtomicBool);
+
+    impl Drop for Stop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+
     /// 4 TiB: five levels, so R below crosses leaves, regions and upper nodes.
     const FRAMES: u64 = 1 << 30;
     /// R: a large range with unaligned edges, wholly one state in every version.
@@ -491,13 +512,6 @@ mod tests {
                     })
                 })
                 .collect();
-            // Stops the readers however the writer ends, a failed assertion included.
-            struct Stop<'a>(&'a AtomicBool);
-            impl Drop for Stop<'_> {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::Release);
-                }
-            }
             let stop = Stop(&done);
             for v in 2..=VERSIONS {
                 let changes = map.update(|m| {
@@ -780,6 +794,58 @@ mod tests {
             model.set(r, Attributes::PRIVATE).unwrap();
         }
         assert_eq!(*map.snapshot(), model);
+    }
+
+    #[test]
+    fn readers_never_see_a_reused_map_change() {
+        // Two pages always set together, by one update: a reader that ever saw them
+        // differ would have seen half a write, or a map being reused under it.
+        let map = ConcurrentAttrMap::new(AttrMap::new(64 << 20).unwrap());
+        let (a, b) = (page(4096), page(9000));
+        let writes = if cfg!(miri) { 40 } else { 4000 };
+        let done = AtomicBool::new(false);
+        thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let mut last = 0;
+                    while !done.load(Ordering::Acquire) {
+                        let (x, y, version) = map.read(|m| {
+                            let version = m.get(Gfn(100)).unwrap().tag.map_or(0, Tag::get);
+                            (
+                                m.get(a.start()).unwrap(),
+                                m.get(b.start()).unwrap(),
+                                version,
+                            )
+                        });
+                        assert_eq!(x.attributes, y.attributes, "half a write seen");
+                        assert!(version >= last, "version {version} after {last}");
+                        last = version;
+                        let snap = map.snapshot();
+                        assert_eq!(snap.get(a.start()), snap.get(b.start()));
+                    }
+                });
+            }
+            let _stop = Stop(&done);
+            for v in 1..=writes {
+                let to = if v % 2 == 1 {
+                    Attributes::PRIVATE
+                } else {
+                    Attributes::empty()
+                };
+                map.update(|m| {
+                    m.set(a, to).unwrap();
+                    m.set(b, to).unwrap();
+                    // Every third write also moves a version counter elsewhere, so the
+                    // next write replays instead of covering what the spare lacks.
+                    if v % 3 == 0 {
+                        let tag = Tag::new(u16::try_from(v).unwrap()).unwrap();
+                        m.set_state(page(100), PageState::tagged(Attributes::empty(), tag))
+                            .unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(map.get(a.start()), map.get(b.start()));
     }
 
     #[test]
