@@ -100,7 +100,7 @@ struct Writer {
     replayed: u64,
 }
 
-/// A journal longer than this gives its memory back once replayed.
+/// A journal that held more sets than this gives its memory back once emptied.
 const JOURNAL_KEEP: usize = 1024;
 
 /// The map inside [`ConcurrentAttrMap::update`], for the one writer.
@@ -313,12 +313,16 @@ impl ConcurrentAttrMap {
         f: impl FnOnce(&mut AttrMapWriter<'_>) -> R,
     ) -> R {
         let w = &mut *writer;
+        // The two lists swap roles at every publish: whichever is empty here gives back
+        // what a long write made it hold.
         w.recording.clear();
-        // The spare, if no reader holds it; it lacks the journal's sets.
-        // No reader can take a new reference to a map once the swap that retired it has
-        // returned (it paid every debt on it): a count of one stays one, and `make_mut`
-        // below confirms it with the one atomic exchange that orders this writer after
-        // the last reader.
+        if w.recording.capacity() > JOURNAL_KEEP {
+            w.recording = Vec::new();
+        }
+        // The spare, if no reader holds it; it lacks the journal's sets. No reader can
+        // take a new reference to a map once the swap that retired it has returned (it
+        // paid every debt on it): a count of one stays one, and `make_mut` below confirms
+        // it with the one atomic exchange that orders this writer after the last reader.
         let mut spare = match w.spare.take() {
             Some(spare) if Arc::strong_count(&spare) == 1 => spare,
             _ => {
@@ -362,6 +366,13 @@ impl ConcurrentAttrMap {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clones
+    }
+
+    /// The capacities of the journal and of the write's record (tests only).
+    #[cfg(test)]
+    fn journal_capacity(&self) -> (usize, usize) {
+        let w = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        (w.journal.capacity(), w.recording.capacity())
     }
 
     /// Sets replayed on a spare so far (tests only).
@@ -846,6 +857,31 @@ mod tests {
             }
         });
         assert_eq!(map.get(a.start()), map.get(b.start()));
+    }
+
+    #[test]
+    fn a_long_write_gives_its_journal_memory_back() {
+        let map = ConcurrentAttrMap::new(small());
+        let mut model = small();
+        // One write of many sets: its journal is long, and the next write replays it.
+        let pages: Vec<u64> = (0..3 * JOURNAL_KEEP as u64)
+            .map(|k| 400_000 + 2 * k)
+            .collect();
+        map.update(|m| {
+            for &g in &pages {
+                m.set(page(g), Attributes::PRIVATE).unwrap();
+            }
+        });
+        for &g in &pages {
+            model.set(page(g), Attributes::PRIVATE).unwrap();
+        }
+        assert!(map.journal_capacity().0 > JOURNAL_KEEP);
+        for g in [1, 3, 5] {
+            both(&map, &mut model, page(g), PageState::PRIVATE);
+        }
+        let (journal, recording) = map.journal_capacity();
+        assert!(journal <= JOURNAL_KEEP && recording <= JOURNAL_KEEP);
+        assert_eq!(map.replayed() as usize, pages.len() + 2);
     }
 
     #[test]
