@@ -1,7 +1,8 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Conversion cost against the bare system calls, measured in the same run.
+//! What veil's conversions and host accesses cost against baselines measured in the same
+//! run.
 //!
 //! - Round trip shared -> private -> shared of 4 KiB and 2 MiB on guest_memfd, in-place
 //!   flavor with `Discard`, against `mprotect` + punch hole issued directly on a second
@@ -13,17 +14,23 @@
 //! - Checkerboard: a 1 GiB range whose 262,144 pages alternate private and shared,
 //!   converted to all-shared, in the attributes flavor (recording fake of the ioctl) and
 //!   in-place with `Preserve`, with the calls veil issued counted.
+//! - Host reads: 16-byte and 4 KiB reads through `vm-memory`'s `Bytes::read_slice`, as a
+//!   device model reads descriptors and buffers, from an emulated region (a memfd)
+//!   against `vm-memory`'s own `GuestMemoryMmap` over a memfd mapped the same way.
 //!
-//! Needs `/dev/kvm` with mmap-able guest_memfd (and, for the in-place checkerboard, a
-//! `vm.max_map_count` above the 131,072 mappings alternate protections need: the bench
-//! raises it for the run when it can, and puts it back).
+//! Conversions need `/dev/kvm` with mmap-able guest_memfd (and, for the in-place
+//! checkerboard, a `vm.max_map_count` above the 131,072 mappings alternate protections
+//! need: the bench raises it for the run when it can, and puts it back); host reads need
+//! no KVM.
 //!
 //! `cargo bench -p veil-memory -- 4KiB` runs one workload (`4KiB`, `2MiB`,
-//! `checkerboard`). Each side of a round trip is one function that is never inlined,
-//! `veil_round_trip` and `raw_round_trip`, so that an instruction profile tells them
-//! apart: run the bench binary as `valgrind --tool=callgrind <binary> --bench 4KiB` and
-//! compare the two functions' inclusive counts per call (user-space instructions only;
-//! the kernel's work is the same on both sides).
+//! `checkerboard`, `host-read`, or one size of it: `host-read-16B`, `host-read-4KiB`).
+//! Each side of a comparison is one function that is never inlined, `veil_round_trip`
+//! and `raw_round_trip` (`veil_host_reads` and `vm_memory_host_reads` for host reads), so
+//! that an instruction profile tells them apart: run the bench binary as
+//! `valgrind --tool=callgrind <binary> --bench 4KiB` and compare the two functions'
+//! inclusive counts per call (user-space instructions only; the kernel's work is the
+//! same on both sides).
 
 use std::hint::black_box;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -33,7 +40,9 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_create_guest_memfd;
 use kvm_ioctls::{Kvm, VmFd};
 use veil_memory::veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE};
-use veil_memory::vm_memory::{GuestAddress, GuestMemoryBackend};
+use veil_memory::vm_memory::{
+    Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
+};
 use veil_memory::{
     ContentPolicy, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCaps,
     HostSafeMemory, KvmSideMapping, RecordingAttributesVm, RegionSpec,
@@ -285,6 +294,95 @@ fn round_trips(vm: &VmFd, caps: &HostCaps, wanted: impl Fn(&str) -> bool) {
     }
 }
 
+/// Reads `buf.len()` bytes at each of `addrs` through `vm-memory`'s `Bytes`.
+#[inline(always)]
+fn host_reads<M: GuestMemory>(mem: &M, addrs: &[GuestAddress], buf: &mut [u8]) {
+    for &addr in addrs {
+        mem.read_slice(buf, addr).unwrap();
+        black_box(&mut *buf);
+    }
+}
+
+/// [`host_reads`] from veil's memory.
+#[inline(never)]
+fn veil_host_reads(mem: &HostSafeMemory, addrs: &[GuestAddress], buf: &mut [u8]) {
+    host_reads(mem, addrs, buf);
+}
+
+/// [`host_reads`] from `vm-memory`'s own memory: the baseline.
+#[inline(never)]
+fn vm_memory_host_reads(mem: &GuestMemoryMmap, addrs: &[GuestAddress], buf: &mut [u8]) {
+    host_reads(mem, addrs, buf);
+}
+
+/// Host reads of 16 bytes (a virtio descriptor) and of 4 KiB, one at a time, from an
+/// emulated region against `vm-memory`'s `GuestMemoryMmap` over a memfd of the same size
+/// mapped shared the same way. veil's memory has one private page elsewhere, so its
+/// attribute map is not uniform.
+fn host_reads_against_vm_memory(wanted: impl Fn(&str) -> bool) {
+    const LEN: u64 = 64 << 20;
+    const BASE: u64 = 16 << 20;
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(0, LEN, Flavor::Emulated).policy(ContentPolicy::Preserve))
+        .build()
+        .expect("emulated memory");
+    mem.convert_gpa(32 << 20, PAGE_SIZE, Attributes::PRIVATE)
+        .expect("one private page");
+    let memfd = {
+        // SAFETY: plain system call with a static name; the result is checked.
+        let raw = unsafe { libc::memfd_create(c"vm-memory-baseline".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(
+            raw >= 0,
+            "memfd_create: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a new descriptor nothing else owns.
+        std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) })
+    };
+    memfd.set_len(LEN).expect("memfd size");
+    let baseline = GuestMemoryMmap::<()>::from_ranges_with_files([(
+        GuestAddress(0),
+        LEN as usize,
+        Some(FileOffset::new(memfd, 0)),
+    )])
+    .expect("vm-memory memory");
+    // Both sides populated, so no read takes a page fault.
+    let zeros = vec![0u8; 1 << 20];
+    for gpa in (BASE..BASE + (1 << 20)).step_by(zeros.len()) {
+        mem.write_slice(&zeros, GuestAddress(gpa)).unwrap();
+        baseline.write_slice(&zeros, GuestAddress(gpa)).unwrap();
+    }
+    // 16 bytes: a descriptor table's 256 entries; 4 KiB: 16 consecutive pages.
+    for (name, size, count, batches) in [("16B", 16, 256, 20_000), ("4KiB", 4096, 16, 20_000)] {
+        let name = format!("host-read-{name}");
+        if !wanted("host-read") && !wanted(&name) {
+            continue;
+        }
+        let addrs: Vec<GuestAddress> = (0..count)
+            .map(|i| GuestAddress(BASE + i * size as u64))
+            .collect();
+        let (mut vbuf, mut bbuf) = (vec![0u8; size], vec![0u8; size]);
+        let (v, b) = measure(
+            batches,
+            || {
+                let t = Instant::now();
+                veil_host_reads(&mem, &addrs, &mut vbuf);
+                t.elapsed()
+            },
+            || {
+                let t = Instant::now();
+                vm_memory_host_reads(&baseline, &addrs, &mut bbuf);
+                t.elapsed()
+            },
+        );
+        let (v, b) = (v / count as f64, b / count as f64);
+        println!(
+            "memory-bench: {name}: veil {v:.1} ns/op vm-memory {b:.1} ns/op ratio {:.2}x",
+            v / b
+        );
+    }
+}
+
 /// Raises `vm.max_map_count` to at least `want` for the run; the old value to restore.
 fn raise_max_map_count(want: u64) -> Option<u64> {
     let old: u64 = std::fs::read_to_string(MAX_MAP_COUNT)
@@ -387,6 +485,22 @@ fn main() {
         println!("memory-bench: skipped (run with cargo bench)");
         return;
     }
+    // `cargo bench -p veil-memory -- 4KiB` runs one workload.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
+    println!("memory-bench: note: a shared 2-core machine; numbers are noisy");
+    if ["host-read", "host-read-16B", "host-read-4KiB"]
+        .into_iter()
+        .any(&wanted)
+    {
+        host_reads_against_vm_memory(wanted);
+    }
+    if !["4KiB", "2MiB", "checkerboard"].into_iter().any(wanted) {
+        return;
+    }
     let Ok(kvm) = Kvm::new() else {
         println!("memory-bench: skipped: cannot open /dev/kvm");
         return;
@@ -397,13 +511,6 @@ fn main() {
         return;
     }
     let vm = kvm.create_vm().expect("VM");
-    // `cargo bench -p veil-memory -- 4KiB` runs one workload.
-    let only: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with("--"))
-        .collect();
-    let wanted = |name: &str| only.is_empty() || only.iter().any(|o| o == name);
-    println!("memory-bench: note: a shared 2-core machine; numbers are noisy");
     round_trips(&vm, &caps, wanted);
     if wanted("checkerboard") {
         checkerboard(&vm, &caps);
