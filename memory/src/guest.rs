@@ -31,7 +31,7 @@ use crate::convert::{
     self, Conversion, ConversionListener, ConvertError, Op, Plan, RegionPlan, StateChange,
     StateChanges, StepKind,
 };
-use crate::lease::{AccessLock, ExclusiveGuard, HostAccessLease};
+use crate::lease::{AccessLock, ExclusiveGuard, HostAccessLease, HostAccessLeases};
 use crate::region::{Backing, ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
 use crate::sys::{self, Access, Mapping};
 
@@ -81,27 +81,28 @@ pub fn host_access_error(e: &GuestMemoryError) -> Option<&HostAccessError> {
 }
 
 /// Fails with [`HostAccessError::Private`] if any byte of `[gpa, gpa + len)` is private.
+#[inline]
 fn check_shared(map: &AttrMap, gpa: u64, len: usize) -> Result<(), HostAccessError> {
-    let not_memory = HostAccessError::NotGuestMemory { addr: gpa, len };
+    let not_memory = || HostAccessError::NotGuestMemory { addr: gpa, len };
     if len == 0 {
         return Ok(());
     }
-    let last = gpa
-        .checked_add(len as u64 - 1)
-        .ok_or_else(|| not_memory.clone())?;
-    let pages = FrameRange::from_bounds(Gfn(gpa >> PAGE_SHIFT), Gfn((last >> PAGE_SHIFT) + 1))
-        .ok_or_else(|| not_memory.clone())?;
-    let runs = map.runs(pages).map_err(|_| not_memory)?;
-    for run in runs {
-        if run.state.is_private() {
-            return Err(HostAccessError::Private {
-                addr: gpa,
-                len,
-                private: run.range,
-            });
-        }
+    let last = gpa.checked_add(len as u64 - 1).ok_or_else(not_memory)?;
+    let (first, last) = (Gfn(gpa >> PAGE_SHIFT), Gfn(last >> PAGE_SHIFT));
+    // Most accesses (a descriptor, a header) stay inside one page: one lookup.
+    if first == last && !map.get(first).map_err(|_| not_memory())?.is_private() {
+        return Ok(());
     }
-    Ok(())
+    let pages = FrameRange::from_bounds(first, Gfn(last.0 + 1)).ok_or_else(not_memory)?;
+    let mut runs = map.runs(pages).map_err(|_| not_memory())?;
+    match runs.find(|run| run.state.is_private()) {
+        Some(run) => Err(HostAccessError::Private {
+            addr: gpa,
+            len,
+            private: run.range,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A guest-physically contiguous run of regions, mapped contiguously in the host: what
@@ -121,11 +122,12 @@ pub struct GuestSpan {
 
 impl GuestSpan {
     /// Checks `[offset, offset + count)` is inside the span and shared, under a lease.
+    #[inline]
     fn lease(
         &self,
         offset: u64,
         count: usize,
-    ) -> Result<(HostAccessLease, *mut u8), HostAccessError> {
+    ) -> Result<(HostAccessLease<'_>, *mut u8), HostAccessError> {
         let gpa = self.start.0.wrapping_add(offset);
         let inside = offset
             .checked_add(count as u64)
@@ -142,11 +144,12 @@ impl GuestSpan {
         Ok((lease, (self.host + offset as usize) as *mut u8))
     }
 
+    #[inline]
     fn slice(
         &self,
         offset: u64,
         count: usize,
-    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, HostAccessLease>> {
+    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, HostAccessLease<'_>>> {
         let (lease, ptr) = self.lease(offset, count).map_err(|e| match e {
             HostAccessError::NotGuestMemory { .. } => GuestMemoryError::InvalidBackendAddress,
             private => private.into(),
@@ -174,7 +177,7 @@ impl GuestSpan {
 }
 
 impl GuestMemoryRegion for GuestSpan {
-    type B = HostAccessLease;
+    type B = HostAccessLeases;
 
     fn len(&self) -> GuestUsize {
         self.len
@@ -184,7 +187,7 @@ impl GuestMemoryRegion for GuestSpan {
         self.start
     }
 
-    fn bitmap(&self) -> HostAccessLease {
+    fn bitmap(&self) -> HostAccessLease<'_> {
         HostAccessLease::default()
     }
 
@@ -202,11 +205,12 @@ impl GuestMemoryRegion for GuestSpan {
         Ok(ptr)
     }
 
+    #[inline]
     fn get_slice(
         &self,
         offset: MemoryRegionAddress,
         count: usize,
-    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, HostAccessLease>> {
+    ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, HostAccessLease<'_>>> {
         self.slice(offset.0, count)
     }
 }
@@ -1029,6 +1033,12 @@ impl HostSafeMemory {
         }
     }
 
+    /// The host-access lock (tests only).
+    #[cfg(test)]
+    pub(crate) fn access_lock(&self) -> &AccessLock {
+        &self.lock
+    }
+
     /// Makes the `n`th system call from now fail with `errno` (tests only).
     #[cfg(test)]
     pub(crate) fn fail_call_after(&self, n: usize, errno: i32) {
@@ -1043,6 +1053,7 @@ impl GuestMemoryBackend for HostSafeMemory {
         self.spans.len()
     }
 
+    #[inline]
     fn find_region(&self, addr: GuestAddress) -> Option<&GuestSpan> {
         let i = self.spans.partition_point(|s| s.start <= addr);
         let s = self.spans.get(i.checked_sub(1)?)?;

@@ -28,7 +28,7 @@ pub use guest::{
     BuildError, ConversionStats, GuestMemoryBuilder, GuestSpan, HostAccessError, HostSafeMemory,
     ListenerId, host_access_error,
 };
-pub use lease::HostAccessLease;
+pub use lease::{HostAccessLease, HostAccessLeases};
 pub use region::{ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
 
 // Re-exported so users name the same versions veil builds with.

@@ -637,6 +637,39 @@ fn concurrent_host_access_never_faults_during_conversions() {
 }
 
 #[test]
+fn a_subslice_outliving_its_slice_holds_off_conversions_to_private() {
+    let mem = emulated();
+    fill(&mem, MIB + 0x3000, 16, 0x5a);
+    let slice = mem.get_slice(GuestAddress(MIB + 0x3000), 16).unwrap();
+    assert!(slice.bitmap().is_held());
+    let region = mem.find_region(GuestAddress(MIB)).unwrap();
+    assert!(!region.bitmap().is_held());
+    let sub = slice.subslice(8, 8).unwrap();
+    drop(slice);
+    let converted = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let converter = s.spawn(|| {
+            mem.convert(fr(0x103, 1), PRIVATE).unwrap();
+            converted.store(true, Ordering::SeqCst);
+        });
+        // The conversion waits for `sub`, which stays readable meanwhile.
+        crate::lease::tests::until_parked(mem.access_lock());
+        assert!(!converted.load(Ordering::SeqCst));
+        let mut bytes = [0u8; 8];
+        sub.copy_to(&mut bytes);
+        assert_eq!(bytes, [0x5a; 8]);
+        drop(sub);
+        converter.join().unwrap();
+    });
+    assert!(converted.load(Ordering::SeqCst));
+    let err = mem.read_slice(&mut [0; 8], GuestAddress(MIB + 0x3008));
+    assert!(matches!(
+        private_err(&err.unwrap_err()),
+        HostAccessError::Private { .. }
+    ));
+}
+
+#[test]
 fn raw_pointer_to_a_page_made_private_faults() {
     let mem = emulated();
     let ptr = mem.get_host_address(GuestAddress(MIB + 0x3000)).unwrap();
