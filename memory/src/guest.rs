@@ -10,8 +10,6 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use kvm_bindings::kvm_userspace_memory_region2;
-use kvm_ioctls::VmFd;
 use smallvec::SmallVec;
 use veil_attrs::{
     AttrMap, AttrMapWriter, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState,
@@ -398,7 +396,7 @@ impl<'a> GuestMemoryBuilder<'a> {
         self
     }
 
-    /// Where guest_memfds come from (a [`VmFd`]); needed by attributes and in-place
+    /// Where guest_memfds come from (a [`VmFd`](kvm_ioctls::VmFd)); needed by attributes and in-place
     /// regions.
     pub fn guest_memfd_source(mut self, source: &'a dyn GuestMemfdSource) -> Self {
         self.guest_memfd_source = Some(source);
@@ -706,31 +704,6 @@ impl HostSafeMemory {
     /// The state of one frame.
     pub fn state(&self, gfn: Gfn) -> Result<PageState, RangeError> {
         self.attrs.get(gfn)
-    }
-
-    /// The memory slots of every region, numbered from `first_slot`, for
-    /// `KVM_SET_USER_MEMORY_REGION2`.
-    pub fn memslots(&self, first_slot: u32) -> Vec<kvm_userspace_memory_region2> {
-        (first_slot..)
-            .zip(&self.regions)
-            .map(|(slot, r)| r.memslot(slot))
-            .collect()
-    }
-
-    /// Registers every region with `vm` as slots `first_slot..`.
-    ///
-    /// # Safety
-    ///
-    /// The VM keeps using the mappings and guest_memfds of this memory: it must be
-    /// dropped only after the slots are deleted or the VM is gone.
-    pub unsafe fn register_memslots(&self, vm: &VmFd, first_slot: u32) -> io::Result<()> {
-        for slot in self.memslots(first_slot) {
-            // SAFETY: the slot describes memory owned by `self`, which the caller keeps
-            // alive as long as the VM uses it.
-            unsafe { vm.set_user_memory_region2(slot) }
-                .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
-        }
-        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `gpa`, all or nothing, refusing private memory.

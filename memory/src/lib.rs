@@ -9,6 +9,7 @@ mod caps;
 mod convert;
 mod guest;
 mod lease;
+mod memslot;
 mod region;
 mod sys;
 
@@ -29,6 +30,7 @@ pub use guest::{
     ListenerId, host_access_error,
 };
 pub use lease::{HostAccessLease, HostAccessLeases};
+pub use memslot::MemslotError;
 pub use region::{ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
 
 // Re-exported so users name the same versions veil builds with.
