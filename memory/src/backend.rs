@@ -177,6 +177,16 @@ fn check_range(offset: u64, len: u64, size: u64) -> Result<(), BackendError> {
     }
 }
 
+/// Punches `[offset, offset + len)` out of `fd`, a backing of `size` bytes.
+fn discard(fd: BorrowedFd<'_>, size: u64, offset: u64, len: u64) -> Result<(), BackendError> {
+    check_range(offset, len, size)?;
+    sys::punch_hole(fd, offset, len).map_err(|source| BackendError::Discard {
+        offset,
+        len,
+        source,
+    })
+}
+
 /// Whatever can create guest_memfds: a KVM VM, or a stand-in in tests.
 pub trait GuestMemfdSource {
     /// The guest_memfd flags this source accepts (`KVM_CAP_GUEST_MEMFD_FLAGS`); fails
@@ -269,12 +279,7 @@ impl GuestMemfd {
     /// Frees the memory of `[offset, offset + len)` (punches a hole): the guest and any
     /// mapping then see zeros there.
     pub fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        sys::punch_hole(self.fd.as_fd(), offset, len).map_err(|source| BackendError::Discard {
-            offset,
-            len,
-            source,
-        })
+        discard(self.fd.as_fd(), self.size, offset, len)
     }
 
     /// Allocates the memory of `[offset, offset + len)` now rather than on first use.
@@ -386,12 +391,7 @@ impl SharedMemfd {
 
     /// Frees the memory of `[offset, offset + len)`: every mapping then reads zeros there.
     pub fn discard(&self, offset: u64, len: u64) -> Result<(), BackendError> {
-        check_range(offset, len, self.size)?;
-        sys::punch_hole(self.fd.as_fd(), offset, len).map_err(|source| BackendError::Discard {
-            offset,
-            len,
-            source,
-        })
+        discard(self.fd.as_fd(), self.size, offset, len)
     }
 
     /// A read-write shared mapping of the whole memfd.
