@@ -44,8 +44,8 @@ use veil_memory::vm_memory::{
     Bytes, FileOffset, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap,
 };
 use veil_memory::{
-    ContentPolicy, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCaps,
-    HostSafeMemory, KvmSideMapping, RecordingAttributesVm, RegionSpec,
+    ContentPolicy, ConversionStats, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
+    HostCaps, HostSafeMemory, KvmSideMapping, RecordingAttributesVm, RegionSpec,
 };
 
 const GIB: u64 = 1 << 30;
@@ -176,6 +176,13 @@ fn touch(ptr: *mut u8, len: u64) {
     }
 }
 
+/// How long `f` takes.
+fn timed(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
 /// Median time of one round trip, in ns, for veil and raw. The two alternate one
 /// operation at a time (and which goes first alternates too), so that load from
 /// elsewhere on the machine hits both alike; medians ignore the operations that a
@@ -240,15 +247,11 @@ fn round_trips(vm: &VmFd, caps: &HostCaps, wanted: impl Fn(&str) -> bool) {
             iters,
             || {
                 touch(host, size);
-                let t = Instant::now();
-                veil_round_trip(&mem, range);
-                t.elapsed()
+                timed(|| veil_round_trip(&mem, range))
             },
             || {
                 raw.touch(off, size);
-                let t = Instant::now();
-                raw_round_trip(&raw, off, size);
-                t.elapsed()
+                timed(|| raw_round_trip(&raw, off, size))
             },
         );
         // Same calls on both sides: 2 mprotect + 2 punches per round trip.
@@ -274,15 +277,11 @@ fn round_trips(vm: &VmFd, caps: &HostCaps, wanted: impl Fn(&str) -> bool) {
                 iters / 2,
                 || {
                     hosts.iter().for_each(|&h| touch(h, PAGE_SIZE));
-                    let t = Instant::now();
-                    veil_interleaved(&mem, pages);
-                    t.elapsed() / 2
+                    timed(|| veil_interleaved(&mem, pages)) / 2
                 },
                 || {
                     offs.iter().for_each(|&o| raw.touch(o, PAGE_SIZE));
-                    let t = Instant::now();
-                    raw_interleaved(&raw, offs);
-                    t.elapsed() / 2
+                    timed(|| raw_interleaved(&raw, offs)) / 2
                 },
             );
             println!(
@@ -372,38 +371,21 @@ fn host_reads_against_vm_memory(wanted: impl Fn(&str) -> bool) {
             .map(|i| GuestAddress(BASE + i * size as u64))
             .collect();
         let (mut vbuf, mut bbuf) = (vec![0u8; size], vec![0u8; size]);
-        let (v, b) = measure(
-            batches,
-            || {
-                let t = Instant::now();
-                veil_host_reads(&mem, &addrs, &mut vbuf);
-                t.elapsed()
-            },
-            || {
-                let t = Instant::now();
-                vm_memory_host_reads(&baseline, &addrs, &mut bbuf);
-                t.elapsed()
-            },
-        );
-        let (v, b) = (v / count as f64, b / count as f64);
+        // ns per read of `veil_side` and of the baseline, measured alternately.
+        let mut per_read = |veil_side: fn(&HostSafeMemory, &[GuestAddress], &mut [u8])| {
+            let (v, b) = measure(
+                batches,
+                || timed(|| veil_side(&mem, &addrs, &mut vbuf)),
+                || timed(|| vm_memory_host_reads(&baseline, &addrs, &mut bbuf)),
+            );
+            (v / count as f64, b / count as f64)
+        };
+        let (v, b) = per_read(veil_host_reads);
         println!(
             "memory-bench: {name}: veil {v:.1} ns/op vm-memory {b:.1} ns/op ratio {:.2}x",
             v / b
         );
-        let (o, b) = measure(
-            batches,
-            || {
-                let t = Instant::now();
-                veil_own_host_reads(&mem, &addrs, &mut vbuf);
-                t.elapsed()
-            },
-            || {
-                let t = Instant::now();
-                vm_memory_host_reads(&baseline, &addrs, &mut bbuf);
-                t.elapsed()
-            },
-        );
-        let (o, b) = (o / count as f64, b / count as f64);
+        let (o, b) = per_read(veil_own_host_reads);
         println!(
             "memory-bench: note: {name} through HostSafeMemory::host_read (no vm-memory \
              slices): veil {o:.1} ns/op vm-memory {b:.1} ns/op ratio {:.2}x",
@@ -431,6 +413,33 @@ fn raise_max_map_count(want: u64) -> Option<u64> {
     }
 }
 
+/// Converts `whole`, a checkerboard of `pages` pages, to shared, prints how long it took
+/// and the calls it issued, and returns those.
+fn checkerboard_to_shared(
+    label: &str,
+    mem: &HostSafeMemory,
+    whole: FrameRange,
+    pages: u64,
+) -> ConversionStats {
+    let before = mem.stats();
+    let t = Instant::now();
+    let done = mem.convert(whole, Attributes::empty()).unwrap();
+    let took = t.elapsed();
+    let c = mem.stats().since(&before);
+    assert_eq!(done.pages_changed, pages / 2);
+    println!(
+        "memory-bench: checkerboard: {label}: {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
+        pages,
+        pages / 2,
+        took.as_secs_f64() * 1e3,
+        c.total(),
+        c.set_memory_attributes,
+        c.discards,
+        c.protections
+    );
+    c
+}
+
 fn checkerboard(vm: &VmFd, caps: &HostCaps) {
     let pages = GIB / PAGE_SIZE;
     let whole = FrameRange::new(Gfn(0), pages).unwrap();
@@ -450,23 +459,8 @@ fn checkerboard(vm: &VmFd, caps: &HostCaps) {
     mem.convert_ranges(&privates, Attributes::PRIVATE).unwrap();
     assert_eq!(mem.attributes().snapshot().run_count() as u64, pages);
     fake.clear();
-    let before = mem.stats();
-    let t = Instant::now();
-    let done = mem.convert(whole, Attributes::empty()).unwrap();
-    let took = t.elapsed();
-    let c = mem.stats().since(&before);
-    assert_eq!(done.pages_changed, pages / 2);
+    let c = checkerboard_to_shared("attributes (fake ioctl)", &mem, whole, pages);
     assert_eq!(fake.call_count() as u64, c.set_memory_attributes);
-    println!(
-        "memory-bench: checkerboard: attributes (fake ioctl): {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
-        pages,
-        pages / 2,
-        took.as_secs_f64() * 1e3,
-        c.total(),
-        c.set_memory_attributes,
-        c.discards,
-        c.protections
-    );
     drop(mem);
 
     // In-place, Preserve: alternate protections need one mapping per page.
@@ -479,22 +473,7 @@ fn checkerboard(vm: &VmFd, caps: &HostCaps) {
         .expect("in-place memory");
     match mem.convert_ranges(&privates, Attributes::PRIVATE) {
         Ok(_) => {
-            let before = mem.stats();
-            let t = Instant::now();
-            let done = mem.convert(whole, Attributes::empty()).unwrap();
-            let took = t.elapsed();
-            let c = mem.stats().since(&before);
-            assert_eq!(done.pages_changed, pages / 2);
-            println!(
-                "memory-bench: checkerboard: in-place preserve: {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
-                pages,
-                pages / 2,
-                took.as_secs_f64() * 1e3,
-                c.total(),
-                c.set_memory_attributes,
-                c.discards,
-                c.protections
-            );
+            checkerboard_to_shared("in-place preserve", &mem, whole, pages);
         }
         Err(e) => println!(
             "memory-bench: checkerboard: in-place preserve: setting up the checkerboard failed: {e} ({:?}); raise {MAX_MAP_COUNT}",
