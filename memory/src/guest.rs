@@ -142,16 +142,27 @@ impl GuestSpan {
         Ok((lease, (self.host + offset as usize) as *mut u8))
     }
 
+    /// [`lease`](Self::lease), failing as `vm-memory` expects of a region: an access
+    /// outside it is an invalid region address.
+    #[inline]
+    fn region_lease(
+        &self,
+        offset: u64,
+        count: usize,
+    ) -> vm_memory::guest_memory::Result<(HostAccessLease<'_>, *mut u8)> {
+        self.lease(offset, count).map_err(|e| match e {
+            HostAccessError::NotGuestMemory { .. } => GuestMemoryError::InvalidBackendAddress,
+            private => private.into(),
+        })
+    }
+
     #[inline]
     fn slice(
         &self,
         offset: u64,
         count: usize,
     ) -> vm_memory::guest_memory::Result<VolatileSlice<'_, HostAccessLease<'_>>> {
-        let (lease, ptr) = self.lease(offset, count).map_err(|e| match e {
-            HostAccessError::NotGuestMemory { .. } => GuestMemoryError::InvalidBackendAddress,
-            private => private.into(),
-        })?;
+        let (lease, ptr) = self.region_lease(offset, count)?;
         // SAFETY: `ptr..ptr + count` lies in the span's host view, which lives as long as
         // the guest memory `self` borrows from; it is shared (checked above) and stays
         // accessible while `lease` (moved into the slice) is alive. Guest memory is only
@@ -196,10 +207,7 @@ impl GuestMemoryRegion for GuestSpan {
         &self,
         addr: MemoryRegionAddress,
     ) -> vm_memory::guest_memory::Result<*mut u8> {
-        let (_lease, ptr) = self.lease(addr.0, 1).map_err(|e| match e {
-            HostAccessError::NotGuestMemory { .. } => GuestMemoryError::InvalidBackendAddress,
-            private => private.into(),
-        })?;
+        let (_lease, ptr) = self.region_lease(addr.0, 1)?;
         Ok(ptr)
     }
 
