@@ -12,7 +12,7 @@ use veil_memory::veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE};
 use veil_memory::vm_memory::{GuestAddress, GuestMemoryBackend};
 use veil_memory::{
     ContentPolicy, ConversionListener, Flavor, HostAccessError, HostCaps, HostSafeMemory,
-    RegionSpec, StateChange,
+    RegionSpec, StateChange, host_access_error,
 };
 use veil_tests::kvm_or_skip;
 
@@ -149,7 +149,18 @@ fn concurrent_conversions_agree_page_by_page() {
                         // A host read racing with the others' conversions either
                         // succeeds or is refused; it never faults.
                         let mut b = [0u8; 64];
-                        let _ = mem.host_read(start * PAGE_SIZE + 4064, &mut b);
+                        let gpa = start * PAGE_SIZE + 4064;
+                        let _ = mem.host_read(gpa, &mut b);
+                        // The same through vm-memory, with a subslice (a clone of the
+                        // lease) outliving the slice it came from.
+                        match mem.get_slice(GuestAddress(gpa), 64) {
+                            Ok(slice) => {
+                                let sub = slice.subslice(32, 32).unwrap();
+                                drop(slice);
+                                sub.copy_to(&mut b[..32]);
+                            }
+                            Err(e) => assert!(host_access_error(&e).is_some(), "{e}"),
+                        }
                     }
                 });
             }
