@@ -428,7 +428,8 @@ fn checkerboard_to_shared(
     let c = mem.stats().since(&before);
     assert_eq!(done.pages_changed, pages / 2);
     println!(
-        "memory-bench: checkerboard: {label}: {} pages, {} runs to shared in {:.1} ms: {} calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
+        "memory-bench: checkerboard: {label}: {} pages, {} runs to shared in {:.1} ms: {} \
+         calls ({} KVM_SET_MEMORY_ATTRIBUTES, {} discard, {} mprotect) target <= 4",
         pages,
         pages / 2,
         took.as_secs_f64() * 1e3,
@@ -476,7 +477,8 @@ fn checkerboard(vm: &VmFd, caps: &HostCaps) {
             checkerboard_to_shared("in-place preserve", &mem, whole, pages);
         }
         Err(e) => println!(
-            "memory-bench: checkerboard: in-place preserve: setting up the checkerboard failed: {e} ({:?}); raise {MAX_MAP_COUNT}",
+            "memory-bench: checkerboard: in-place preserve: setting up the checkerboard \
+             failed: {e} ({:?}); raise {MAX_MAP_COUNT}",
             e.errno()
         ),
     }

@@ -404,8 +404,8 @@ impl<'a> GuestMemoryBuilder<'a> {
         self
     }
 
-    /// Where guest_memfds come from (a [`VmFd`](kvm_ioctls::VmFd)); needed by attributes and in-place
-    /// regions.
+    /// Where guest_memfds come from (a [`VmFd`](kvm_ioctls::VmFd)); needed by attributes
+    /// and in-place regions.
     pub fn guest_memfd_source(mut self, source: &'a dyn GuestMemfdSource) -> Self {
         self.guest_memfd_source = Some(source);
         self
