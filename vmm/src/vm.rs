@@ -100,8 +100,11 @@ pub struct VmBuilder {
 }
 
 impl VmBuilder {
-    /// Carries out conversions in `flavor`. Without this, the first flavor the host runs,
-    /// in the order of [`HostCaps::supported_flavors`] (attributes, in-place, emulated).
+    /// Carries out conversions in `flavor`. Without this, the first flavor the host runs
+    /// that honours every region's content policy, in the order of
+    /// [`HostCaps::supported_flavors`] (attributes, in-place, emulated). The attributes
+    /// flavor only discards, so where it is the best a host runs, a region that keeps
+    /// its contents gets the next flavor instead of a VM that cannot be built.
     pub fn flavor(mut self, flavor: Flavor) -> Self {
         self.flavor = Some(flavor);
         self
@@ -120,11 +123,10 @@ impl VmBuilder {
         let caps = HostCaps::probe_with(&kvm).map_err(VmError::Probe)?;
         let flavor = match self.flavor {
             Some(flavor) => flavor,
-            None => caps
-                .supported_flavors()
-                .first()
-                .copied()
-                .unwrap_or(Flavor::Emulated),
+            None => default_flavor(
+                &caps.supported_flavors(),
+                self.regions.iter().map(|&(_, _, policy)| policy),
+            ),
         };
         let vm_type = caps
             .require(flavor)
@@ -179,6 +181,33 @@ impl VmBuilder {
         }
         Ok(built)
     }
+}
+
+/// Whether `flavor` can carry out conversions under `policy`: the attributes flavor
+/// always discards (veil-memory refuses a preserving attributes region).
+fn honours(flavor: Flavor, policy: ContentPolicy) -> bool {
+    !(flavor == Flavor::Attributes && policy == ContentPolicy::Preserve)
+}
+
+/// The flavor a [`VmBuilder`] without [`VmBuilder::flavor`] uses: the first of
+/// `supported` (best first, as [`HostCaps::supported_flavors`] lists them) that honours
+/// every one of `policies`, or the emulated flavor, which runs on any KVM and honours
+/// both policies.
+///
+/// A region that must keep its contents across conversions (a kernel placed shared and
+/// then made private where the flavor converts in place) therefore gets in-place or
+/// emulated memory on a host whose best flavor is attributes, instead of a VM that
+/// cannot be built.
+fn default_flavor(
+    supported: &[Flavor],
+    policies: impl IntoIterator<Item = ContentPolicy>,
+) -> Flavor {
+    let policies: Vec<ContentPolicy> = policies.into_iter().collect();
+    supported
+        .iter()
+        .copied()
+        .find(|&f| policies.iter().all(|&p| honours(f, p)))
+        .unwrap_or(Flavor::Emulated)
 }
 
 /// Deletes `slots` from `vm`. If KVM refuses, the memory they point into is leaked
@@ -306,5 +335,43 @@ impl Vm {
 impl Drop for Vm {
     fn drop(&mut self) {
         forget_slots(&self.vm, &self.slots, &self.memory);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContentPolicy::{Discard, Preserve};
+    use Flavor::{Attributes, Emulated, InPlace};
+
+    #[test]
+    fn default_flavor_is_the_best_the_host_runs() {
+        let all = [Attributes, InPlace, Emulated];
+        assert_eq!(default_flavor(&all, [Discard, Discard]), Attributes);
+        assert_eq!(default_flavor(&all[1..], [Discard]), InPlace);
+        assert_eq!(default_flavor(&[Emulated], [Discard]), Emulated);
+        // No region yet: veil-memory refuses that, whichever the flavor.
+        assert_eq!(default_flavor(&all, []), Attributes);
+        // A host that reports nothing still runs the emulated flavor.
+        assert_eq!(default_flavor(&[], [Preserve]), Emulated);
+    }
+
+    #[test]
+    fn default_flavor_honours_every_content_policy() {
+        // A software-protected or SNP/TDX host of Linux 6.12: attributes and emulated.
+        let attributes_host = [Attributes, Emulated];
+        assert_eq!(default_flavor(&attributes_host, [Preserve]), Emulated);
+        assert_eq!(
+            default_flavor(&attributes_host, [Discard, Preserve]),
+            Emulated
+        );
+        assert_eq!(
+            default_flavor(&[Attributes, InPlace, Emulated], [Preserve, Discard]),
+            InPlace
+        );
+        for flavor in Flavor::ALL {
+            assert!(honours(flavor, Discard), "{flavor}");
+            assert_eq!(honours(flavor, Preserve), flavor != Attributes, "{flavor}");
+        }
     }
 }
