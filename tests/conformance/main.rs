@@ -13,16 +13,17 @@
 //! - KVM itself, through `kvm-ioctls` and a `veil-attrs` mirror (`capabilities`,
 //!   `attributes`, `faults`, `private_memory`, `hypercalls`): what the uAPI does on a
 //!   software-protected VM, which veil builds on.
-//! - veil as the VMM (`veil_*`): guest memory from veil-memory's attributes flavor,
-//!   vCPUs run by veil-vcpu's loop, and the scenarios of the kernel selftests
-//!   `private_mem_conversions_test` and `private_mem_kvm_exits_test`.
+//! - veil as the VMM (`veil_*`): veil-vmm's `Vm` in the attributes flavor, its
+//!   `MemoryExits` answering the guests' conversion requests and memory faults through
+//!   veil-memory, vCPUs run by veil-vcpu's loop, and the scenarios of the kernel
+//!   selftests `private_mem_conversions_test` and `private_mem_kvm_exits_test`.
 //!
 //! Guests are real-mode and 64-bit programs kept as assembly source in
 //! `conformance/guests/`.
 
 mod guests;
 mod testbed;
-mod veil_vm;
+mod veil_host;
 mod vm;
 
 mod attributes;

@@ -2,8 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The scenarios of the kernel selftest `private_mem_conversions_test`, with veil as the
-//! VMM: guest memory from veil-memory's attributes flavor, vCPUs run by veil-vcpu, and
-//! the guest (`guests/conversions.s`) converting with `vmmcall` MAP_GPA_RANGE.
+//! VMM: veil-vmm's `Vm` in the attributes flavor, its `MemoryExits` carrying out the
+//! conversions the guest (`guests/conversions.s`) asks for with `vmmcall` MAP_GPA_RANGE.
 //!
 //! Each vCPU works on its own chunk of 2 MiB + 4 KiB with the selftest's (offset, size)
 //! pairs (0, 4K), (0, 2M), (4K, 4K), (4K, 2M), (2M, 4K): shared -> private -> shared,
@@ -21,11 +21,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use veil_memory::veil_attrs::{Attributes, FrameRange, PAGE_SIZE};
 use veil_memory::{HostAccessError, HostSafeMemory};
-use veil_vcpu::{BoxError, FaultPolicy, StopReason, enable_conversion_exits};
+use veil_vcpu::{BoxError, ExitKind, FaultPolicy, StopReason};
 
 use crate::guests;
-use crate::testbed::sw_protected_or_skip;
-use crate::veil_vm::{BOOT_SIZE, Handlers, VeilVm};
+use crate::veil_host::{BOOT_SIZE, Devices, attributes_vm, long_mode_vcpu};
 
 /// Each vCPU's chunk: the selftest's PER_CPU_DATA_SIZE.
 const CHUNK: u64 = (2 << 20) + PAGE_SIZE;
@@ -82,9 +81,6 @@ fn sync(mem: &HostSafeMemory, index: u32, syncs: &AtomicU64) -> Result<(), BoxEr
 
 /// Runs the conversion scenarios on `vcpus` vCPUs with the data in `memslots` memslots.
 fn conversions(test: &str, vcpus: u64, memslots: u64) {
-    let Some(kvm) = sw_protected_or_skip(test) else {
-        return;
-    };
     let total = vcpus * CHUNK;
     let mut regions = vec![(0, BOOT_SIZE)];
     match memslots {
@@ -97,26 +93,31 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
             regions.push((DATA + first, total - first));
         }
     }
-    let vm = VeilVm::new(kvm, &regions);
-    vm.register_all();
-    enable_conversion_exits(&vm.vm).expect("MAP_GPA_RANGE exits");
+    let Some(vm) = attributes_vm(test, &regions) else {
+        return;
+    };
+    assert_eq!(
+        vm.memory().regions().len(),
+        regions.len(),
+        "one memory slot each"
+    );
 
     let syncs = Arc::new(AtomicU64::new(0));
     let counter = syncs.clone();
-    let handlers = Handlers::new(
+    let devices = Devices::new(
         &vm,
         Some(Box::new(move |mem, index| sync(mem, index, &counter))),
     );
     let cpus = (0..vcpus)
         .map(|id| {
-            vm.long_mode_vcpu(id, guests::conversions(), |r| {
+            long_mode_vcpu(&vm, id, guests::conversions(), |r| {
                 r.rdi = DATA + id * CHUNK;
                 r.rsi = id;
                 r.rdx = CHUNK;
             })
         })
         .collect();
-    let report = handlers.run(cpus, FaultPolicy::Refuse);
+    let report = devices.run(&vm, cpus, FaultPolicy::Refuse);
     if !matches!(report.reason, StopReason::AllHalted) {
         // Where each vCPU was, for a guest that died without reporting.
         let state: Vec<String> = report
@@ -134,11 +135,11 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
         panic!(
             "{} (reports {:x?}); {}",
             report.reason,
-            handlers.reports(),
+            devices.reports(),
             state.join("; ")
         );
     }
-    let mut reports = handlers.reports();
+    let mut reports = devices.reports();
     reports.sort_unstable();
     let expected: Vec<u32> = (0..vcpus as u32).map(|i| 0x600d_0000 + i).collect();
     assert_eq!(reports, expected, "guest verdicts: {reports:x?}");
@@ -146,9 +147,16 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
     // Per vCPU: 1 initial sync, and per range 1 private + 1 shared sync plus one per
     // hole (odd page): ranges of 1, 512, 1, 512, 1 pages have 0, 256, 0, 256, 0 holes.
     assert_eq!(syncs.load(Ordering::Relaxed), vcpus * (1 + 5 * 2 + 512));
+    // Per vCPU and range: to private, one per hole, the range back to shared and the
+    // whole chunk shared, all as KVM_EXIT_HYPERCALL exits that veil answered.
+    assert_eq!(
+        report.stats().count(ExitKind::Hypercall),
+        vcpus * (5 * 3 + 512)
+    );
+    assert_eq!(report.stats().count(ExitKind::MemoryFault), 0);
     let data = FrameRange::from_gpa(DATA, total).unwrap();
     assert!(
-        vm.mem
+        vm.memory()
             .attributes()
             .range_is(data, Attributes::empty())
             .unwrap()

@@ -1,49 +1,77 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The scenarios of the kernel selftest `private_mem_kvm_exits_test`, through veil: a
-//! private access KVM cannot back (no guest_memfd in the memslot, or no memslot) is a
-//! memory fault exit that veil-vcpu decodes with the exact range and the private flag.
-//! Converting cannot help (the range is already private), so veil stops the VM with an
-//! error naming the range instead of re-entering the guest forever; once the host makes
-//! the access possible, the same access completes.
+//! The scenarios of the kernel selftest `private_mem_kvm_exits_test`, through veil-vmm's
+//! `Vm` in the attributes flavor: a private access KVM cannot back (no guest_memfd in
+//! the memslot, or no memslot) is a memory fault exit that veil-vcpu decodes with the
+//! exact range and the private flag. Converting cannot help (the range is already
+//! private), so veil stops the VM with an error naming the range instead of re-entering
+//! the guest forever; once the host makes the access possible, the same access
+//! completes.
+//!
+//! veil-vmm registers every region with its guest_memfd and offers no way to take a
+//! memory slot away from a running VM; provoking these faults is the test's own doing,
+//! with `KVM_SET_USER_MEMORY_REGION2` on the VM veil built.
 
+use kvm_bindings::kvm_userspace_memory_region2;
 use veil_memory::HostAccessError;
 use veil_memory::veil_attrs::{Attributes, FrameRange, PAGE_SIZE};
 use veil_vcpu::{Access, ExitKind, FaultPolicy, RunError, StopReason, Vcpu, VmReport};
+use veil_vmm::Vm;
 
 use crate::guests;
-use crate::testbed::sw_protected_or_skip;
-use crate::veil_vm::{Handlers, VeilVm};
+use crate::veil_host::{Devices, attributes_vm, real_mode_vcpu};
 
-/// Region 0 holds the real-mode guest; region 1 has a private side; region 2's memslot
-/// is registered without one.
+/// Region 0 holds the real-mode guest, regions 1 and 2 are where the faults happen.
+/// Each region is memory slot `index`.
 const REGIONS: [(u64, u64); 3] = [(0, 0x1_0000), (0x1_0000, 0x1_0000), (0x2_0000, 0x1_0000)];
 const BACKED: usize = 1;
 const UNBACKED: usize = 2;
 
-/// A VM with [`REGIONS`]; region 2's memslot has no guest_memfd when `unbacked`.
-fn vm(kvm: kvm_ioctls::Kvm, unbacked: bool) -> VeilVm {
-    let vm = VeilVm::new(kvm, &REGIONS);
-    if !unbacked {
-        vm.register_all();
-        return vm;
+/// The memory slot veil-vmm registered for region `index`.
+fn memslot(vm: &Vm, index: usize) -> kvm_userspace_memory_region2 {
+    vm.memory().memslots(0)[index]
+}
+
+/// Issues `KVM_SET_USER_MEMORY_REGION2` for `region`: one of [`memslot`]'s, possibly
+/// edited (no private side, or size 0 to delete it).
+fn set_memslot(vm: &Vm, region: kvm_userspace_memory_region2) {
+    // SAFETY: the mapping and guest_memfd the slot names belong to `vm`'s memory, which
+    // outlives the slot: `Vm` deletes its slots (these numbers) before its memory goes.
+    unsafe { vm.fd().set_user_memory_region2(region) }
+        .unwrap_or_else(|e| panic!("KVM_SET_USER_MEMORY_REGION2 slot {}: {e}", region.slot));
+}
+
+/// veil-vmm's VM with [`REGIONS`]; with `unbacked`, region 2's memory slot is replaced
+/// by one without guest_memfd (KVM cannot change a slot's private side in place).
+fn vm(test: &str, unbacked: bool) -> Option<Vm> {
+    let vm = attributes_vm(test, &REGIONS)?;
+    if unbacked {
+        let slot = memslot(&vm, UNBACKED);
+        set_memslot(
+            &vm,
+            kvm_userspace_memory_region2 {
+                memory_size: 0,
+                ..slot
+            },
+        );
+        set_memslot(
+            &vm,
+            kvm_userspace_memory_region2 {
+                flags: 0,
+                guest_memfd: 0,
+                guest_memfd_offset: 0,
+                ..slot
+            },
+        );
     }
-    for index in 0..REGIONS.len() {
-        let mut slot = vm.memslot(index);
-        if index == UNBACKED {
-            slot.flags = 0;
-            slot.guest_memfd = 0;
-            slot.guest_memfd_offset = 0;
-        }
-        vm.set_memslot(slot);
-    }
-    vm
+    Some(vm)
 }
 
 /// vCPU `id` running `probe.s` against `gpa`, writing `write` when it is not zero.
-fn probe(vm: &VeilVm, id: u64, gpa: u64, write: u8) -> Vcpu {
-    vm.real_mode_vcpu(
+fn probe(vm: &Vm, id: u64, gpa: u64, write: u8) -> Vcpu {
+    real_mode_vcpu(
+        vm,
         id,
         guests::probe(),
         guests::LOAD_GPA,
@@ -91,58 +119,61 @@ fn expect_halted(report: &VmReport) {
 
 #[test]
 fn veil_stops_on_private_access_without_guest_memfd() {
-    let Some(kvm) = sw_protected_or_skip("veil_stops_on_private_access_without_guest_memfd") else {
+    let Some(vm) = vm("veil_stops_on_private_access_without_guest_memfd", true) else {
         return;
     };
-    let vm = vm(kvm, true);
     let target = REGIONS[UNBACKED].0 + 3 * PAGE_SIZE;
     let page = FrameRange::from_gpa(target, PAGE_SIZE).unwrap();
-    vm.mem.convert(page, Attributes::PRIVATE).unwrap();
+    vm.memory().convert(page, Attributes::PRIVATE).unwrap();
 
-    let handlers = Handlers::new(&vm, None);
-    let report = handlers.run(
+    let devices = Devices::new(&vm, None);
+    let report = devices.run(
+        &vm,
         vec![probe(&vm, 0, target, 0)],
         FaultPolicy::ConvertImplicitly,
     );
     let vcpu = expect_unfixable(report, page);
-    assert!(handlers.reports().is_empty(), "the read never completed");
-    assert!(vm.mem.state(page.start()).unwrap().is_private());
+    assert!(devices.reports().is_empty(), "the read never completed");
+    assert!(vm.memory().state(page.start()).unwrap().is_private());
 
     // As the selftest does: the host converts the range to shared, and the same read,
     // re-executed, completes.
-    vm.mem.convert(page, Attributes::empty()).unwrap();
-    vm.mem.host_write(target, &[0x6b]).unwrap();
-    let report = handlers.run(vec![vcpu], FaultPolicy::ConvertImplicitly);
+    vm.memory().convert(page, Attributes::empty()).unwrap();
+    vm.memory().host_write(target, &[0x6b]).unwrap();
+    let report = devices.run(&vm, vec![vcpu], FaultPolicy::ConvertImplicitly);
     expect_halted(&report);
-    assert_eq!(handlers.reports(), [0x6b]);
+    assert_eq!(devices.reports(), [0x6b]);
 }
 
 #[test]
 fn veil_stops_on_private_access_to_deleted_memslot() {
-    let Some(kvm) = sw_protected_or_skip("veil_stops_on_private_access_to_deleted_memslot") else {
+    let Some(vm) = vm("veil_stops_on_private_access_to_deleted_memslot", false) else {
         return;
     };
-    let vm = vm(kvm, false);
     let target = REGIONS[BACKED].0 + PAGE_SIZE;
     let page = FrameRange::from_gpa(target, PAGE_SIZE).unwrap();
-    vm.mem.convert(page, Attributes::PRIVATE).unwrap();
-    let handlers = Handlers::new(&vm, None);
+    vm.memory().convert(page, Attributes::PRIVATE).unwrap();
+    let devices = Devices::new(&vm, None);
 
     // With its memslot the private page works, and the host cannot read it.
-    let report = handlers.run(vec![probe(&vm, 0, target, 0x42)], FaultPolicy::Refuse);
+    let report = devices.run(&vm, vec![probe(&vm, 0, target, 0x42)], FaultPolicy::Refuse);
     expect_halted(&report);
-    assert_eq!(handlers.reports(), [0x00, 0x42]);
+    assert_eq!(devices.reports(), [0x00, 0x42]);
     assert!(matches!(
-        vm.mem.host_read(target, &mut [0]),
+        vm.memory().host_read(target, &mut [0]),
         Err(HostAccessError::Private { private, .. }) if private == page
     ));
 
-    let slot = vm.memslot(BACKED);
-    vm.set_memslot(kvm_bindings::kvm_userspace_memory_region2 {
-        memory_size: 0,
-        ..slot
-    });
-    let report = handlers.run(
+    let slot = memslot(&vm, BACKED);
+    set_memslot(
+        &vm,
+        kvm_userspace_memory_region2 {
+            memory_size: 0,
+            ..slot
+        },
+    );
+    let report = devices.run(
+        &vm,
         vec![probe(&vm, 1, target, 0)],
         FaultPolicy::ConvertImplicitly,
     );
@@ -150,8 +181,8 @@ fn veil_stops_on_private_access_to_deleted_memslot() {
 
     // With the memslot back, the same read completes and finds the guest's private byte,
     // which the guest_memfd kept.
-    vm.set_memslot(slot);
-    let report = handlers.run(vec![vcpu], FaultPolicy::ConvertImplicitly);
+    set_memslot(&vm, slot);
+    let report = devices.run(&vm, vec![vcpu], FaultPolicy::ConvertImplicitly);
     expect_halted(&report);
-    assert_eq!(handlers.reports(), [0x00, 0x42, 0x42]);
+    assert_eq!(devices.reports(), [0x00, 0x42, 0x42]);
 }

@@ -4,32 +4,47 @@
 //! Malformed MAP_GPA_RANGE requests from a guest get veil's error result and change
 //! nothing, checked from inside the guest (`guests/bad_requests.s`) and by the host.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
 use veil_memory::veil_attrs::{Attributes, FrameRange};
-use veil_vcpu::{FaultPolicy, StopReason, enable_conversion_exits};
+use veil_memory::{ConversionListener, StateChange};
+use veil_vcpu::{ExitKind, FaultPolicy, StopReason};
 
 use crate::guests;
-use crate::testbed::sw_protected_or_skip;
-use crate::veil_vm::{BOOT_SIZE, Handlers, VeilVm};
+use crate::veil_host::{BOOT_SIZE, Devices, attributes_vm, long_mode_vcpu};
 
 /// Guest memory: the boot region and 2 MiB of data after a 2 MiB gap.
 const DATA: (u64, u64) = (4 << 20, 2 << 20);
 
+/// Every state change veil-memory carried out, as its listeners hear them.
+#[derive(Default)]
+struct Changes(Mutex<Vec<(FrameRange, Attributes)>>);
+
+impl ConversionListener for Changes {
+    fn converted(&self, change: &StateChange) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((change.range, change.new.attributes));
+    }
+}
+
 #[test]
 fn malformed_map_gpa_range_changes_nothing() {
-    let Some(kvm) = sw_protected_or_skip("malformed_map_gpa_range_changes_nothing") else {
+    let test = "malformed_map_gpa_range_changes_nothing";
+    let Some(vm) = attributes_vm(test, &[(0, BOOT_SIZE), DATA]) else {
         return;
     };
-    let vm = VeilVm::new(kvm, &[(0, BOOT_SIZE), DATA]);
-    vm.register_all();
-    enable_conversion_exits(&vm.vm).expect("MAP_GPA_RANGE exits");
+    let changes = Arc::new(Changes::default());
+    vm.memory().subscribe(changes.clone());
     let page = DATA.0 + 0x3000;
     let end = DATA.0 + DATA.1;
-    let vcpu = vm.long_mode_vcpu(0, guests::bad_requests(), |r| {
+    let vcpu = long_mode_vcpu(&vm, 0, guests::bad_requests(), |r| {
         r.rdi = page;
         r.rsi = end;
     });
-    let handlers = Handlers::new(&vm, None);
-    let report = handlers.run(vec![vcpu], FaultPolicy::Refuse);
+    let devices = Devices::new(&vm, None);
+    let report = devices.run(&vm, vec![vcpu], FaultPolicy::Refuse);
     assert!(
         matches!(report.reason, StopReason::AllHalted),
         "{}",
@@ -37,25 +52,23 @@ fn malformed_map_gpa_range_changes_nothing() {
     );
 
     // (result, verdict) per case: 22 is EINVAL, as veil writes it to `hypercall.ret`.
-    let reports = handlers.reports();
+    let reports = devices.reports();
     let expected: Vec<u32> = (1..=9)
         .flat_map(|case| [if case <= 7 { 22 } else { 0 }, 0x600d_0000 + case])
         .collect();
     assert_eq!(reports, expected, "{reports:x?}");
 
-    // Only the two valid requests reached the memory handler, and the page ends shared.
-    let requests = handlers.requests.lock().unwrap().clone();
+    // Every request reached veil, and only the two valid ones changed any state: the
+    // page private and back. It ends shared, as does the rest of the data.
+    assert_eq!(report.stats().count(ExitKind::Hypercall), 9);
     let one = FrameRange::from_gpa(page, 0x1000).unwrap();
     assert_eq!(
-        requests
-            .iter()
-            .map(|r| (r.range(), r.to()))
-            .collect::<Vec<_>>(),
+        *changes.0.lock().unwrap(),
         [(one, Attributes::PRIVATE), (one, Attributes::empty())]
     );
     let data = FrameRange::from_gpa(DATA.0, DATA.1).unwrap();
     assert!(
-        vm.mem
+        vm.memory()
             .attributes()
             .range_is(data, Attributes::empty())
             .unwrap()
