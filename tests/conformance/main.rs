@@ -16,7 +16,8 @@
 //! - veil as the VMM (`veil_*`): veil-vmm's `Vm` in the attributes flavor, its
 //!   `MemoryExits` answering the guests' conversion requests and memory faults through
 //!   veil-memory, vCPUs run by veil-vcpu's loop, and the scenarios of the kernel
-//!   selftests `private_mem_conversions_test` and `private_mem_kvm_exits_test`.
+//!   selftests `private_mem_conversions_test` and `private_mem_kvm_exits_test`; and
+//!   veil-memory's attributes flavor on its own (`veil_memory`).
 //!
 //! Guests are real-mode and 64-bit programs kept as assembly source in
 //! `conformance/guests/`.
@@ -33,6 +34,7 @@ mod hypercalls;
 mod private_memory;
 mod veil_conversions;
 mod veil_faults;
+mod veil_memory;
 mod veil_requests;
 
 /// The guest-physical layout the tests share.
