@@ -23,6 +23,8 @@
 //! `conformance/guests/`.
 
 mod guests;
+#[path = "../tests/loader_support/mod.rs"]
+mod loader_support;
 mod testbed;
 mod veil_host;
 mod vm;
@@ -32,6 +34,7 @@ mod capabilities;
 mod faults;
 mod hypercalls;
 mod private_memory;
+mod veil_boot;
 mod veil_conversions;
 mod veil_faults;
 mod veil_memory;
