@@ -62,7 +62,8 @@ set -e
 
 declare -A result=()
 while read -r _ name _ outcome _; do
-    result[$name]=$outcome
+    # An ignored test with a reason reads "ignored, <reason>".
+    result[$name]=${outcome%,}
 done < <(grep -E '^test [^ ]+ \.\.\. (ok|FAILED|ignored)' "$log" || true)
 passed=0 failed=0 ignored=0 missing=()
 for name in "${all[@]}"; do
