@@ -11,7 +11,8 @@
 //! Two layers of tests:
 //!
 //! - KVM itself, through `kvm-ioctls` and a `veil-attrs` mirror (`capabilities`,
-//!   `attributes`, `faults`, `private_memory`, `hypercalls`): what the uAPI does on a
+//!   `attributes`, `faults`, `private_memory`, `hypercalls`; `kvm_conversions`, ignored
+//!   by default, is a baseline for the testbed): what the uAPI does on a
 //!   software-protected VM, which veil builds on.
 //! - veil as the VMM (`veil_*`): veil-vmm's `Vm` in the attributes flavor, its
 //!   `MemoryExits` answering the guests' conversion requests and memory faults through
@@ -33,6 +34,7 @@ mod attributes;
 mod capabilities;
 mod faults;
 mod hypercalls;
+mod kvm_conversions;
 mod private_memory;
 mod veil_boot;
 mod veil_conversions;

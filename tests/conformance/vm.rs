@@ -73,13 +73,27 @@ impl HostMemory {
     pub fn write(&self, offset: usize, bytes: &[u8]) {
         self.check(offset, bytes.len());
         // SAFETY: the range lies inside the mapping (checked), which lives as long as
-        // `self`; no Rust reference to it exists, and the guest only runs while the
-        // test thread is inside KVM_RUN.
+        // `self`; no Rust reference to it exists. A guest running on another thread may
+        // touch the same bytes meanwhile, which changes their value, not the soundness
+        // of the copy.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 bytes.as_ptr(),
                 self.addr.as_ptr().add(offset),
                 bytes.len(),
+            )
+        }
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) {
+        self.check(offset, buf.len());
+        // SAFETY: inside the mapping (checked); see `write`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.addr.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
             )
         }
     }
@@ -111,6 +125,13 @@ impl HostMemory {
         );
     }
 }
+
+// SAFETY: the mapping is owned by `HostMemory` and only ever reached through raw copies
+// (`write`, `read`, `byte`) and `madvise`, never through Rust references, so using it
+// from several threads is as sound as from one; it is unmapped only on drop.
+unsafe impl Send for HostMemory {}
+// SAFETY: as for `Send`: no method hands out a reference into the mapping.
+unsafe impl Sync for HostMemory {}
 
 impl Drop for HostMemory {
     fn drop(&mut self) {
@@ -255,6 +276,12 @@ impl SwVm {
     pub fn write_shared(&self, gpa: u64, bytes: &[u8]) {
         let (slot, offset) = self.locate(gpa, bytes.len() as u64);
         slot.host.write(offset as usize, bytes);
+    }
+
+    /// Copies `buf.len()` bytes of the shared side at `gpa` into `buf`.
+    pub fn read_shared(&self, gpa: u64, buf: &mut [u8]) {
+        let (slot, offset) = self.locate(gpa, buf.len() as u64);
+        slot.host.read(offset as usize, buf);
     }
 
     /// Reads one byte of the shared side at `gpa`.
