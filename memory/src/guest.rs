@@ -30,7 +30,7 @@ use crate::convert::{
     StateChanges, StepKind,
 };
 use crate::lease::{AccessLock, ExclusiveGuard, HostAccessLease, HostAccessLeases};
-use crate::region::{Backing, ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
+use crate::region::{Backing, Flavor, KvmSideMapping, Region, RegionSpec};
 use crate::sys::{self, Access, Mapping};
 
 /// A host access that veil refused.
@@ -445,7 +445,7 @@ impl<'a> GuestMemoryBuilder<'a> {
         }
         for &(range, spec) in &specs {
             let needs_gmem = spec.flavor != Flavor::Emulated;
-            if spec.flavor == Flavor::Attributes && spec.policy == ContentPolicy::Preserve {
+            if !spec.flavor.honours(spec.policy) {
                 return Err(BuildError::PreserveUnsupported { range });
             }
             if spec.flavor == Flavor::InPlace && spec.hugetlb {

@@ -43,6 +43,13 @@ impl Flavor {
             Flavor::Emulated => "emulated",
         }
     }
+
+    /// Whether the flavor can carry out conversions under `policy`. The attributes flavor
+    /// always discards: KVM's attributes select which backing store the guest sees, and
+    /// the one no longer used is freed, so it cannot keep contents.
+    pub fn honours(self, policy: ContentPolicy) -> bool {
+        !(self == Flavor::Attributes && policy == ContentPolicy::Preserve)
+    }
 }
 
 impl fmt::Display for Flavor {
