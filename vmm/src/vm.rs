@@ -12,14 +12,13 @@
 //! the caller; a vCPU entering a kernel veil-loader placed is one call
 //! ([`Vm::create_boot_vcpu`]).
 
-use std::io;
 use std::sync::Arc;
 
-use kvm_bindings::kvm_userspace_memory_region2;
 use kvm_ioctls::{Kvm, VmFd};
 use veil_loader::boot::EntryState;
 use veil_memory::{
-    BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, RegionSpec,
+    BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, MemslotError,
+    RegionSpec,
 };
 use veil_vcpu::x86_64::{X86Error, setup_entry};
 use veil_vcpu::{
@@ -60,19 +59,9 @@ pub enum VmError {
     /// veil-memory could not build the guest memory.
     #[error("cannot build guest memory")]
     Memory(#[source] BuildError),
-    /// `KVM_SET_USER_MEMORY_REGION2` failed for a slot.
-    #[error("cannot register memory slot {slot} ({size:#x} bytes at {gpa:#x})")]
-    Memslot {
-        /// The slot number.
-        slot: u32,
-        /// Its guest-physical address.
-        gpa: u64,
-        /// Its size in bytes.
-        size: u64,
-        /// The error.
-        #[source]
-        source: io::Error,
-    },
+    /// KVM refused a memory slot; none is left registered. The source names the slot.
+    #[error("cannot register the guest memory with KVM")]
+    Memslot(#[source] MemslotError),
     /// The host offers conversion exits, but enabling them failed.
     #[error("cannot enable conversion exits")]
     ConversionExits(#[source] CapError),
@@ -149,28 +138,16 @@ impl VmBuilder {
         }
         let memory = Arc::new(memory.build().map_err(VmError::Memory)?);
 
-        let slots = memory.memslots(0);
-        for (registered, &slot) in slots.iter().enumerate() {
-            // SAFETY: the slot describes mappings and a guest_memfd owned by `memory`.
-            // Every slot is deleted again before `memory` can be dropped: below on
-            // failure, and in `Vm::drop` otherwise.
-            if let Err(e) = unsafe { vm.set_user_memory_region2(slot) } {
-                forget_slots(&vm, &slots[..registered], &memory);
-                return Err(VmError::Memslot {
-                    slot: slot.slot,
-                    gpa: slot.guest_phys_addr,
-                    size: slot.memory_size,
-                    source: io::Error::from_raw_os_error(e.errno()),
-                });
-            }
-        }
-        // From here on `Vm::drop` deletes the slots.
+        // SAFETY: the slots point into mappings and guest_memfds owned by `memory`, which
+        // the `Vm` built below keeps alive until `Vm::drop` has removed the slots (or, if
+        // KVM refuses that, forever). On error nothing stays registered.
+        unsafe { memory.register_memslots(&vm, 0) }.map_err(VmError::Memslot)?;
+        // From here on `Vm::drop` removes the slots.
         let mut built = Vm {
             kvm,
             vm,
             exits: Arc::new(MemoryExits::new(memory.clone())),
             memory,
-            slots,
             caps,
             flavor,
             conversion_exits: false,
@@ -181,12 +158,6 @@ impl VmBuilder {
         }
         Ok(built)
     }
-}
-
-/// Whether `flavor` can carry out conversions under `policy`: the attributes flavor
-/// always discards (veil-memory refuses a preserving attributes region).
-fn honours(flavor: Flavor, policy: ContentPolicy) -> bool {
-    !(flavor == Flavor::Attributes && policy == ContentPolicy::Preserve)
 }
 
 /// The flavor a [`VmBuilder`] without [`VmBuilder::flavor`] uses: the first of
@@ -206,33 +177,8 @@ fn default_flavor(
     supported
         .iter()
         .copied()
-        .find(|&f| policies.iter().all(|&p| honours(f, p)))
+        .find(|&f| policies.iter().all(|&p| f.honours(p)))
         .unwrap_or(Flavor::Emulated)
-}
-
-/// Deletes `slots` from `vm`. If KVM refuses, the memory they point into is leaked
-/// rather than unmapped under a VM that may still reach it.
-fn forget_slots(vm: &VmFd, slots: &[kvm_userspace_memory_region2], memory: &Arc<HostSafeMemory>) {
-    let mut leak = false;
-    for slot in slots {
-        let delete = kvm_userspace_memory_region2 {
-            slot: slot.slot,
-            guest_phys_addr: slot.guest_phys_addr,
-            memory_size: 0,
-            ..Default::default()
-        };
-        // SAFETY: a size of 0 deletes the slot; KVM keeps no reference to its memory.
-        if let Err(e) = unsafe { vm.set_user_memory_region2(delete) } {
-            log::error!(
-                "cannot delete memory slot {}: {e}; leaking its guest memory",
-                slot.slot
-            );
-            leak = true;
-        }
-    }
-    if leak {
-        std::mem::forget(Arc::clone(memory));
-    }
 }
 
 /// A KVM VM with veil's guest memory registered as its memory slots, ready for vCPUs.
@@ -246,7 +192,6 @@ pub struct Vm {
     vm: Arc<VmFd>,
     memory: Arc<HostSafeMemory>,
     exits: Arc<MemoryExits>,
-    slots: Vec<kvm_userspace_memory_region2>,
     caps: HostCaps,
     flavor: Flavor,
     conversion_exits: bool,
@@ -334,7 +279,12 @@ impl Vm {
 
 impl Drop for Vm {
     fn drop(&mut self) {
-        forget_slots(&self.vm, &self.slots, &self.memory);
+        // If KVM keeps a slot, the VM may still reach the memory behind it: leak the
+        // memory rather than unmap it under the VM.
+        if let Err(e) = self.memory.remove_memslots(&self.vm, 0) {
+            log::error!("{e}; leaking the guest memory");
+            std::mem::forget(Arc::clone(&self.memory));
+        }
     }
 }
 
@@ -370,8 +320,8 @@ mod tests {
             InPlace
         );
         for flavor in Flavor::ALL {
-            assert!(honours(flavor, Discard), "{flavor}");
-            assert_eq!(honours(flavor, Preserve), flavor != Attributes, "{flavor}");
+            assert!(flavor.honours(Discard), "{flavor}");
+            assert_eq!(flavor.honours(Preserve), flavor != Attributes, "{flavor}");
         }
     }
 }
