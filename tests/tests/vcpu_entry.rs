@@ -174,6 +174,9 @@ fn kvm_itself_refuses_what_validation_calls_inconsistent() {
     let vm = TestVm::new();
     let vcpu = Vcpu::new(&vm.vm, 0).unwrap();
     let good = entry_registers(CpuMode::Long64, &ENTRY64, RBX);
+    // A good entry first, CPUID included: KVM refuses EFER.LME on a vCPU whose CPUID
+    // lacks long mode, which would hide the reasons tested below.
+    setup_entry(&vm.kvm, vcpu.fd(), 0, &good).unwrap();
     let mut no_lma = good;
     no_lma.efer = EFER_LME;
     let mut nw = good;
