@@ -28,7 +28,11 @@ fn committed_test_kernels_match_their_sources() {
         if std::env::var("VEIL_REQUIRE_FIXTURES").is_ok_and(|v| v == "1") {
             panic!("{reason}, and VEIL_REQUIRE_FIXTURES=1 forbids skipping");
         }
-        eprintln!("skipping committed_test_kernels_match_their_sources: {reason}");
+        // Straight to stderr: libtest hides `eprintln!` output of passing tests.
+        let _ = std::io::Write::write_fmt(
+            &mut std::io::stderr().lock(),
+            format_args!("skipping committed_test_kernels_match_their_sources: {reason}\n"),
+        );
         return;
     }
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");

@@ -10,8 +10,6 @@
 //! missing capability is a failure. `VEIL_REQUIRE_KVM` is not used here, because a
 //! host can have a working `/dev/kvm` without this VM type.
 
-use std::io::Write;
-
 use kvm_bindings::{KVM_CAP_VM_TYPES, KVM_X86_SW_PROTECTED_VM};
 use kvm_ioctls::Kvm;
 
@@ -44,12 +42,12 @@ pub fn sw_protected_or_skip(test: &str) -> Option<Kvm> {
             panic!("{test}: {reason}, and {REQUIRE_SWPROT}=1 forbids skipping")
         }
         Err(reason) => {
-            // Straight to stderr rather than through `eprintln!`, which libtest captures
-            // and hides for passing tests: a skip is never silent.
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "skipping {test}: {reason}; it runs in the testbed (testbed/conformance.sh), \
-                 and {REQUIRE_SWPROT}=1 makes this a failure"
+            veil_tests::skip(
+                test,
+                &format!(
+                    "{reason}; it runs in the testbed (testbed/conformance.sh), and \
+                     {REQUIRE_SWPROT}=1 makes this a failure"
+                ),
             );
             None
         }

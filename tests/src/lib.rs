@@ -7,6 +7,7 @@
 //! skip and return, unless `VEIL_REQUIRE_KVM=1` is set, in which case they fail.
 //! [`long_mode`] holds the boot data the 64-bit test guests run with.
 
+use std::io::Write;
 use std::path::Path;
 
 /// The environment variable that turns a missing `/dev/kvm` from a skip into a failure.
@@ -33,8 +34,20 @@ pub fn kvm_or_skip(test: &str) -> bool {
     if required(REQUIRE_KVM) {
         panic!("{test}: {reason}, and {REQUIRE_KVM}=1 forbids skipping");
     }
-    eprintln!("skipping {test}: {reason} (set {REQUIRE_KVM}=1 to fail instead)");
+    skip(
+        test,
+        &format!("{reason} (set {REQUIRE_KVM}=1 to fail instead)"),
+    );
     false
+}
+
+/// Prints that the test `test` skips, and why.
+///
+/// The line goes straight to the process's standard error rather than through
+/// `eprintln!`, which libtest captures and hides for tests that pass: a skip must be
+/// seen in a plain `cargo test` run, never be silent.
+pub fn skip(test: &str, reason: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "skipping {test}: {reason}");
 }
 
 /// Boot data for the 64-bit test guests: page tables that identity-map the first 1 GiB

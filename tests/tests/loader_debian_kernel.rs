@@ -49,7 +49,7 @@ fn debian_kernel(test: &str) -> Option<(PathBuf, Vec<u8>)> {
     if required(REQUIRE_FIXTURES) {
         panic!("{test}: {reason}, and {REQUIRE_FIXTURES}=1 forbids skipping");
     }
-    eprintln!("skipping {test}: {reason}");
+    veil_tests::skip(test, &reason);
     None
 }
 
@@ -227,7 +227,7 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
     if let Err(e) = caps.require(Flavor::InPlace) {
-        eprintln!("skipping {test}: {e}");
+        veil_tests::skip(test, &e.to_string());
         return;
     }
     let vm = kvm.create_vm().unwrap();

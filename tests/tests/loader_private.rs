@@ -39,7 +39,7 @@ fn guest_for(test: &str, flavor: Flavor) -> Option<(Guest, HostCaps)> {
     if flavor == Flavor::InPlace
         && let Err(e) = caps.require(Flavor::InPlace)
     {
-        eprintln!("skipping {test}: {e}");
+        veil_tests::skip(test, &e.to_string());
         return None;
     }
     let vm_type = caps

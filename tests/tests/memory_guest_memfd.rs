@@ -51,7 +51,7 @@ fn gmem_vm_type(caps: &HostCaps) -> u32 {
 fn in_place_vm(test: &str) -> Option<(Kvm, VmFd, HostCaps)> {
     let (kvm, vm, caps) = self::vm(test)?;
     if let Err(e) = caps.require(Flavor::InPlace) {
-        eprintln!("skipping {test}: {e}");
+        veil_tests::skip(test, &e.to_string());
         return None;
     }
     Some((kvm, vm, caps))

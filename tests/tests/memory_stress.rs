@@ -92,7 +92,7 @@ fn concurrent_conversions_agree_page_by_page() {
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
     if let Err(e) = caps.require(Flavor::InPlace) {
-        eprintln!("skipping concurrent_conversions_agree_page_by_page: {e}");
+        veil_tests::skip("concurrent_conversions_agree_page_by_page", &e.to_string());
         return;
     }
     let vm = kvm.create_vm().unwrap();

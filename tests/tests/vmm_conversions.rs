@@ -149,7 +149,7 @@ fn vm(test: &str, flavor: Flavor) -> Option<Vm> {
     }
     let caps = HostCaps::probe().unwrap();
     if let Err(e) = caps.require(flavor) {
-        eprintln!("skipping {test}: {e}");
+        veil_tests::skip(test, &e.to_string());
         return None;
     }
     let vm = Vm::builder()
