@@ -25,14 +25,9 @@ started=$SECONDS
 kernel=$("$TESTBED_DIR/build-kernel.sh") || exit "$EXIT_SETUP"
 kernel_done=$SECONDS
 
-# A static binary runs from the initramfs, which has no C library. The explicit
-# --target keeps crt-static away from build scripts and proc-macros.
-target=x86_64-unknown-linux-gnu
-say "building the conformance tests (static, $target, target/testbed)"
-binary=$(RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo test --locked -p veil-tests --test conformance --target "$target" \
-    --target-dir "$repo/target/testbed" --no-run --message-format=json-render-diagnostics |
-    sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1) || true
+# A static binary runs from the initramfs, which has no C library.
+say "building the conformance tests (static, x86_64-unknown-linux-gnu, target/testbed)"
+binary=$(build_static_tests --test conformance | tail -n1) || true
 if [ -z "$binary" ] || [ ! -x "$binary" ]; then
     say "building the conformance test binary failed"
     exit "$EXIT_SETUP"
@@ -43,50 +38,20 @@ case $file_type in
 esac
 built=$SECONDS
 
-# The tests the binary holds, asked on the host (listing needs no KVM); those not
-# reported back from the VM count as failed.
-mapfile -t all < <("$binary" --list --format terse "$@" | sed -n 's/: test$//p')
-if ((${#all[@]} == 0)); then
+if [ -z "$("$binary" --list --format terse "$@" | sed -n 's/: test$//p')" ]; then
     say "no test matches: $*"
     echo "conformance: 0 passed, 0 failed"
     exit 1
 fi
 
-say "running ${#all[@]} tests in the testbed VM"
-log=$(mktemp "${TMPDIR:-/tmp}/veil-conformance.XXXXXX")
-trap 'rm -f "$log"' EXIT
-set +e
-VEIL_TESTBED_KERNEL=$kernel "$TESTBED_DIR/run.sh" "$binary" --color never "$@" | tee "$log"
-status=${PIPESTATUS[0]}
-set -e
-
-declare -A result=()
-while read -r _ name _ outcome _; do
-    # An ignored test with a reason reads "ignored, <reason>".
-    result[$name]=${outcome%,}
-done < <(grep -E '^test [^ ]+ \.\.\. (ok|FAILED|ignored)' "$log" || true)
-passed=0 failed=0 ignored=0 missing=()
-for name in "${all[@]}"; do
-    case ${result[$name]:-} in
-        ok) passed=$((passed + 1)) ;;
-        ignored) ignored=$((ignored + 1)) ;;
-        FAILED) failed=$((failed + 1)) ;;
-        *)
-            failed=$((failed + 1))
-            missing+=("$name")
-            ;;
-    esac
-done
+say "running the tests in the testbed VM"
+status=0
+run_counted "$kernel" "$binary" "$@" || status=$?
 
 say "kernel $((kernel_done - started)) s, test build $((built - kernel_done)) s," \
     "VM run $((SECONDS - built)) s, total $((SECONDS - started)) s"
-((${#missing[@]} == 0)) || say "never reported (counted as failed): ${missing[*]}"
-((ignored == 0)) || say "$ignored ignored"
-case $status in
-    0 | 101) ;; # libtest's own verdicts; the counts say which
-    *) say "the testbed run ended with status $status (see above)" ;;
-esac
-echo "conformance: $passed passed, $failed failed"
-if ((failed > 0 || status != 0)); then
+((IGNORED == 0)) || say "$IGNORED ignored"
+echo "conformance: $PASSED passed, $FAILED failed"
+if ((FAILED > 0 || (status != 0 && status != 101))); then
     exit 1
 fi

@@ -89,3 +89,59 @@ kernel_key() {
         grep -E '^(CONFIG_|# CONFIG_[A-Za-z0-9_]+ is not set)' "$TESTBED_DIR/kernel.config"
     } | sha256sum | cut -c1-16
 }
+
+# build_static_tests CARGO-TEST-SELECTION...: builds veil-tests test targets as static
+# binaries into target/testbed (the explicit --target keeps crt-static away from build
+# scripts and proc-macros, and the normal target directory is left alone) and prints
+# their paths, one per line.
+build_static_tests() {
+    local repo
+    repo=$(cd "$TESTBED_DIR/.." && pwd)
+    RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
+        cargo test --locked -p veil-tests "$@" --target x86_64-unknown-linux-gnu \
+        --target-dir "$repo/target/testbed" --no-run --message-format=json-render-diagnostics |
+        sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'
+}
+
+# run_counted KERNEL BINARY [ARGS...]: runs a libtest BINARY in the testbed VM and adds
+# its tests to the counters PASSED, FAILED and IGNORED, and the tests that printed a
+# "skipping <test>: <reason>" line (veil's tests pass when they skip) to SKIPPED. The
+# tests are listed on the host first, so one that never reports back (the VM crashed or
+# timed out while it ran) counts as failed. Returns the run's status (0, or libtest's
+# 101 when it got to report).
+PASSED=0 FAILED=0 IGNORED=0 SKIPPED=0
+run_counted() {
+    local kernel=$1 binary=$2 log status name outcome all missing=()
+    shift 2
+    mapfile -t all < <("$binary" --list --format terse "$@" | sed -n 's/: test$//p')
+    ((${#all[@]})) || return 0
+    log=$(mktemp "${TMPDIR:-/tmp}/veil-testbed-run.XXXXXX")
+    set +e
+    VEIL_TESTBED_KERNEL=$kernel "$TESTBED_DIR/run.sh" "$binary" --color never "$@" | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    local -A result=()
+    while read -r _ name _ outcome _; do
+        # An ignored test with a reason reads "ignored, <reason>".
+        result[$name]=${outcome%,}
+    done < <(grep -E '^test [^ ]+ \.\.\. (ok|FAILED|ignored)' "$log" || true)
+    SKIPPED=$((SKIPPED + $(grep -c '^skipping ' "$log" || true)))
+    rm -f "$log"
+    for name in "${all[@]}"; do
+        case ${result[$name]:-} in
+            ok) PASSED=$((PASSED + 1)) ;;
+            ignored) IGNORED=$((IGNORED + 1)) ;;
+            FAILED) FAILED=$((FAILED + 1)) ;;
+            *)
+                FAILED=$((FAILED + 1))
+                missing+=("$name")
+                ;;
+        esac
+    done
+    ((${#missing[@]} == 0)) || say "never reported (counted as failed): ${missing[*]}"
+    case $status in
+        0 | 101) ;; # libtest's own verdicts; the counts say which
+        *) say "the testbed run of $(basename "$binary") ended with status $status (see above)" ;;
+    esac
+    return "$status"
+}
