@@ -6,11 +6,13 @@
 //! [`HostSafeMemory`] implements [`Populate`] directly, so `load(&source, &memory)` does
 //! the right thing for the memory it is given:
 //!
-//! - every region in-place or emulated with [`ContentPolicy::Preserve`]: **write, then
-//!   convert**. The host writes through its view while the pages are shared and converts
-//!   every page run to private in one all-or-nothing conversion; the contents stay.
-//! - anything else: **shared only**. The attributes flavor discards the shared side when
-//!   a range becomes private and its private side cannot be written by the host, and a
+//! - every region in-place or emulated with `ContentPolicy::Preserve` (or `Retain`, the
+//!   same there; see [`Flavor::keeps_contents`](veil_memory::Flavor::keeps_contents)):
+//!   **write, then convert**. The host writes through its view while the pages are
+//!   shared and converts every page run to private in one all-or-nothing conversion;
+//!   the contents stay.
+//! - anything else: **shared only**. In the attributes flavor the guest sees a separate
+//!   private side once a range is private, which the host cannot write, and a
 //!   `Discard` region punches converted pages out, so converting would hand the guest
 //!   zeros. The boot image stays shared; see the crate documentation.
 //!
@@ -18,9 +20,9 @@
 //! before writing), and a failure after the first write returns every run to shared and
 //! zeroes it.
 
+use veil_memory::HostSafeMemory;
 use veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_memory::vm_memory::GuestAddress;
-use veil_memory::{ContentPolicy, Flavor, HostSafeMemory};
 
 use crate::populate::{
     BoxError, ConvertPrivate, Populate, PopulateError, PopulateWay, WriteThenConvert,
@@ -74,10 +76,10 @@ impl ConvertPrivate for HostSafeMemory {
 /// region keeps contents across a conversion to private (in-place or emulated with
 /// `Preserve`), shared only otherwise.
 pub fn populate_way(memory: &HostSafeMemory) -> PopulateWay {
-    let keeps_contents = memory.regions().iter().all(|r| {
-        matches!(r.flavor(), Flavor::InPlace | Flavor::Emulated)
-            && r.policy() == ContentPolicy::Preserve
-    });
+    let keeps_contents = memory
+        .regions()
+        .iter()
+        .all(|r| r.flavor().keeps_contents(r.policy()));
     if keeps_contents {
         PopulateWay::WriteThenConvert
     } else {

@@ -46,6 +46,11 @@ fn everything_shared(mem: &HostSafeMemory) -> bool {
 
 #[test]
 fn preserve_memory_is_written_then_converted() {
+    // Retaining is preserving where one page serves both states.
+    assert_eq!(
+        populate_way(&emulated(ContentPolicy::Retain)),
+        PopulateWay::WriteThenConvert
+    );
     let mem = emulated(ContentPolicy::Preserve);
     assert_eq!(populate_way(&mem), PopulateWay::WriteThenConvert);
     let initrd = initrd();

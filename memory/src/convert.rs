@@ -186,7 +186,8 @@ pub(crate) struct Plan {
 /// Only changes of the private bit matter (a tag-only change costs nothing). Per region,
 /// the steps that are right for every page already in state `to` cover one span, from the
 /// first to the last changed page (one `KVM_SET_MEMORY_ATTRIBUTES`, one `mprotect`, and in
-/// the attributes flavor one discard of the side no page in the span uses any more);
+/// the attributes flavor under `Discard` one discard of the side no page in the span uses
+/// any more);
 /// discards that would destroy pages that did not change go per changed run.
 #[cfg(test)]
 pub(crate) fn plan(regions: &[RegionPlan], changes: &[Change], to: Attributes) -> Plan {
@@ -241,13 +242,15 @@ pub(crate) fn plan_into(
         match region.flavor {
             Flavor::Attributes => {
                 plan.reversible.push(op(StepKind::SetAttributes(to), span));
-                let side = if to_private {
-                    StepKind::DiscardMemfd
-                } else {
-                    StepKind::DiscardGuestMemfd
-                };
-                plan.discards.push(op(side, span));
-                plan.bytes_discarded += changed_bytes;
+                if region.policy == ContentPolicy::Discard {
+                    let side = if to_private {
+                        StepKind::DiscardMemfd
+                    } else {
+                        StepKind::DiscardGuestMemfd
+                    };
+                    plan.discards.push(op(side, span));
+                    plan.bytes_discarded += changed_bytes;
+                }
             }
             Flavor::InPlace | Flavor::Emulated => {
                 plan.reversible.push(op(
@@ -327,7 +330,9 @@ mod tests {
         let whole = fr(0, n);
         for (flavor, policy, reversible, discards) in [
             (Flavor::Attributes, ContentPolicy::Discard, 1, 1),
+            (Flavor::Attributes, ContentPolicy::Retain, 1, 0),
             (Flavor::InPlace, ContentPolicy::Preserve, 1, 0),
+            (Flavor::InPlace, ContentPolicy::Retain, 1, 0),
             (Flavor::Emulated, ContentPolicy::Preserve, 1, 0),
             // Discarding per run is what keeps the already-shared pages intact.
             (Flavor::InPlace, ContentPolicy::Discard, 1, n / 2),

@@ -45,10 +45,16 @@ impl Flavor {
     }
 
     /// Whether the flavor can carry out conversions under `policy`. The attributes flavor
-    /// always discards: KVM's attributes select which backing store the guest sees, and
-    /// the one no longer used is freed, so it cannot keep contents.
+    /// cannot preserve: KVM's attributes select which of two backing stores the guest
+    /// sees, so the bytes of one side never show on the other.
     pub fn honours(self, policy: ContentPolicy) -> bool {
         !(self == Flavor::Attributes && policy == ContentPolicy::Preserve)
+    }
+
+    /// Whether bytes the host writes while a page is shared are what the guest reads once
+    /// it is private: true where one page serves both states and `policy` keeps it.
+    pub fn keeps_contents(self, policy: ContentPolicy) -> bool {
+        self != Flavor::Attributes && policy != ContentPolicy::Discard
     }
 }
 
@@ -62,10 +68,18 @@ impl fmt::Display for Flavor {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ContentPolicy {
-    /// Converted pages keep their contents (pKVM-like share/unshare).
+    /// Converted pages keep their contents (pKVM-like share/unshare). In-place and
+    /// emulated flavors only.
     Preserve,
     /// Converted pages are freed and read as zeros afterwards (SNP/TDX-like).
     Discard,
+    /// Conversions free nothing. In the in-place and emulated flavors, where one page
+    /// serves both states, this is [`Preserve`](ContentPolicy::Preserve). In the
+    /// attributes flavor each side keeps its pages: a converted page reads what its new
+    /// side last held, and the side no longer used is not given back to the host. For
+    /// shared backings that cannot be punched page by page (hugetlb) or that a device
+    /// has pinned.
+    Retain,
 }
 
 /// Whether regions get a mapping of their own for KVM (`userspace_addr`), separate from

@@ -478,6 +478,64 @@ fn attributes_flavor_sets_kvm_attributes_then_discards() {
 }
 
 #[test]
+fn which_flavor_keeps_contents_under_which_policy() {
+    use ContentPolicy::{Discard, Preserve, Retain};
+    for flavor in Flavor::ALL {
+        let one_page = flavor != Flavor::Attributes;
+        assert!(
+            flavor.honours(Discard) && flavor.honours(Retain),
+            "{flavor}"
+        );
+        assert_eq!(flavor.honours(Preserve), one_page, "{flavor}");
+        assert!(!flavor.keeps_contents(Discard), "{flavor}");
+        assert_eq!(flavor.keeps_contents(Retain), one_page, "{flavor}");
+        assert_eq!(flavor.keeps_contents(Preserve), one_page, "{flavor}");
+    }
+}
+
+#[test]
+fn attributes_flavor_retaining_discards_nothing() {
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let src = MemfdSource {
+        flags: 0,
+        fail: None,
+    };
+    let mem = HostSafeMemory::builder()
+        .guest_memfd_source(&src)
+        .attributes_vm(vm.clone())
+        .region(RegionSpec::new(0, MIB, Flavor::Attributes).policy(ContentPolicy::Retain))
+        .build()
+        .unwrap();
+    fill(&mem, 0, 0x4000, 0x77);
+    let done = mem.convert(fr(1, 2), PRIVATE).unwrap();
+    assert_eq!((done.pages_changed, done.bytes_discarded), (2, 0));
+    assert!(mem.host_read(0x1000, &mut [0; 1]).is_err());
+    mem.convert(fr(0, 4), SHARED).unwrap();
+    assert_eq!(vm.calls(), vec![(fr(1, 2), PRIVATE), (fr(1, 2), SHARED)]);
+    assert_eq!(
+        mem.stats(),
+        ConversionStats {
+            set_memory_attributes: 2,
+            protections: 0,
+            discards: 0
+        }
+    );
+    // The shared side kept its pages while the range was private.
+    assert_eq!(read(&mem, 0, 0x4000), vec![0x77; 0x4000]);
+
+    // Where one page serves both states, retaining is preserving.
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(0, MIB, Flavor::Emulated).policy(ContentPolicy::Retain))
+        .build()
+        .unwrap();
+    fill(&mem, 0, 0x4000, 0x55);
+    mem.convert(fr(1, 2), PRIVATE).unwrap();
+    let done = mem.convert(fr(1, 2), SHARED).unwrap();
+    assert_eq!(done.bytes_discarded, 0);
+    assert_eq!(read(&mem, 0, 0x4000), vec![0x55; 0x4000]);
+}
+
+#[test]
 fn attributes_ioctl_failure_rolls_back_userspace() {
     let vm = Arc::new(RecordingAttributesVm::new());
     let mem = attributes(&vm);
