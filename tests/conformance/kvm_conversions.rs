@@ -49,7 +49,8 @@ fn run_vcpu(
     let entry = long_mode::entry(CODE, STACK - 0x1000 * id);
     setup_long_mode(kvm, &vcpu, id as u32, &entry).map_err(|e| e.to_string())?;
     let mut regs = vcpu.get_regs().map_err(|e| e.to_string())?;
-    (regs.rdi, regs.rsi, regs.rdx) = (DATA + id * CHUNK, id, CHUNK);
+    // rcx 0: this host discards, as veil's `Discard` policy does.
+    (regs.rdi, regs.rsi, regs.rdx, regs.rcx) = (DATA + id * CHUNK, id, CHUNK, 0);
     vcpu.set_regs(&regs).map_err(|e| e.to_string())?;
     let mut reports = Vec::new();
     loop {

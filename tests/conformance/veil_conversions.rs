@@ -12,15 +12,16 @@
 //! pages zero. At its sync points the host checks the shared side through veil's guest
 //! memory and that every private page refuses host access while the guest uses it.
 //!
-//! veil's attributes flavor always discards the side a conversion stops using (the
-//! selftest's fallocate variant); KVM itself without discarding is covered by
-//! `private_memory::guest_sees_the_side_its_attributes_select`.
+//! The selftest runs with and without discarding; here that is the region's content
+//! policy. `Discard` frees the side a conversion stops using (the selftest's fallocate
+//! variant) and the guest reads zeros there; `Retain` keeps it, and the guest reads what
+//! that side last held.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use veil_memory::veil_attrs::{Attributes, FrameRange, PAGE_SIZE};
-use veil_memory::{HostAccessError, HostSafeMemory};
+use veil_memory::{ContentPolicy, HostAccessError, HostSafeMemory};
 use veil_vcpu::{BoxError, ExitKind, FaultPolicy, StopReason};
 
 use crate::guests;
@@ -79,8 +80,9 @@ fn sync(mem: &HostSafeMemory, index: u32, syncs: &AtomicU64) -> Result<(), BoxEr
     Ok(())
 }
 
-/// Runs the conversion scenarios on `vcpus` vCPUs with the data in `memslots` memslots.
-fn conversions(test: &str, vcpus: u64, memslots: u64) {
+/// Runs the conversion scenarios on `vcpus` vCPUs with the data in `memslots` memslots
+/// whose content policy is `policy`.
+fn conversions(test: &str, vcpus: u64, memslots: u64, policy: ContentPolicy) {
     let total = vcpus * CHUNK;
     let mut regions = vec![(0, BOOT_SIZE)];
     match memslots {
@@ -93,7 +95,7 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
             regions.push((DATA + first, total - first));
         }
     }
-    let Some(vm) = attributes_vm(test, &regions) else {
+    let Some(vm) = attributes_vm(test, &regions, policy) else {
         return;
     };
     assert_eq!(
@@ -114,6 +116,7 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
                 r.rdi = DATA + id * CHUNK;
                 r.rsi = id;
                 r.rdx = CHUNK;
+                r.rcx = u64::from(policy == ContentPolicy::Retain);
             })
         })
         .collect();
@@ -147,12 +150,18 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
     // Per vCPU: 1 initial sync, and per range 1 private + 1 shared sync plus one per
     // hole (odd page): ranges of 1, 512, 1, 512, 1 pages have 0, 256, 0, 256, 0 holes.
     assert_eq!(syncs.load(Ordering::Relaxed), vcpus * (1 + 5 * 2 + 512));
-    // Per vCPU and range: to private, one per hole, the range back to shared and the
-    // whole chunk shared, all as KVM_EXIT_HYPERCALL exits that veil answered.
+    // Per vCPU and range: to private, one per hole, the range back to shared, its first
+    // page there and back, and the whole chunk shared, all as KVM_EXIT_HYPERCALL exits
+    // that veil answered.
     assert_eq!(
         report.stats().count(ExitKind::Hypercall),
-        vcpus * (5 * 3 + 512)
+        vcpus * (5 * 5 + 512)
     );
+    let discards = vm.memory().stats().discards;
+    match policy {
+        ContentPolicy::Retain => assert_eq!(discards, 0, "retaining discards nothing"),
+        _ => assert!(discards > 0, "discarding discards"),
+    }
     assert_eq!(report.stats().count(ExitKind::MemoryFault), 0);
     let data = FrameRange::from_gpa(DATA, total).unwrap();
     assert!(
@@ -164,21 +173,81 @@ fn conversions(test: &str, vcpus: u64, memslots: u64) {
 }
 
 #[test]
-fn conversions_1_vcpu_1_memslot() {
-    conversions("conversions_1_vcpu_1_memslot", 1, 1);
+fn conversions_discarding_1_vcpu_1_memslot() {
+    conversions(
+        "conversions_discarding_1_vcpu_1_memslot",
+        1,
+        1,
+        ContentPolicy::Discard,
+    );
 }
 
 #[test]
-fn conversions_2_vcpus_1_memslot() {
-    conversions("conversions_2_vcpus_1_memslot", 2, 1);
+fn conversions_discarding_2_vcpus_1_memslot() {
+    conversions(
+        "conversions_discarding_2_vcpus_1_memslot",
+        2,
+        1,
+        ContentPolicy::Discard,
+    );
 }
 
 #[test]
-fn conversions_1_vcpu_2_memslots() {
-    conversions("conversions_1_vcpu_2_memslots", 1, 2);
+fn conversions_discarding_1_vcpu_2_memslots() {
+    conversions(
+        "conversions_discarding_1_vcpu_2_memslots",
+        1,
+        2,
+        ContentPolicy::Discard,
+    );
 }
 
 #[test]
-fn conversions_2_vcpus_2_memslots() {
-    conversions("conversions_2_vcpus_2_memslots", 2, 2);
+fn conversions_discarding_2_vcpus_2_memslots() {
+    conversions(
+        "conversions_discarding_2_vcpus_2_memslots",
+        2,
+        2,
+        ContentPolicy::Discard,
+    );
+}
+
+#[test]
+fn conversions_retaining_1_vcpu_1_memslot() {
+    conversions(
+        "conversions_retaining_1_vcpu_1_memslot",
+        1,
+        1,
+        ContentPolicy::Retain,
+    );
+}
+
+#[test]
+fn conversions_retaining_2_vcpus_1_memslot() {
+    conversions(
+        "conversions_retaining_2_vcpus_1_memslot",
+        2,
+        1,
+        ContentPolicy::Retain,
+    );
+}
+
+#[test]
+fn conversions_retaining_1_vcpu_2_memslots() {
+    conversions(
+        "conversions_retaining_1_vcpu_2_memslots",
+        1,
+        2,
+        ContentPolicy::Retain,
+    );
+}
+
+#[test]
+fn conversions_retaining_2_vcpus_2_memslots() {
+    conversions(
+        "conversions_retaining_2_vcpus_2_memslots",
+        2,
+        2,
+        ContentPolicy::Retain,
+    );
 }

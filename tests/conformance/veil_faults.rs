@@ -14,8 +14,8 @@
 //! with `KVM_SET_USER_MEMORY_REGION2` on the VM veil built.
 
 use kvm_bindings::kvm_userspace_memory_region2;
-use veil_memory::HostAccessError;
 use veil_memory::veil_attrs::{Attributes, FrameRange, PAGE_SIZE};
+use veil_memory::{ContentPolicy, HostAccessError};
 use veil_vcpu::{Access, ExitKind, FaultPolicy, RunError, StopReason, Vcpu, VmReport};
 use veil_vmm::Vm;
 
@@ -45,7 +45,7 @@ fn set_memslot(vm: &Vm, region: kvm_userspace_memory_region2) {
 /// veil-vmm's VM with [`REGIONS`]; with `unbacked`, region 2's memory slot is replaced
 /// by one without guest_memfd (KVM cannot change a slot's private side in place).
 fn vm(test: &str, unbacked: bool) -> Option<Vm> {
-    let vm = attributes_vm(test, &REGIONS)?;
+    let vm = attributes_vm(test, &REGIONS, ContentPolicy::Discard)?;
     if unbacked {
         let slot = memslot(&vm, UNBACKED);
         set_memslot(

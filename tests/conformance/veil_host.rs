@@ -35,14 +35,14 @@ pub const STACK: u64 = 0x8_0000;
 /// The boot region of 64-bit guests: [0, 2 MiB), never converted.
 pub const BOOT_SIZE: u64 = 2 << 20;
 
-/// A VM built by veil-vmm in the attributes flavor, one discarding region (and memory
-/// slot, numbered from 0 in address order) per `(base, size)`; or `None` (the test
-/// skips, saying why) where KVM lacks software-protected VMs.
-pub fn attributes_vm(test: &str, regions: &[(u64, u64)]) -> Option<Vm> {
+/// A VM built by veil-vmm in the attributes flavor, one region (and memory slot,
+/// numbered from 0 in address order) per `(base, size)` with content policy `policy`;
+/// or `None` (the test skips, saying why) where KVM lacks software-protected VMs.
+pub fn attributes_vm(test: &str, regions: &[(u64, u64)], policy: ContentPolicy) -> Option<Vm> {
     sw_protected_or_skip(test)?;
     let mut builder = Vm::builder().flavor(Flavor::Attributes);
     for &(base, size) in regions {
-        builder = builder.region(base, size, ContentPolicy::Discard);
+        builder = builder.region(base, size, policy);
     }
     let vm = builder
         .build()

@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use veil_memory::veil_attrs::{Attributes, FrameRange};
-use veil_memory::{ConversionListener, StateChange};
+use veil_memory::{ContentPolicy, ConversionListener, StateChange};
 use veil_vcpu::{ExitKind, FaultPolicy, StopReason};
 
 use crate::guests;
@@ -32,7 +32,7 @@ impl ConversionListener for Changes {
 #[test]
 fn malformed_map_gpa_range_changes_nothing() {
     let test = "malformed_map_gpa_range_changes_nothing";
-    let Some(vm) = attributes_vm(test, &[(0, BOOT_SIZE), DATA]) else {
+    let Some(vm) = attributes_vm(test, &[(0, BOOT_SIZE), DATA], ContentPolicy::Discard) else {
         return;
     };
     let changes = Arc::new(Changes::default());

@@ -5,12 +5,14 @@
 #   %rdi  the chunk's first guest-physical address
 #   %rsi  the vCPU's index (its mailbox is 0x20000 + 64 * index, in shared memory)
 #   %rdx  the chunk's size (at least 2 MiB + 4 KiB)
+#   %rcx  1 when veil retains the side a conversion stops using, 0 when it discards it
 #
 # For each (offset, size) of cv_ranges the guest converts the range shared -> private ->
 # shared with KVM_HC_MAP_GPA_RANGE (`vmmcall`), punches holes by converting the odd
 # pages back to shared one at a time, and checks after every step what it reads:
 # private pages read what it wrote privately, shared pages read what the host wrote,
-# and pages whose side veil discarded read zero. At sync points it hands over to the
+# pages whose side veil discarded read zero, and pages whose side veil retained read
+# what that side last held. At sync points it hands over to the
 # host (out to port 0x20 with its index, the request in its mailbox):
 #   command 1  the host checks that the shared range reads byte `expect` and fills it
 #              with byte `new` (argument = expect | new << 8)
@@ -24,6 +26,7 @@
 
         movq    %rdi, %r12                  # chunk base
         movq    %rsi, %r15                  # vCPU index
+        movq    %rcx, %rsi                  # 1: retaining, 0: discarding
         movq    %rdx, %r14                  # chunk size
         movq    %r15, %r13
         shlq    $6, %r13
@@ -81,8 +84,8 @@ cv_next_range:
         call    cv_check_outside
 
         # Holes: odd pages back to shared. Their shared side was discarded when the
-        # range became private, so they read zero until the host writes pattern three.
-        # Even pages stay private and keep pattern two.
+        # range became private, so they read zero (retained: pattern one) until the
+        # host writes pattern three. Even pages stay private and keep pattern two.
         xorq    %r11, %r11
 cv_hole:
         testq   $0x1000, %r11
@@ -94,12 +97,16 @@ cv_hole:
         call    cv_map
         leaq    (%r9,%r11), %rdi
         movl    $0x1000, %ecx
-        xorl    %eax, %eax
+        movb    $0x11, %al
+        call    cv_if_discarded
         movl    $7, %r8d
         call    cv_check
+        movb    $0x11, %al
+        call    cv_if_discarded
+        movzbl  %al, %edx
+        orl     $0x3300, %edx
         leaq    (%r9,%r11), %rbx
         movl    $0x1000, %ecx
-        movl    $0x3300, %edx
         call    cv_sync_shared
         leaq    (%r9,%r11), %rdi
         movl    $0x1000, %ecx
@@ -118,8 +125,8 @@ cv_hole_next:
         cmpq    %r10, %r11
         jb      cv_hole
 
-        # The whole range back to shared: the even pages read zero (discarded), the odd
-        # ones keep the host's pattern three.
+        # The whole range back to shared: the even pages read zero (discarded) or
+        # pattern one (retained), the odd ones keep the host's pattern three.
         movq    %r9, %rbx
         movq    %r10, %rcx
         xorl    %edx, %edx
@@ -129,7 +136,8 @@ cv_hole_next:
 cv_after:
         leaq    (%r9,%r11), %rdi
         movl    $0x1000, %ecx
-        xorl    %eax, %eax
+        movb    $0x11, %al
+        call    cv_if_discarded
         testq   $0x1000, %r11
         jz      1f
         movb    $0x33, %al
@@ -138,6 +146,36 @@ cv_after:
         addq    $0x1000, %r11
         cmpq    %r10, %r11
         jb      cv_after
+
+        # The first page there and back once more, after the guest writes 0x5a to its
+        # shared side. Private, it reads zero (discarded when the range became shared)
+        # or pattern two (retained); shared again, zero or 0x5a.
+        movq    %r9, %rdi
+        movl    $0x1000, %ecx
+        movb    $0x5a, %al
+        call    cv_fill
+        movq    %r9, %rbx
+        movl    $0x1000, %ecx
+        movl    $0x10, %edx
+        movl    $14, %r8d
+        call    cv_map
+        movq    %r9, %rdi
+        movl    $0x1000, %ecx
+        movb    $0x22, %al
+        call    cv_if_discarded
+        movl    $14, %r8d
+        call    cv_check
+        movq    %r9, %rbx
+        movl    $0x1000, %ecx
+        xorl    %edx, %edx
+        movl    $15, %r8d
+        call    cv_map
+        movq    %r9, %rdi
+        movl    $0x1000, %ecx
+        movb    $0x5a, %al
+        call    cv_if_discarded
+        movl    $15, %r8d
+        call    cv_check
 
         # Shared both ways: the guest writes three, the host checks it and writes four.
         movq    %r9, %rdi
@@ -174,6 +212,13 @@ cv_done:
         orl     %r15d, %eax
         outl    %eax, $0x10
         hlt
+
+# %al, what a retained page reads, becomes zero when veil discards.
+cv_if_discarded:
+        testq   %rsi, %rsi
+        jnz     1f
+        xorl    %eax, %eax
+1:      ret
 
 # rep stosb: fill %rcx bytes at %rdi with %al.
 cv_fill:
