@@ -93,7 +93,8 @@ struct Writer {
     recording: Vec<Entry>,
     /// The published map, for reading it without arc-swap's guard.
     current: Arc<AttrMap>,
-    /// Writes that found no spare ready and cloned the published map.
+    /// Writes that found no spare ready and cloned the published map (tests only).
+    #[cfg(test)]
     clones: u64,
     /// Sets replayed on a spare (tests only).
     #[cfg(test)]
@@ -226,6 +227,7 @@ impl ConcurrentAttrMap {
                 journal: Vec::new(),
                 recording: Vec::new(),
                 current: Arc::clone(&published),
+                #[cfg(test)]
                 clones: 0,
                 #[cfg(test)]
                 replayed: 0,
@@ -327,7 +329,10 @@ impl ConcurrentAttrMap {
             Some(spare) if Arc::strong_count(&spare) == 1 => spare,
             _ => {
                 w.journal.clear();
-                w.clones += 1;
+                #[cfg(test)]
+                {
+                    w.clones += 1;
+                }
                 // Shared with the published map: `make_mut` below clones it.
                 self.published.load_full()
             }

@@ -705,15 +705,8 @@ impl RunLeaf {
 
     /// The canonical slot for this leaf's content.
     fn into_slot(self, owner: u64) -> Slot {
-        if self.runs.len() <= 1 {
-            return Slot::Uniform(self.state(0));
-        }
-        if self.runs.len() > RUN_LEAF_MAX
-            && let Some(bits) = BitLeaf::from_runs(&self.runs, owner)
-        {
-            return Slot::Bits(Arc::new(bits));
-        }
-        Slot::Runs(Arc::new(self))
+        self.other_form(owner)
+            .unwrap_or_else(|| Slot::Runs(Arc::new(self)))
     }
 }
 

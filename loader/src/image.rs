@@ -429,16 +429,17 @@ impl<'a> KernelImage<'a> {
                 .p_offset
                 .checked_add(phdr.p_filesz)
                 .is_some_and(|end| end <= file_len);
+            // Only the segments veil reads must lie inside the file.
+            if matches!(phdr.p_type, PT_LOAD | PT_NOTE) && !in_file {
+                return Err(ImageError::SegmentOutsideFile {
+                    index,
+                    offset: phdr.p_offset,
+                    size: phdr.p_filesz,
+                    file_len,
+                });
+            }
             match phdr.p_type {
                 PT_LOAD => {
-                    if !in_file {
-                        return Err(ImageError::SegmentOutsideFile {
-                            index,
-                            offset: phdr.p_offset,
-                            size: phdr.p_filesz,
-                            file_len,
-                        });
-                    }
                     if phdr.p_filesz > phdr.p_memsz {
                         return Err(ImageError::FileSizeExceedsMemSize {
                             index,
@@ -463,18 +464,8 @@ impl<'a> KernelImage<'a> {
                         });
                     }
                 }
-                PT_NOTE => {
-                    if !in_file {
-                        return Err(ImageError::SegmentOutsideFile {
-                            index,
-                            offset: phdr.p_offset,
-                            size: phdr.p_filesz,
-                            file_len,
-                        });
-                    }
-                    if entry.is_none() {
-                        entry = find_pvh_entry(bytes, phdr.p_offset, phdr.p_filesz)?;
-                    }
+                PT_NOTE if entry.is_none() => {
+                    entry = find_pvh_entry(bytes, phdr.p_offset, phdr.p_filesz)?;
                 }
                 _ => {}
             }

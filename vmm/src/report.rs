@@ -6,7 +6,8 @@
 use std::fmt::Write;
 
 use veil_memory::{
-    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCaps, KvmSideMapping, vm_type_name,
+    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, GUEST_MEMFD_KNOWN_FLAGS, HostCaps,
+    KvmSideMapping, vm_type_name,
 };
 
 fn yes(b: bool) -> &'static str {
@@ -21,7 +22,7 @@ fn gmem_flags(flags: u64) -> String {
     if flags & GUEST_MEMFD_FLAG_INIT_SHARED != 0 {
         names.push("INIT_SHARED");
     }
-    let rest = flags & !(GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED);
+    let rest = flags & !GUEST_MEMFD_KNOWN_FLAGS;
     let mut s = format!("{flags:#x}");
     if !names.is_empty() || rest != 0 {
         let mut all = names.join("|");
@@ -39,7 +40,9 @@ fn gmem_flags(flags: u64) -> String {
 fn attributes(bits: u64) -> String {
     match bits {
         0 => "0x0 (none)".into(),
-        8 => "0x8 (PRIVATE)".into(),
+        b if b == u64::from(kvm_bindings::KVM_MEMORY_ATTRIBUTE_PRIVATE) => {
+            format!("{b:#x} (PRIVATE)")
+        }
         b => format!("{b:#x}"),
     }
 }

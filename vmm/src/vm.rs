@@ -143,18 +143,16 @@ impl VmBuilder {
         // KVM refuses that, forever). On error nothing stays registered.
         unsafe { memory.register_memslots(&vm, 0) }.map_err(VmError::Memslot)?;
         // From here on `Vm::drop` removes the slots.
-        let mut built = Vm {
+        let built = Vm {
             kvm,
             vm,
             exits: Arc::new(MemoryExits::new(memory.clone())),
             memory,
             caps,
             flavor,
-            conversion_exits: false,
         };
         if built.caps.map_gpa_range_exits() {
             enable_conversion_exits(&built.vm).map_err(VmError::ConversionExits)?;
-            built.conversion_exits = true;
         }
         Ok(built)
     }
@@ -194,7 +192,6 @@ pub struct Vm {
     exits: Arc<MemoryExits>,
     caps: HostCaps,
     flavor: Flavor,
-    conversion_exits: bool,
 }
 
 impl Vm {
@@ -236,7 +233,8 @@ impl Vm {
     /// Whether KVM forwards `KVM_HC_MAP_GPA_RANGE` to userspace (enabled where the host
     /// offers it). veil's port-I/O hypercall works either way.
     pub fn conversion_exits(&self) -> bool {
-        self.conversion_exits
+        // `build` fails unless enabling them succeeded where the host offers them.
+        self.caps.map_gpa_range_exits()
     }
 
     /// Creates vCPU `id`.
