@@ -28,7 +28,7 @@ impl MemoryAttributesVm for VmFd {
             attributes: attributes.bits(),
             flags: 0,
         };
-        VmFd::set_memory_attributes(self, attr).map_err(|e| io::Error::from_raw_os_error(e.errno()))
+        VmFd::set_memory_attributes(self, attr).map_err(io::Error::from)
     }
 }
 

@@ -214,8 +214,7 @@ impl GuestMemfdSource for VmFd {
             flags,
             reserved: [0; 6],
         };
-        let raw = VmFd::create_guest_memfd(self, gmem)
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        let raw = VmFd::create_guest_memfd(self, gmem).map_err(io::Error::from)?;
         // SAFETY: KVM just returned `raw` as a new descriptor that nothing else owns.
         Ok(unsafe { OwnedFd::from_raw_fd(raw) })
     }

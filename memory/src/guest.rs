@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use smallvec::SmallVec;
 use veil_attrs::{
     AttrMap, AttrMapWriter, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState,
-    RangeError,
+    RangeError, Run, Tag,
 };
 use vm_memory::{
     AtomicAccess, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryError, GuestMemoryRegion,
@@ -639,7 +639,7 @@ pub struct ListenerId(u64);
 pub struct HostSafeMemory {
     regions: Vec<Region>,
     spans: Vec<GuestSpan>,
-    attrs: Arc<ConcurrentAttrMap>,
+    pub(crate) attrs: Arc<ConcurrentAttrMap>,
     lock: Arc<AccessLock>,
     attributes_vm: Option<Arc<dyn MemoryAttributesVm>>,
     listeners: Mutex<Vec<(ListenerId, Arc<dyn ConversionListener>)>>,
@@ -704,9 +704,32 @@ impl HostSafeMemory {
         &self.regions
     }
 
-    /// The state of every frame, shared with readers such as vCPU threads (lock-free).
-    pub fn attributes(&self) -> &Arc<ConcurrentAttrMap> {
-        &self.attrs
+    /// The state of every frame as of this call (lock-free; later conversions do not
+    /// change it). Read-only: a host access is safe only while the map agrees with the
+    /// host mappings, so the map changes only through conversions and [`set_tag`].
+    ///
+    /// [`set_tag`]: HostSafeMemory::set_tag
+    pub fn attributes(&self) -> Arc<AttrMap> {
+        self.attrs.snapshot()
+    }
+
+    /// Tags every frame of `range` with `tag` (`None` clears it), keeping each frame's
+    /// attributes: sub-state metadata issues no system call and is not a conversion, so
+    /// listeners are not told. Returns how many frames' tags changed; on error nothing
+    /// changes.
+    pub fn set_tag(&self, range: FrameRange, tag: Option<Tag>) -> Result<u64, RangeError> {
+        self.attrs.update(|w| {
+            let runs: Vec<Run> = w.runs(range)?.collect();
+            let mut changed = 0;
+            for run in runs {
+                let state = PageState {
+                    attributes: run.state.attributes,
+                    tag,
+                };
+                changed += w.set_state(run.range, state)?.pages();
+            }
+            Ok(changed)
+        })
     }
 
     /// The state of one frame.

@@ -98,8 +98,7 @@ impl SlotTable for VmFd {
     unsafe fn set(&self, slot: kvm_userspace_memory_region2) -> io::Result<()> {
         // SAFETY: the caller keeps the memory the slot describes alive (this function's
         // own contract).
-        unsafe { self.set_user_memory_region2(slot) }
-            .map_err(|e| io::Error::from_raw_os_error(e.errno()))
+        unsafe { self.set_user_memory_region2(slot) }.map_err(io::Error::from)
     }
 }
 

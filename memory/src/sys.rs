@@ -92,7 +92,9 @@ pub(crate) struct Mapping {
 // SAFETY: a `Mapping` is an address range, not data; the memory is shared with the
 // kernel and the guest anyway and is only reached through volatile accesses.
 unsafe impl Send for Mapping {}
-// SAFETY: as above; `&Mapping` only allows mprotect and address arithmetic.
+// SAFETY: as above; through `&Mapping` callers change protections, replace parts of the
+// range with `MAP_FIXED` (`place_shared`) and compute addresses, none of which hands out
+// a reference to the bytes.
 unsafe impl Sync for Mapping {}
 
 impl Mapping {

@@ -8,7 +8,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE, PageState, RangeError};
+use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE, PageState, RangeError, Tag};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 use crate::backend::tests::MemfdSource;
@@ -317,7 +317,7 @@ fn converting_to_the_current_state_costs_nothing() {
     mem.convert(fr(0x100, 4), PRIVATE).unwrap();
     let mid = mem.stats();
     assert_eq!(mid.since(&before).protections, 1);
-    let published = mem.attributes().snapshot();
+    let published = mem.attributes();
     assert!(
         mem.convert(fr(0x101, 2), PRIVATE)
             .unwrap()
@@ -326,7 +326,7 @@ fn converting_to_the_current_state_costs_nothing() {
     );
     assert_eq!(mem.stats(), mid);
     // Not even a new snapshot was published.
-    assert!(Arc::ptr_eq(&published, &mem.attributes().snapshot()));
+    assert!(Arc::ptr_eq(&published, &mem.attributes()));
 }
 
 #[test]
@@ -341,7 +341,7 @@ fn a_repeated_request_does_not_wait_for_a_running_conversion() {
     thread::scope(|s| {
         // Another writer holds the attribute map's lock, as a long conversion does.
         let other = s.spawn(move || {
-            mem.attributes().update(|_| {
+            mem.attrs.update(|_| {
                 inside.send(()).unwrap();
                 released.recv().unwrap();
             })
@@ -377,7 +377,7 @@ fn bad_requests_fail_before_anything_changes() {
         .region(RegionSpec::new(3 * MIB, MIB, Flavor::Emulated))
         .build()
         .unwrap();
-    let snapshot = mem.attributes().snapshot();
+    let snapshot = mem.attributes();
     let stats = mem.stats();
     let gap = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
     assert!(
@@ -405,10 +405,7 @@ fn bad_requests_fail_before_anything_changes() {
         Err(ConvertError::Range(RangeError::Overflow { .. }))
     ));
     assert_eq!(mem.stats(), stats);
-    assert_eq!(
-        mem.attributes().snapshot().run_count(),
-        snapshot.run_count()
-    );
+    assert_eq!(mem.attributes().run_count(), snapshot.run_count());
     assert!(mem.attributes().range_is(fr(0x100, 0x300), SHARED).unwrap());
 }
 
@@ -475,6 +472,33 @@ fn attributes_flavor_sets_kvm_attributes_then_discards() {
     let slot = &mem.memslots(0)[0];
     assert_eq!(slot.flags, kvm_bindings::KVM_MEM_GUEST_MEMFD);
     assert_ne!(slot.userspace_addr, 0);
+}
+
+#[test]
+fn tags_change_without_conversions() {
+    let mem = emulated();
+    mem.convert(fr(0x101, 2), PRIVATE).unwrap();
+    let calls = mem.stats();
+    let tag = Tag::new(5).unwrap();
+    // Across a shared/private boundary: each frame keeps its attributes.
+    assert_eq!(mem.set_tag(fr(0x100, 4), Some(tag)).unwrap(), 4);
+    assert_eq!(mem.set_tag(fr(0x100, 4), Some(tag)).unwrap(), 0);
+    assert_eq!(mem.stats(), calls, "no system call");
+    for (gfn, attributes) in [(0x100, SHARED), (0x101, PRIVATE), (0x103, SHARED)] {
+        assert_eq!(
+            mem.state(Gfn(gfn)).unwrap(),
+            PageState {
+                attributes,
+                tag: Some(tag)
+            }
+        );
+    }
+    assert!(mem.host_read(0x10_1000, &mut [0; 1]).is_err());
+    // Out of bounds: refused, nothing changes.
+    assert!(mem.set_tag(fr(0x2ff, 2), None).is_err());
+    assert_eq!(mem.state(Gfn(0x100)).unwrap().tag, Some(tag));
+    assert_eq!(mem.set_tag(fr(0x100, 4), None).unwrap(), 4);
+    assert_eq!(mem.attributes().run_count(), 3);
 }
 
 #[test]

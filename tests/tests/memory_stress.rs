@@ -167,7 +167,7 @@ fn concurrent_conversions_agree_page_by_page() {
         });
 
         // Attributes and host protections agree page by page.
-        let snapshot = mem.attributes().snapshot();
+        let snapshot = mem.attributes();
         let prot = inaccessible_pages(view, PAGES);
         let mut a_private = None;
         for p in 0..PAGES {

@@ -325,7 +325,7 @@ fn round_trips_and_refusals(test: &str, flavor: Flavor) {
             .range_is(all, Attributes::empty())
             .unwrap()
     );
-    assert_eq!(memory.attributes().snapshot().run_count(), 1);
+    assert_eq!(memory.attributes().run_count(), 1);
     assert_eq!(
         memory.stats().since(&before),
         ConversionStats {

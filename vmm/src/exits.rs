@@ -137,7 +137,7 @@ impl MemoryHandler for MemoryExits {
 mod tests {
     use super::*;
     use std::io;
-    use veil_attrs::{Gfn, PageState, RangeError, Tag};
+    use veil_attrs::{Gfn, RangeError, Tag};
     use veil_memory::{ContentPolicy, Flavor, HostAccessError, RegionSpec, StepKind};
     use veil_vcpu::{KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, MapGpaRangeArgs};
 
@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(e.map_gpa_range(&to_shared).unwrap(), Conversion::Done);
         mem.host_read(0xf_fffb, &mut buf).unwrap();
         assert_eq!(&buf, b"guest\0\0\0\0\0");
-        assert_eq!(mem.attributes().snapshot().run_count(), 1);
+        assert_eq!(mem.attributes().run_count(), 1);
     }
 
     #[test]
@@ -364,9 +364,7 @@ mod tests {
         let mem = e.memory().clone();
         e.map_gpa_range(&request(&e, 0x4_0000, 1, true)).unwrap();
         let tag = Tag::new(7).unwrap();
-        mem.attributes()
-            .set_state(fr(0x40, 1), PageState::tagged(Attributes::PRIVATE, tag))
-            .unwrap();
+        assert_eq!(mem.set_tag(fr(0x40, 1), Some(tag)).unwrap(), 1);
         let calls = mem.stats();
 
         let f = fault(0x4_0000, 0x1000, true);
