@@ -59,6 +59,11 @@ pub const KVM_EXIT_HYPERCALL_LONG_MODE: u64 = 1 << 0;
 /// decodes 0x40-0x43; Super I/O configuration sits at 0x2e/0x2f or 0x4e/0x4f).
 pub const HYPERCALL_PORT: u16 = 0x5e;
 
+/// `EFER.LMA` (bit 10): long mode active.
+///
+/// Source: `arch/x86/include/asm/msr-index.h` (`EFER_LMA`).
+pub(crate) const EFER_LMA: u64 = 1 << 10;
+
 /// Architectural MSR indices used for the boot MSRs.
 ///
 /// Source: `arch/x86/include/asm/msr-index.h`.

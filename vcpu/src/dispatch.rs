@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT};
 use veil_attrs::FrameRange;
 
 use crate::exit::{Access, Exit, ExitData, ExitError, MemoryFault, PioData, SystemEventKind};
@@ -109,8 +110,8 @@ pub(crate) enum WriteBack {
     HypercallRet(u64),
     /// The guest's `rax` (port-I/O hypercall).
     Rax(u64),
-    /// `kvm_run.mmio.data[..len]`.
-    MmioData([u8; 8], u8),
+    /// `kvm_run.mmio.data`; KVM copies only the exit's `mmio.len` bytes to the guest.
+    MmioData([u8; 8]),
 }
 
 /// What the run loop does next.
@@ -205,13 +206,8 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             Exit::PortHypercall => match regs.port_hypercall_args() {
                 Ok(args) => {
                     let (code, next) = self.conversion(kind, args);
-                    let mut rax = code.code();
-                    if !args.long_mode {
-                        // As KVM does for `hypercall.ret`: a 32-bit guest gets 32 bits.
-                        rax &= u64::from(u32::MAX);
-                    }
                     Handled {
-                        write: Some(WriteBack::Rax(rax)),
+                        write: Some(WriteBack::Rax(code.code())),
                         next,
                     }
                 }
@@ -220,7 +216,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             Exit::PioIn { port, data } => {
                 let access = IoAccess::PioRead(port);
                 let Some(bytes) = pio.get_mut(data) else {
-                    return Handled::next(Next::Fail(malformed_pio(data)));
+                    return Handled::next(Next::Fail(malformed_pio(KVM_EXIT_IO_IN, data)));
                 };
                 let r = self.timed(kind, || self.io.pio_read(port, bytes));
                 Handled::next(io_next(access, r))
@@ -228,7 +224,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             Exit::PioOut { port, data } => {
                 let access = IoAccess::PioWrite(port);
                 let Some(bytes) = pio.get_mut(data) else {
-                    return Handled::next(Next::Fail(malformed_pio(data)));
+                    return Handled::next(Next::Fail(malformed_pio(KVM_EXIT_IO_OUT, data)));
                 };
                 let r = self.timed(kind, || self.io.pio_write(port, bytes));
                 Handled::next(io_next(access, r))
@@ -239,7 +235,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
                 let r = self.timed(kind, || self.io.mmio_read(addr, &mut buf[..n]));
                 match io_next(IoAccess::MmioRead(addr), r) {
                     Next::Continue => Handled {
-                        write: Some(WriteBack::MmioData(buf, len)),
+                        write: Some(WriteBack::MmioData(buf)),
                         next: Next::Continue,
                     },
                     other => Handled::next(other),
@@ -334,9 +330,10 @@ fn io_next(access: IoAccess, r: Result<(), BoxError>) -> Next {
     }
 }
 
-fn malformed_pio(data: PioData) -> RunError {
+fn malformed_pio(direction: u32, data: PioData) -> RunError {
     RunError::Exit(ExitError::MalformedIo {
-        direction: 0,
+        // KVM_EXIT_IO_IN and _OUT are 0 and 1: the `as` keeps the value.
+        direction: direction as u8,
         size: data.size,
         count: data.count,
         offset: data.offset as u64,
@@ -354,10 +351,11 @@ fn suppressed_note(suppressed: u64) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::abi::{KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED};
+    use crate::abi::KVM_MAP_GPA_RANGE_ENCRYPTED;
     use crate::exit::tests::{MAP_LEN, fault_run, hypercall_run, io_run};
     use crate::exit::{RunOutcome, decode};
     use crate::request::GuestLayout;
+    use crate::request::tests::args;
     use std::sync::Mutex;
     use veil_attrs::{AttrMap, Attributes};
 
@@ -536,16 +534,6 @@ pub(crate) mod tests {
             self.pio = pio;
             self.regs.reads = regs.reads;
             h
-        }
-    }
-
-    fn args(gpa: u64, pages: u64, attributes: u64) -> MapGpaRangeArgs {
-        MapGpaRangeArgs {
-            nr: KVM_HC_MAP_GPA_RANGE,
-            gpa,
-            pages,
-            attributes,
-            long_mode: true,
         }
     }
 
@@ -750,7 +738,14 @@ pub(crate) mod tests {
         let h = f.turn(&run, FaultPolicy::ConvertImplicitly);
         assert_eq!(
             h.write,
-            Some(WriteBack::MmioData([0xb0, 0xb1, 0xb2, 0xb3, 0, 0, 0, 0], 4))
+            Some(WriteBack::MmioData([0xb0, 0xb1, 0xb2, 0xb3, 0, 0, 0, 0]))
+        );
+        assert_eq!(
+            f.io.log.lock().unwrap()[0],
+            (
+                IoAccess::MmioRead(0xd000_0000),
+                vec![0xb0, 0xb1, 0xb2, 0xb3]
+            )
         );
         run.__bindgen_anon_1.mmio.is_write = 1;
         run.__bindgen_anon_1.mmio.data = [9; 8];
@@ -781,41 +776,45 @@ pub(crate) mod tests {
     fn pio_window_outside_the_buffer_is_an_error() {
         let f = Fixture::new();
         let mut small = vec![0u8; 16];
-        let exit = Exit::PioIn {
-            port: 1,
-            data: PioData {
-                offset: 4096,
-                size: 1,
-                count: 1,
-            },
+        let data = PioData {
+            offset: 4096,
+            size: 1,
+            count: 1,
         };
         let mut regs = FakeRegs {
             args: args(0, 1, 0),
             reads: 0,
         };
-        let mut window = PioWindow {
-            base: 0,
-            bytes: &mut small,
-        };
-        let h = f
-            .dispatcher(FaultPolicy::ConvertImplicitly)
-            .handle(exit, &mut window, &mut regs);
-        assert!(matches!(
-            h.next,
-            Next::Fail(RunError::Exit(ExitError::MalformedIo { .. }))
-        ));
-        // An offset before the window is refused too.
-        let mut window = PioWindow {
-            base: 8192,
-            bytes: &mut small,
-        };
-        let h = f
-            .dispatcher(FaultPolicy::ConvertImplicitly)
-            .handle(exit, &mut window, &mut regs);
-        assert!(matches!(
-            h.next,
-            Next::Fail(RunError::Exit(ExitError::MalformedIo { .. }))
-        ));
+        // Past the end of the window, and before its start; the error keeps the direction.
+        for base in [0, 8192] {
+            for (exit, dir) in [
+                (Exit::PioIn { port: 1, data }, KVM_EXIT_IO_IN),
+                (Exit::PioOut { port: 1, data }, KVM_EXIT_IO_OUT),
+            ] {
+                let mut window = PioWindow {
+                    base,
+                    bytes: &mut small,
+                };
+                let h = f.dispatcher(FaultPolicy::ConvertImplicitly).handle(
+                    exit,
+                    &mut window,
+                    &mut regs,
+                );
+                match h.next {
+                    Next::Fail(RunError::Exit(e)) => assert_eq!(
+                        e,
+                        ExitError::MalformedIo {
+                            direction: dir as u8,
+                            size: 1,
+                            count: 1,
+                            offset: 4096,
+                        },
+                        "base {base}"
+                    ),
+                    other => panic!("base {base}: {other:?}"),
+                }
+            }
+        }
         assert!(f.io.log.lock().unwrap().is_empty());
     }
 

@@ -14,7 +14,7 @@ use kvm_bindings::{
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
     KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_UNKNOWN, KVM_MEMORY_EXIT_FLAG_PRIVATE, kvm_run,
 };
-use veil_attrs::{Attributes, FrameRange, PAGE_SIZE};
+use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE};
 
 use crate::abi::{HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE};
 use crate::request::MapGpaRangeArgs;
@@ -94,12 +94,11 @@ impl MemoryFault {
         if self.size == 0 {
             return None;
         }
-        let start = self.gpa - self.gpa % PAGE_SIZE;
         let end = self
             .gpa
             .checked_add(self.size)?
             .checked_next_multiple_of(PAGE_SIZE)?;
-        FrameRange::from_gpa(start, end - start).ok()
+        FrameRange::from_bounds(Gfn::containing(self.gpa), Gfn::containing(end))
     }
 }
 
@@ -933,15 +932,42 @@ pub(crate) mod tests {
 
     proptest::proptest! {
         /// Whatever KVM (or a corrupted mapping) leaves in `kvm_run`, decoding returns a
-        /// value or an error: it never panics, and port-I/O data it accepts lies inside
-        /// the mapping and past `kvm_run`.
+        /// value or an error and never panics. The port-I/O and MMIO fields are drawn
+        /// near their valid ranges, so both acceptance and rejection are checked exactly.
         #[test]
         fn decoding_never_panics(
-            reason in 0u32..48,
+            reason in proptest::prop_oneof![
+                proptest::strategy::Just(KVM_EXIT_IO),
+                proptest::strategy::Just(KVM_EXIT_MMIO),
+                0u32..48,
+            ],
             union in proptest::collection::vec(proptest::num::i8::ANY, 256),
-            errno in proptest::option::of(proptest::sample::select(
+            errno in proptest::option::weighted(0.25, proptest::sample::select(
                 vec![libc::EINTR, libc::EFAULT, libc::EHWPOISON, libc::EINVAL, libc::EAGAIN],
             )),
+            io in (
+                proptest::prop_oneof![3 => 0u8..=1, 1 => proptest::num::u8::ANY],
+                proptest::prop_oneof![
+                    proptest::strategy::Just(HYPERCALL_PORT),
+                    proptest::num::u16::ANY,
+                ],
+                proptest::prop_oneof![
+                    3 => proptest::sample::select(vec![1u8, 2, 4]),
+                    1 => proptest::num::u8::ANY,
+                ],
+                proptest::prop_oneof![
+                    3 => 0u32..=64,
+                    1 => 0u32..=4096,
+                    1 => proptest::num::u32::ANY,
+                ],
+                // KVM puts the data a page past `kvm_run`; also draw overlaps and overruns.
+                proptest::prop_oneof![
+                    3 => 4096u64..=MAP_LEN as u64 + 16,
+                    1 => 0u64..=MAP_LEN as u64,
+                    1 => proptest::num::u64::ANY,
+                ],
+            ),
+            mmio_len in proptest::prop_oneof![3 => 0u32..=10, 1 => proptest::num::u32::ANY],
         ) {
             let mut run = run_with(reason);
             let mut bytes = [0 as std::ffi::c_char; 256];
@@ -949,14 +975,26 @@ pub(crate) mod tests {
                 *b = *v as std::ffi::c_char;
             }
             run.__bindgen_anon_1.padding = bytes;
+            let (direction, port, size, count, offset) = io;
+            if reason == KVM_EXIT_IO {
+                run.__bindgen_anon_1.io.direction = direction;
+                run.__bindgen_anon_1.io.port = port;
+                run.__bindgen_anon_1.io.size = size;
+                run.__bindgen_anon_1.io.count = count;
+                run.__bindgen_anon_1.io.data_offset = offset;
+            }
+            if reason == KVM_EXIT_MMIO {
+                run.__bindgen_anon_1.mmio.len = mmio_len;
+            }
             let outcome = errno.map_or(RunOutcome::Exited, RunOutcome::Failed);
-            match decode(outcome, &run, MAP_LEN) {
+            let got = decode(outcome, &run, MAP_LEN);
+            match &got {
                 Ok(Exit::PioIn { data, .. } | Exit::PioOut { data, .. }) => {
                     proptest::prop_assert!(data.offset >= std::mem::size_of::<kvm_run>());
                     proptest::prop_assert!(data.range().end <= MAP_LEN);
                     proptest::prop_assert!(!data.is_empty());
                 }
-                Ok(Exit::MmioRead { len, .. }) => proptest::prop_assert!((1..=8).contains(&len)),
+                Ok(Exit::MmioRead { len, .. }) => proptest::prop_assert!((1..=8).contains(len)),
                 Ok(Exit::MmioWrite { data, .. }) => {
                     proptest::prop_assert!((1..=8).contains(&data.as_slice().len()))
                 }
@@ -964,6 +1002,53 @@ pub(crate) mod tests {
                     proptest::prop_assert!(data.as_slice().len() <= 16)
                 }
                 _ => {}
+            }
+            if errno.is_some() {
+                return Ok(());
+            }
+            if reason == KVM_EXIT_IO {
+                // An independent model of the checks: u128 so nothing wraps.
+                let end = u128::from(offset) + u128::from(size) * u128::from(count);
+                let valid = matches!(size, 1 | 2 | 4)
+                    && count != 0
+                    && offset >= std::mem::size_of::<kvm_run>() as u64
+                    && end <= MAP_LEN as u128;
+                let data = PioData { offset: offset as usize, size, count };
+                let want = match u32::from(direction) {
+                    _ if !valid => None,
+                    KVM_EXIT_IO_OUT if port == HYPERCALL_PORT => Some(Exit::PortHypercall),
+                    KVM_EXIT_IO_OUT => Some(Exit::PioOut { port, data }),
+                    KVM_EXIT_IO_IN => Some(Exit::PioIn { port, data }),
+                    _ => None,
+                };
+                let want = want.ok_or(ExitError::MalformedIo {
+                    direction,
+                    size,
+                    count,
+                    offset,
+                });
+                proptest::prop_assert_eq!(got, want);
+            } else if reason == KVM_EXIT_MMIO {
+                // SAFETY: the member just filled; integers only, valid for any bits.
+                let mmio = unsafe { run.__bindgen_anon_1.mmio };
+                let addr = mmio.phys_addr;
+                match (got, mmio_len) {
+                    (Ok(Exit::MmioRead { addr: a, len }), 1..=8) => {
+                        proptest::prop_assert_eq!(mmio.is_write, 0);
+                        proptest::prop_assert_eq!((a, u32::from(len)), (addr, mmio_len));
+                    }
+                    (Ok(Exit::MmioWrite { addr: a, data }), 1..=8) => {
+                        proptest::prop_assert_ne!(mmio.is_write, 0);
+                        proptest::prop_assert_eq!(a, addr);
+                        let want = &mmio.data[..mmio_len as usize];
+                        proptest::prop_assert_eq!(data.as_slice(), want);
+                    }
+                    (got, len) => {
+                        proptest::prop_assert!(!(1..=8).contains(&len), "{:?}", got);
+                        let want = Err(ExitError::MalformedMmio { addr, len });
+                        proptest::prop_assert_eq!(got, want);
+                    }
+                }
             }
         }
     }

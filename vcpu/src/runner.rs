@@ -19,6 +19,7 @@ use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
+use crate::abi::EFER_LMA;
 use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
 use crate::exit::{ExitData, RunOutcome, SystemEventKind, decode};
 use crate::handler::{FaultPolicy, IoHandler, MemoryHandler};
@@ -34,10 +35,6 @@ use crate::stats::{ExitCounters, ExitKind, ExitStats};
 /// blocking system call makes that call fail with `EINTR` (std's `read_exact` and
 /// `write_all` retry; other callers should too).
 pub const KICK_SIGNAL_OFFSET: i32 = 0;
-
-/// `EFER.LMA` (bit 10): long mode active. Source: `arch/x86/include/asm/msr-index.h`
-/// (`EFER_LMA`).
-const EFER_LMA: u64 = 1 << 10;
 
 /// Errors creating or starting vCPUs.
 #[derive(Debug, thiserror::Error)]
@@ -466,7 +463,7 @@ where
 fn write_run(run: &mut kvm_run, write: WriteBack) -> Option<u64> {
     match write {
         WriteBack::HypercallRet(ret) => run.__bindgen_anon_1.hypercall.ret = ret,
-        WriteBack::MmioData(data, _) => run.__bindgen_anon_1.mmio.data = data,
+        WriteBack::MmioData(data) => run.__bindgen_anon_1.mmio.data = data,
         WriteBack::Rax(rax) => return Some(rax),
     }
     None
@@ -782,7 +779,7 @@ mod tests {
         assert_eq!(unsafe { run.__bindgen_anon_1.hypercall.ret }, 22);
         let mut run = kvm_run::default();
         assert_eq!(
-            write_run(&mut run, WriteBack::MmioData([1, 2, 3, 4, 0, 0, 0, 0], 4)),
+            write_run(&mut run, WriteBack::MmioData([1, 2, 3, 4, 0, 0, 0, 0])),
             None
         );
         // SAFETY: the member just written.

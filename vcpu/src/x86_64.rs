@@ -25,7 +25,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 
-use crate::abi::msr;
+use crate::abi::{EFER_LMA, msr};
 
 /// The GDT the long-mode segment registers come from: null, 64-bit code (selector 0x08),
 /// data (0x10), TSS (0x18). Whoever writes the GDT into guest memory writes these.
@@ -53,7 +53,6 @@ const CR0_CD: u64 = 1 << 30;
 const CR0_PG: u64 = 1 << 31;
 const CR4_PAE: u64 = 1 << 5;
 const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
 /// CR0 bits 63:32 are reserved; KVM refuses a CR0 with any of them set
 /// (`kvm_is_valid_cr0`, arch/x86/kvm/x86.c).
 const CR0_RESERVED_HIGH: u64 = 0xffff_ffff_0000_0000;
