@@ -13,7 +13,8 @@
 use std::cell::RefCell;
 
 use veil_loader::{
-    BootSource, Digest, GuestRam, KernelFormat, KernelImage, SharedOnly, merge_pages, plan,
+    BootSource, ByteRange, Digest, GuestRam, KernelFormat, KernelImage, PAGE_SIZE, Placement,
+    SharedOnly, plan,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -88,10 +89,7 @@ pub fn run(data: &[u8]) {
         let loaded = plan
             .place(&SharedOnly::new(mem))
             .expect("placing an accepted plan");
-        assert_eq!(
-            loaded.populated.runs,
-            merge_pages(plan.layout.placements.iter().map(|p| p.range))
-        );
+        check_runs(&loaded.populated.runs, &plan.layout.placements, &ram);
         for (o, e) in plan.objects.iter().zip(&plan.log.entries[1..]) {
             let mut buf = vec![0u8; o.range.len() as usize];
             mem.read_slice(&mut buf, o.range.start())
@@ -99,4 +97,35 @@ pub fn run(data: &[u8]) {
             assert_eq!(Digest::of(&buf), e.sha256, "{:?} at {}", o.kind, o.range);
         }
     });
+}
+
+/// The populated runs, checked without the loader's own merge: sorted, apart, page-aligned
+/// and in RAM; each placement inside one run, and each page of a run under a placement.
+fn check_runs(runs: &[ByteRange], placements: &[Placement], ram: &GuestRam) {
+    for w in runs.windows(2) {
+        assert!(
+            w[0].end() < w[1].start().0,
+            "runs unsorted or touching: {runs:?}"
+        );
+    }
+    for r in runs {
+        assert!(
+            r.start().0.is_multiple_of(PAGE_SIZE) && r.end().is_multiple_of(PAGE_SIZE),
+            "run {r} not page-aligned"
+        );
+        assert!(ram.covers(r), "run {r} outside RAM");
+        for page in (r.start().0..r.end()).step_by(PAGE_SIZE as usize) {
+            let page = ByteRange::new(page, PAGE_SIZE).expect("a page inside a run");
+            assert!(
+                placements.iter().any(|p| p.range.overlaps(&page)),
+                "run {r} holds page {page} no placement touches"
+            );
+        }
+    }
+    for p in placements {
+        assert!(
+            runs.iter().any(|r| r.contains(&p.range)),
+            "{p:?} not inside one run: {runs:?}"
+        );
+    }
 }

@@ -19,6 +19,7 @@ use linux_loader::elf::{Elf64_Ehdr, Elf64_Nhdr, Elf64_Phdr, PT_LOAD, PT_NOTE};
 use linux_loader::loader::{BzImage as LlBzImage, Elf as LlElf, KernelLoader, PvhBootCapability};
 use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::layout::merge_pages;
 use crate::ram::{ByteRange, PAGE_SIZE};
 
 /// ELF identification: class 64-bit (`ELFCLASS64`).
@@ -215,6 +216,7 @@ pub struct ElfSegment {
 pub struct PvhElf<'a> {
     bytes: &'a [u8],
     segments: Vec<ElfSegment>,
+    span: ByteRange,
     entry: u32,
 }
 
@@ -222,6 +224,11 @@ impl<'a> PvhElf<'a> {
     /// The loadable segments, in program-header order.
     pub fn segments(&self) -> &[ElfSegment] {
         &self.segments
+    }
+
+    /// The smallest range holding every segment.
+    pub fn span(&self) -> ByteRange {
+        self.span
     }
 
     /// The 32-bit PVH entry point.
@@ -470,9 +477,11 @@ impl<'a> KernelImage<'a> {
                 _ => {}
             }
         }
-        if segments.is_empty() {
-            return Err(ImageError::NoLoadableSegment);
-        }
+        let span = segments
+            .iter()
+            .map(|s| s.range)
+            .reduce(|a, b| a.hull(&b))
+            .ok_or(ImageError::NoLoadableSegment)?;
         let entry = entry.ok_or(ImageError::NoPvhNote)?;
         let e = u64::from(entry);
         if !segments.iter().any(|s| {
@@ -483,6 +492,7 @@ impl<'a> KernelImage<'a> {
         Ok(KernelImage::PvhElf(PvhElf {
             bytes,
             segments,
+            span,
             entry,
         }))
     }
@@ -682,19 +692,11 @@ fn agree(what: &'static str, veil: u64, linux_loader: u64) -> Result<(), ImageEr
 
 /// Host memory laid out at the guest addresses of `ranges` (page-rounded, merged).
 fn staging_memory(ranges: &[ByteRange]) -> Result<GuestMemoryMmap, ImageError> {
-    let mut pages: Vec<ByteRange> = ranges.iter().filter_map(|r| r.page_aligned()).collect();
-    pages.sort();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for r in pages {
-        match merged.last_mut() {
-            Some((_, end)) if r.start().0 <= *end => *end = (*end).max(r.end()),
-            _ => merged.push((r.start().0, r.end())),
-        }
-    }
-    let size = merged.iter().map(|(s, e)| e - s).sum();
+    let merged = merge_pages(ranges.iter().copied());
+    let size = merged.iter().map(ByteRange::len).sum();
     let regions: Vec<(GuestAddress, usize)> = merged
         .iter()
-        .map(|&(s, e)| (GuestAddress(s), (e - s) as usize))
+        .map(|r| (r.start(), r.len() as usize))
         .collect();
     GuestMemoryMmap::from_ranges(&regions).map_err(|source| ImageError::Staging { size, source })
 }

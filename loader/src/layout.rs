@@ -10,9 +10,10 @@
 //! 2. Boot data (GDT, page tables for a 64-bit entry, boot parameters, command line) takes
 //!    the lowest free pages at or above 4 KiB (page 0 stays unused), below 4 GiB, one
 //!    page-aligned block per object.
-//! 3. A bzImage goes at its `pref_address` if `init_size` bytes fit there; a relocatable
-//!    one otherwise at the lowest `kernel_alignment`-aligned address at or above 1 MiB
-//!    where they fit; a non-relocatable one fails.
+//! 3. A bzImage goes at its `pref_address` if that is aligned (to `kernel_alignment` if
+//!    relocatable, else to a page) and `init_size` bytes fit there; a relocatable one
+//!    otherwise at the lowest `kernel_alignment`-aligned address at or above 1 MiB where
+//!    they fit; a non-relocatable one fails.
 //! 4. The initrd takes the highest free pages below `initrd_addr_max` (bzImage) or 4 GiB
 //!    (PVH, entered with paging off).
 //!
@@ -113,7 +114,7 @@ pub enum LayoutError {
         /// Where the image puts it.
         range: ByteRange,
     },
-    /// A non-relocatable bzImage cannot go where it must.
+    /// A non-relocatable bzImage cannot go where it must (no room there, or misaligned).
     #[error("the kernel is not relocatable and its {size:#x} bytes do not fit at {addr:#x}")]
     FixedKernelDoesNotFit {
         /// The address it must be loaded at.
@@ -194,30 +195,21 @@ impl Layout {
         // Pages already taken, page-rounded.
         let mut taken: Vec<ByteRange> = Vec::new();
         let mut kernel_placements = Vec::new();
-        let elf_span = match image {
-            KernelImage::PvhElf(elf) => {
-                for s in elf.segments() {
-                    if !ram.holds(&s.range) {
-                        return Err(LayoutError::OutsideRam {
-                            kind: ObjectKind::KernelSegment,
-                            range: s.range,
-                        });
-                    }
-                    taken.extend(s.range.page_aligned());
-                    kernel_placements.push(Placement {
+        if let KernelImage::PvhElf(elf) = image {
+            for s in elf.segments() {
+                if !ram.holds(&s.range) {
+                    return Err(LayoutError::OutsideRam {
                         kind: ObjectKind::KernelSegment,
                         range: s.range,
                     });
                 }
-                let lo = elf.segments().iter().map(|s| s.range.start().0).min();
-                let hi = elf.segments().iter().map(|s| s.range.end()).max();
-                match (lo, hi) {
-                    (Some(lo), Some(hi)) => ByteRange::new(lo, hi - lo),
-                    _ => None,
-                }
+                taken.extend(s.range.page_aligned());
+                kernel_placements.push(Placement {
+                    kind: ObjectKind::KernelSegment,
+                    range: s.range,
+                });
             }
-            KernelImage::BzImage(_) => None,
-        };
+        }
 
         // Boot data: one block, objects page-aligned inside it.
         let sixty_four = matches!(image, KernelImage::BzImage(_));
@@ -232,14 +224,14 @@ impl Layout {
             .and_then(|n| n.checked_add(pages(boot_params_len)))
             .and_then(|n| n.checked_add(pages(cmdline_len)))
             .ok_or(larger("boot data", u64::MAX))?;
-        let base = find_lowest(ram, &taken, block, PAGE_SIZE, BOOT_DATA_START, LOW_LIMIT).ok_or(
+        let boot = find_lowest(ram, &taken, block, PAGE_SIZE, BOOT_DATA_START, LOW_LIMIT).ok_or(
             LayoutError::NoRoom {
                 what: "boot data",
                 size: block,
                 limit: LOW_LIMIT,
             },
         )?;
-        let mut at = base;
+        let mut at = boot.start().0;
         let mut next = |len: u64| {
             let r = ByteRange::new(at, len);
             at += pages(len);
@@ -254,15 +246,11 @@ impl Layout {
         let page_tables = if sixty_four { next(pt_len) } else { None };
         let boot_params = next(boot_params_len).ok_or(none.clone())?;
         let cmdline = next(cmdline_len).ok_or(none)?;
-        taken.extend(ByteRange::new(base, block));
+        taken.push(boot);
 
         // The bzImage.
         let kernel_reserved = match image {
-            KernelImage::PvhElf(_) => elf_span.ok_or(LayoutError::NoRoom {
-                what: "kernel",
-                size: 0,
-                limit: 0,
-            })?,
+            KernelImage::PvhElf(elf) => elf.span(),
             KernelImage::BzImage(bz) => {
                 let need = pages(bz.memory_needed());
                 let fits = |addr: u64| {
@@ -274,27 +262,25 @@ impl Layout {
                     0 => KERNEL_MIN_ADDR,
                     a => a,
                 };
-                let reserved = match fits(preferred) {
+                // `pref_address` comes from the file: a misaligned one would share pages.
+                let align = if bz.relocatable() {
+                    bz.kernel_alignment().max(PAGE_SIZE)
+                } else {
+                    PAGE_SIZE
+                };
+                let at_preferred = Some(preferred)
+                    .filter(|a| a.is_multiple_of(align))
+                    .and_then(fits);
+                let reserved = match at_preferred {
                     Some(r) => r,
                     None if bz.relocatable() => {
-                        let addr = find_lowest(
-                            ram,
-                            &taken,
-                            need,
-                            bz.kernel_alignment().max(PAGE_SIZE),
-                            KERNEL_MIN_ADDR,
-                            LOW_LIMIT,
-                        )
-                        .ok_or(LayoutError::NoRoom {
-                            what: "kernel",
-                            size: need,
-                            limit: LOW_LIMIT,
-                        })?;
-                        fits(addr).ok_or(LayoutError::NoRoom {
-                            what: "kernel",
-                            size: need,
-                            limit: LOW_LIMIT,
-                        })?
+                        find_lowest(ram, &taken, need, align, KERNEL_MIN_ADDR, LOW_LIMIT).ok_or(
+                            LayoutError::NoRoom {
+                                what: "kernel",
+                                size: need,
+                                limit: LOW_LIMIT,
+                            },
+                        )?
                     }
                     None => {
                         return Err(LayoutError::FixedKernelDoesNotFit {
@@ -439,7 +425,7 @@ fn align_up(v: u64, align: u64) -> Option<u64> {
     v.checked_add(align - 1).map(|x| x & !(align - 1))
 }
 
-/// The lowest `align`-aligned address `a >= min` with `[a, a + size)` inside one RAM
+/// The lowest range `[a, a + size)` with `a >= min` `align`-aligned, inside one RAM
 /// range, below `limit`, and clear of `taken`.
 fn find_lowest(
     ram: &GuestRam,
@@ -448,7 +434,7 @@ fn find_lowest(
     align: u64,
     min: u64,
     limit: u64,
-) -> Option<u64> {
+) -> Option<ByteRange> {
     for r in ram.ranges() {
         let top = r.end().min(limit);
         let mut a = align_up(r.start().0.max(min), align)?;
@@ -465,7 +451,7 @@ fn find_lowest(
                 .max()
             {
                 Some(past) => a = align_up(past, align)?,
-                None => return Some(a),
+                None => return Some(cand),
             }
         }
     }
@@ -517,12 +503,12 @@ mod tests {
         let taken = [r(0x1000, 0x2000), r(0x1f_0000, 0x1_0000)];
         assert_eq!(
             find_lowest(&ram, &taken, 0x1000, 0x1000, 0x1000, LOW_LIMIT),
-            Some(0x3000)
+            Some(r(0x3000, 0x1000))
         );
         // Too big for the low range: goes to the second one.
         assert_eq!(
             find_lowest(&ram, &taken, 0xa_0000, 0x1000, 0, LOW_LIMIT),
-            Some(0x10_0000)
+            Some(r(0x10_0000, 0xa_0000))
         );
         assert_eq!(
             find_highest(&ram, &taken, 0x2000, 0x1000, LOW_LIMIT),

@@ -243,36 +243,74 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         }
     };
 
-    let mut segments = match &image {
+    // Each object with its own range, in the order Layout::compute places them.
+    let kernel: Vec<PlannedObject<'a>> = match &image {
         KernelImage::PvhElf(elf) => elf
             .segments()
             .iter()
-            .map(|s| elf.segment_bytes(s))
+            .map(|s| PlannedObject {
+                kind: ObjectKind::KernelSegment,
+                range: s.range,
+                bytes: Cow::Borrowed(elf.segment_bytes(s)),
+            })
+            .collect(),
+        KernelImage::BzImage(bz) => layout
+            .placements
+            .iter()
+            .filter(|p| p.kind == ObjectKind::Kernel)
+            .map(|p| PlannedObject {
+                kind: p.kind,
+                range: p.range,
+                bytes: Cow::Borrowed(bz.payload()),
+            })
+            .collect(),
+    };
+    let generated = [
+        layout
+            .initrd
+            .zip(source.initrd)
+            .map(|(range, bytes)| PlannedObject {
+                kind: ObjectKind::Initrd,
+                range,
+                bytes: Cow::Borrowed(bytes),
+            }),
+        Some(PlannedObject {
+            kind: ObjectKind::CommandLine,
+            range: layout.cmdline,
+            bytes: Cow::Owned(cmdline),
+        }),
+        Some(PlannedObject {
+            kind: ObjectKind::BootParams,
+            range: layout.boot_params,
+            bytes: Cow::Owned(boot_params),
+        }),
+        layout.page_tables.map(|range| PlannedObject {
+            kind: ObjectKind::PageTables,
+            range,
+            bytes: Cow::Owned(identity_page_tables(range.start().0)),
+        }),
+        Some(PlannedObject {
+            kind: ObjectKind::Gdt,
+            range: layout.gdt,
+            bytes: Cow::Owned(gdt_bytes()),
+        }),
+    ];
+    let objects: Vec<PlannedObject<'a>> = kernel
+        .into_iter()
+        .chain(generated.into_iter().flatten())
+        .collect();
+    debug_assert_eq!(
+        objects
+            .iter()
+            .map(|o| (o.kind, o.range))
             .collect::<Vec<_>>(),
-        KernelImage::BzImage(bz) => vec![bz.payload()],
-    }
-    .into_iter();
-    let mut cmdline = Some(cmdline);
-    let mut boot_params = Some(boot_params);
-    let mut objects = Vec::with_capacity(layout.placements.len());
-    for p in &layout.placements {
-        let bytes: Cow<'a, [u8]> = match p.kind {
-            ObjectKind::KernelSegment | ObjectKind::Kernel => {
-                Cow::Borrowed(segments.next().unwrap_or_default())
-            }
-            ObjectKind::Initrd => Cow::Borrowed(source.initrd.unwrap_or_default()),
-            ObjectKind::CommandLine => Cow::Owned(cmdline.take().unwrap_or_default()),
-            ObjectKind::BootParams => Cow::Owned(boot_params.take().unwrap_or_default()),
-            ObjectKind::PageTables => Cow::Owned(identity_page_tables(p.range.start().0)),
-            ObjectKind::Gdt => Cow::Owned(gdt_bytes()),
-            ObjectKind::KernelImage => Cow::Borrowed(&[][..]),
-        };
-        objects.push(PlannedObject {
-            kind: p.kind,
-            range: p.range,
-            bytes,
-        });
-    }
+        layout
+            .placements
+            .iter()
+            .map(|p| (p.kind, p.range))
+            .collect::<Vec<_>>(),
+        "objects pair with the layout's placements"
+    );
 
     let mut log = MeasurementLog::new();
     log.record(ObjectKind::KernelImage, None, source.kernel, 0);

@@ -98,6 +98,14 @@ impl ByteRange {
         self.start <= other.start && other.end <= self.end
     }
 
+    /// The smallest range holding both.
+    pub(crate) fn hull(&self, other: &ByteRange) -> ByteRange {
+        ByteRange {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
+    }
+
     /// The smallest page-aligned range holding this one, or `None` if rounding the end up
     /// passes the top of the address space.
     pub const fn page_aligned(&self) -> Option<ByteRange> {
@@ -212,6 +220,8 @@ mod tests {
         let t = ByteRange::new(0x1244, 1).unwrap();
         assert!(!r.overlaps(&t) && !r.contains(&t));
         assert_eq!(r.to_string(), "[0x1234, 0x1244)");
+        assert_eq!(t.hull(&r), ByteRange::new(0x1234, 0x11).unwrap());
+        assert_eq!(r.hull(&s), r);
     }
 
     #[test]

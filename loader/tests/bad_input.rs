@@ -472,6 +472,49 @@ fn bzimage_placement_problems() {
 }
 
 #[test]
+fn misaligned_pref_address() {
+    const ALIGN: u64 = 0x20_0000; // the fixture's kernel_alignment
+    // Relocatable: a pref_address off its kernel_alignment (or off a page) is not used.
+    for pref in [0x100_1000u64, 0x100_0800] {
+        let mut k = BZ_KERNEL.to_vec();
+        put(&mut k, 0x258, &pref.to_le_bytes());
+        let mem = memory(RAM);
+        let loaded = load(
+            &BootSource::new(&k).cmdline(BZ_CMDLINE),
+            &SharedOnly::new(&mem),
+        )
+        .unwrap();
+        let at = loaded.layout.kernel_load;
+        assert!(at.is_multiple_of(ALIGN), "{pref:#x}: loaded at {at:#x}");
+        assert_eq!(read(&mem, at, 16), &k[0x400..0x410]);
+    }
+
+    // Not relocatable: a page-aligned pref_address is used as is, any other refused.
+    let mut k = BZ_KERNEL.to_vec();
+    k[0x234] = 0;
+    put(&mut k, 0x258, &0x100_1000u64.to_le_bytes());
+    let mem = memory(RAM);
+    let loaded = load(
+        &BootSource::new(&k).cmdline(BZ_CMDLINE),
+        &SharedOnly::new(&mem),
+    )
+    .unwrap();
+    assert_eq!(loaded.layout.kernel_load, 0x100_1000);
+    put(&mut k, 0x258, &0x100_0800u64.to_le_bytes());
+    let e = layout_err(refuse(&k, BZ_CMDLINE, None));
+    assert!(
+        matches!(
+            e,
+            LayoutError::FixedKernelDoesNotFit {
+                addr: 0x100_0800,
+                size: 0x2_0000
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn too_large_and_too_long() {
     // The initrd is larger than RAM.
     let big = vec![0u8; 0x200_0000];
