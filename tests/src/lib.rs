@@ -9,6 +9,9 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use veil_vcpu::{VcpuSet, VmReport};
 
 /// The environment variable that turns a missing `/dev/kvm` from a skip into a failure.
 pub const REQUIRE_KVM: &str = "VEIL_REQUIRE_KVM";
@@ -48,6 +51,29 @@ pub fn kvm_or_skip(test: &str) -> bool {
 /// seen in a plain `cargo test` run, never be silent.
 pub fn skip(test: &str, reason: &str) {
     let _ = writeln!(std::io::stderr().lock(), "skipping {test}: {reason}");
+}
+
+/// Waits until `cond` holds, for at most `limit`; `false` if it never did.
+pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    cond()
+}
+
+/// Waits for the VM to end by itself; stops it and fails the test if it has not after
+/// `limit` (a guest that runs away must not hang the test suite).
+pub fn wait_for_end(set: VcpuSet, limit: Duration) -> VmReport {
+    if !eventually(limit, || set.is_finished()) {
+        set.stop();
+        let report = set.wait();
+        panic!("the guest did not finish within {limit:?}: {report:#?}");
+    }
+    set.wait()
 }
 
 /// Boot data for the 64-bit test guests: page tables that identity-map the first 1 GiB

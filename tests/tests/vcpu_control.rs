@@ -9,9 +9,8 @@ mod vcpu_support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use vcpu_support::{
-    COUNTERS, REPORT_PORT, Recorder, SHUTDOWN, SPIN, TestVm, eventually, wait_for_end,
-};
+use vcpu_support::{COUNTERS, REPORT_PORT, Recorder, SHUTDOWN, SPIN, TestVm};
+use veil_tests::{eventually, wait_for_end};
 use veil_vcpu::{ExitKind, FaultPolicy, IoAccess, RunError, StopReason, VcpuEnd, VcpuSet};
 
 const LIMIT: Duration = Duration::from_secs(30);

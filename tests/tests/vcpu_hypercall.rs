@@ -9,16 +9,12 @@
 
 mod vcpu_support;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_ioctls::Cap;
-use vcpu_support::{HYPERCALL, HYPERCALL16, Recorder, TestVm, wait_for_end};
+use vcpu_support::{HYPERCALL, HYPERCALL16, Recorder, TestVm, run_to_halt_with};
 use veil_attrs::{Attributes, FrameRange, PageState};
-use veil_vcpu::{
-    CapError, ExitKind, FaultPolicy, HYPERCALL_PORT, PageSize, StopReason, VcpuEnd, VcpuSet,
-    enable_conversion_exits,
-};
+use veil_vcpu::{CapError, ExitKind, HYPERCALL_PORT, PageSize, VcpuEnd, enable_conversion_exits};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -37,12 +33,11 @@ fn port_hypercall_valid_and_invalid_requests() {
     );
     let vm = TestVm::new();
     let vcpu = vm.long_mode_vcpu(0, &HYPERCALL, 0);
-    let rec = Arc::new(Recorder {
+    let rec = Recorder {
         retry_gpa: Some(0x18_0000),
         ..Recorder::default()
-    });
-    let set = VcpuSet::spawn(vec![vcpu], rec.clone(), rec.clone(), FaultPolicy::Refuse).unwrap();
-    let report = wait_for_end(set, LIMIT);
+    };
+    let (report, rec) = run_to_halt_with(vcpu, rec, LIMIT);
     assert!(
         matches!(report.vcpus[0].end, VcpuEnd::Halted),
         "{:?}",
@@ -115,14 +110,7 @@ fn port_hypercall_from_real_mode_uses_32_bit_arguments() {
         regs.rcx = garbage | 1;
         regs.rdx = garbage | 0x10;
     });
-    let rec = Arc::new(Recorder::default());
-    let set = VcpuSet::spawn(vec![vcpu], rec.clone(), rec.clone(), FaultPolicy::Refuse).unwrap();
-    let report = wait_for_end(set, LIMIT);
-    assert!(
-        matches!(report.reason, StopReason::AllHalted),
-        "{:?}",
-        report.reason
-    );
+    let (report, rec) = run_to_halt_with(vcpu, Recorder::default(), LIMIT);
 
     assert_eq!(rec.reports(), vec![0]);
     let requests = rec.requests.lock().unwrap().clone();

@@ -10,8 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vcpu_support::{
-    INPUT_PORT, IO, MMIO_BASE, REPORT_PORT, Recorder, SHUTDOWN, TestVm, wait_for_end,
+    INPUT_PORT, IO, MMIO_BASE, REPORT_PORT, Recorder, SHUTDOWN, TestVm, run_to_halt_with,
 };
+use veil_tests::wait_for_end;
 use veil_vcpu::{ExitKind, FaultPolicy, StopReason, VcpuEnd, VcpuSet};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -23,15 +24,7 @@ fn port_io_mmio_cpuid_and_halt_in_long_mode() {
     }
     let vm = TestVm::new();
     let vcpu = vm.long_mode_vcpu(0, &IO, 0);
-    let rec = Arc::new(Recorder::default());
-    let set = VcpuSet::spawn(vec![vcpu], rec.clone(), rec.clone(), FaultPolicy::Refuse).unwrap();
-    let report = wait_for_end(set, LIMIT);
-
-    assert!(
-        matches!(report.reason, StopReason::AllHalted),
-        "{:?}",
-        report.reason
-    );
+    let (report, rec) = run_to_halt_with(vcpu, Recorder::default(), LIMIT);
     assert!(matches!(report.vcpus[0].end, VcpuEnd::Halted));
 
     let reports = rec.reports();

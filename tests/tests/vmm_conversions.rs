@@ -14,14 +14,14 @@ mod vcpu_support;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use vcpu_support::{VMM_CONVERT, wait_for_end};
+use vcpu_support::VMM_CONVERT;
 use veil_attrs::{Attributes, FrameRange, Gfn, PageState};
 use veil_memory::vm_memory::{Bytes, GuestAddress};
 use veil_memory::{
     BuildError, CapsError, ContentPolicy, ConversionStats, Flavor, HostAccessError, HostCaps,
     HostSafeMemory, host_access_error,
 };
-use veil_tests::{kvm_or_skip, long_mode};
+use veil_tests::{kvm_or_skip, long_mode, wait_for_end};
 use veil_vcpu::x86_64::setup_long_mode;
 use veil_vcpu::{
     BoxError, ExitKind, FaultPolicy, IoHandler, StopReason, Vcpu, VcpuEnd, VcpuSet, VmReport,

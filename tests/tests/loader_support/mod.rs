@@ -10,7 +10,7 @@
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
@@ -162,20 +162,7 @@ impl Guest {
             FaultPolicy::Refuse,
         )
         .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !set.is_finished() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let finished = set.is_finished();
-        if !finished {
-            set.stop();
-        }
-        let report = set.wait();
-        assert!(
-            finished,
-            "the guest did not halt within 60 s: {:?}",
-            report.reason
-        );
+        let report = veil_tests::wait_for_end(set, Duration::from_secs(60));
         assert!(
             matches!(report.reason, StopReason::AllHalted),
             "the guest did not halt: {:?}",

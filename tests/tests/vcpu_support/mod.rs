@@ -11,8 +11,8 @@
 #![allow(dead_code)]
 
 use std::ptr::NonNull;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kvm_bindings::{kvm_dtable, kvm_regs};
 use kvm_ioctls::{Kvm, VmFd};
@@ -25,6 +25,8 @@ use veil_vcpu::{
     BoxError, Conversion, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
     VcpuSet, VmReport,
 };
+
+use veil_tests::wait_for_end;
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
@@ -368,7 +370,15 @@ impl IoHandler for Recorder {
 /// Runs `vcpu` with a fresh [`Recorder`] until the guest halts (failing the test if it
 /// does anything else, or runs past `limit`), and returns what it reported.
 pub fn run_to_halt(vcpu: Vcpu, limit: Duration) -> Vec<u32> {
-    let rec = std::sync::Arc::new(Recorder::default());
+    run_to_halt_with(vcpu, Recorder::default(), limit)
+        .1
+        .reports()
+}
+
+/// [`run_to_halt`] with `rec` as the handler, for tests that look at the report or at
+/// more than the reports.
+pub fn run_to_halt_with(vcpu: Vcpu, rec: Recorder, limit: Duration) -> (VmReport, Arc<Recorder>) {
+    let rec = Arc::new(rec);
     let set = VcpuSet::spawn(
         vec![vcpu],
         rec.clone(),
@@ -382,28 +392,5 @@ pub fn run_to_halt(vcpu: Vcpu, limit: Duration) -> Vec<u32> {
         "{:?}",
         report.reason
     );
-    rec.reports()
-}
-
-/// Waits until `cond` holds, for at most `limit`; `false` if it never did.
-pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
-}
-
-/// Waits for the VM to end by itself; stops it and fails the test if it has not after
-/// `limit` (a guest that runs away must not hang the test suite).
-pub fn wait_for_end(set: VcpuSet, limit: Duration) -> VmReport {
-    if !eventually(limit, || set.is_finished()) {
-        set.stop();
-        let report = set.wait();
-        panic!("the guest did not finish within {limit:?}: {report:#?}");
-    }
-    set.wait()
+    (report, rec)
 }
