@@ -24,7 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::image::KernelImage;
 use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
-use crate::x86::{GDT_SIZE, PAGE_TABLE_PAGES};
+use veil_abi::x86_64::BOOT_GDT_LIMIT;
+
+use crate::x86::PAGE_TABLE_PAGES;
+
+/// Size of the GDT in bytes.
+const GDT_SIZE: u64 = BOOT_GDT_LIMIT as u64 + 1;
 
 /// Lowest address boot data may use: page 0 stays unused.
 pub const BOOT_DATA_START: u64 = 0x1000;

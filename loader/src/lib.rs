@@ -33,3 +33,6 @@ pub use ram::{ByteRange, GuestRam, PAGE_SIZE, RamError};
 pub mod boot {
     pub use crate::x86::*;
 }
+
+// Re-exported so users name the entry state veil-vcpu takes.
+pub use veil_abi;

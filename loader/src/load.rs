@@ -13,6 +13,7 @@ use std::borrow::Cow;
 
 use linux_loader::bootparam::boot_params;
 use serde::{Deserialize, Serialize};
+use veil_abi::x86_64::{EntryRegisters, boot_gdt_bytes};
 use vm_memory::{ByteValued, GuestAddress};
 
 use crate::image::{ImageError, KernelFormat, KernelImage};
@@ -21,8 +22,8 @@ use crate::measure::MeasurementLog;
 use crate::populate::{Populate, PopulateError, PopulateWay, write_zeros};
 use crate::ram::{ByteRange, GuestRam};
 use crate::x86::{
-    BootDataError, EntryState, gdt_bytes, identity_page_tables, linux_boot_params, pvh_boot_data,
-    pvh_boot_data_size,
+    BootDataError, identity_page_tables, linux_boot_params, linux64_entry, pvh_boot_data,
+    pvh_boot_data_size, pvh_entry,
 };
 
 /// The longest PVH command line veil places, without its NUL: one page with the NUL.
@@ -146,7 +147,7 @@ pub struct BootPlan<'a> {
     /// Where everything goes.
     pub layout: Layout,
     /// The vCPU's entry state.
-    pub entry: EntryState,
+    pub entry: EntryRegisters,
     /// The objects, in placement order.
     pub objects: Vec<PlannedObject<'a>>,
     /// Their measurement.
@@ -170,7 +171,7 @@ pub struct Loaded {
     /// Where everything is.
     pub layout: Layout,
     /// The vCPU's entry state.
-    pub entry: EntryState,
+    pub entry: EntryRegisters,
     /// The measurement log.
     pub log: MeasurementLog,
     /// How memory was populated.
@@ -214,12 +215,12 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
     )?;
     image.cross_check(GuestAddress(layout.kernel_load))?;
 
-    let (boot_params, entry): (Vec<u8>, EntryState) = match &image {
+    let (boot_params, entry): (Vec<u8>, EntryRegisters) = match &image {
         KernelImage::BzImage(bz) => {
             let params =
                 linux_boot_params(bz, layout.kernel_load, layout.cmdline, layout.initrd, ram)?;
             let tables = layout.page_tables.map(|r| r.start().0).unwrap_or_default();
-            let entry = EntryState::linux64(
+            let entry = linux64_entry(
                 layout.kernel_load,
                 layout.boot_params.start().0,
                 tables,
@@ -234,7 +235,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
                 layout.initrd,
                 ram,
             );
-            let entry = EntryState::pvh(
+            let entry = pvh_entry(
                 elf.entry(),
                 layout.boot_params.start().0,
                 layout.gdt.start().0,
@@ -292,7 +293,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         Some(PlannedObject {
             kind: ObjectKind::Gdt,
             range: layout.gdt,
-            bytes: Cow::Owned(gdt_bytes()),
+            bytes: Cow::Owned(boot_gdt_bytes()),
         }),
     ];
     let objects: Vec<PlannedObject<'a>> = kernel

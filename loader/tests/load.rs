@@ -6,9 +6,9 @@
 mod common;
 
 use common::*;
-use veil_loader::boot::{
-    CODE32_SELECTOR, CODE64_SELECTOR, DATA_SELECTOR, E820_RAM, EntryMode, GDT, PVH_START_MAGIC,
-    TSS_SELECTOR,
+use veil_loader::boot::{E820_RAM, PVH_START_MAGIC};
+use veil_loader::veil_abi::x86_64::{
+    BOOT_CODE32, BOOT_CODE64, BOOT_DATA, BOOT_GDT, BOOT_TSS, CpuMode,
 };
 use veil_loader::{
     BootSource, ByteRange, GuestRam, KernelFormat, KernelImage, LoadError, ObjectKind,
@@ -111,20 +111,21 @@ fn pvh_loads_into_plain_memory() {
 
     // GDT, and no page tables for a 32-bit entry.
     let gdt = read(&mem, layout.gdt.start().0, 40);
-    for (i, word) in GDT.iter().enumerate() {
+    for (i, word) in BOOT_GDT.iter().enumerate() {
         assert_eq!(u64_at(&gdt, i * 8), *word);
     }
     assert_eq!(layout.page_tables, None);
 
     // Entry state.
     let e = loaded.entry;
-    assert_eq!(e.mode, EntryMode::Pvh32);
-    assert_eq!(e.rip, 0x10_0000);
-    assert_eq!(e.rbx, layout.boot_params.start().0);
-    assert_eq!(e.gdt_base, layout.gdt.start().0);
-    assert_eq!(e.code.selector, CODE32_SELECTOR);
-    assert_eq!(e.data.selector, DATA_SELECTOR);
-    assert_eq!(e.tss.selector, TSS_SELECTOR);
+    assert_eq!(e.mode, CpuMode::Protected32);
+    assert_eq!(e.regs.rip, 0x10_0000);
+    assert_eq!(e.regs.rbx, layout.boot_params.start().0);
+    assert_eq!(e.gdt.base, layout.gdt.start().0);
+    assert_eq!(e.code.selector, BOOT_CODE32);
+    assert_eq!(e.data.selector, BOOT_DATA);
+    assert_eq!(e.tss.selector, BOOT_TSS);
+    e.validate().unwrap();
 
     // Placement order, also the log's order after the kernel image.
     let kinds: Vec<ObjectKind> = layout.placements.iter().map(|p| p.kind).collect();
@@ -191,12 +192,13 @@ fn bzimage_loads_into_plain_memory() {
     assert_eq!(u64_at(&pml4, 0), (pt.start().0 + 4096) | 3);
 
     let e = loaded.entry;
-    assert_eq!(e.mode, EntryMode::Linux64);
-    assert_eq!(e.rip, 0x100_0200);
-    assert_eq!(e.rsi, l.boot_params.start().0);
+    assert_eq!(e.mode, CpuMode::Long64);
+    assert_eq!(e.regs.rip, 0x100_0200);
+    assert_eq!(e.regs.rsi, l.boot_params.start().0);
     assert_eq!(e.cr3, pt.start().0);
-    assert_eq!(e.code.selector, CODE64_SELECTOR);
-    assert!(e.code.l);
+    assert_eq!(e.code.selector, BOOT_CODE64);
+    assert_eq!(e.code.l, 1);
+    e.validate().unwrap();
     let kinds: Vec<ObjectKind> = l.placements.iter().map(|p| p.kind).collect();
     use ObjectKind::*;
     assert_eq!(

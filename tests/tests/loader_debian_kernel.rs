@@ -173,8 +173,8 @@ fn check_placement(
     }
 
     // The 64-bit entry.
-    assert_eq!(loaded.entry.rip, l.kernel_load + 0x200);
-    assert_eq!(loaded.entry.rsi, l.boot_params.start().0);
+    assert_eq!(loaded.entry.regs.rip, l.kernel_load + 0x200);
+    assert_eq!(loaded.entry.regs.rsi, l.boot_params.start().0);
     assert_eq!(loaded.entry.cr3, l.page_tables.unwrap().start().0);
 }
 

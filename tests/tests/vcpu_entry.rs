@@ -10,11 +10,11 @@ mod vcpu_support;
 use std::time::Duration;
 
 use vcpu_support::*;
-use veil_loader::boot::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
+use veil_abi::x86_64::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 use veil_vcpu::Vcpu;
 use veil_vcpu::x86_64::{
-    ControlRegister, CpuMode, EntryRegisters, SegmentProblem, SegmentRole, X86Error, entry_sregs,
-    setup_entry,
+    ControlRegister, CpuMode, EntryError, EntryRegisters, SegmentProblem, SegmentRole, X86Error,
+    entry_sregs, setup_entry,
 };
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -114,27 +114,27 @@ fn a_refused_entry_leaves_the_vcpu_as_it_was() {
             |e| {
                 matches!(
                     e,
-                    X86Error::ControlBitsMissing {
+                    X86Error::Entry(EntryError::ControlBitsMissing {
                         register: ControlRegister::Efer,
                         ..
-                    }
+                    })
                 )
             },
         ),
         (
             |e| e.mode = CpuMode::Protected32,
-            |e| matches!(e, X86Error::ControlBitsForbidden { .. }),
+            |e| matches!(e, X86Error::Entry(EntryError::ControlBitsForbidden { .. })),
         ),
         (
             |e| e.code.limit = 0xf_f000,
             |e| {
                 matches!(
                     e,
-                    X86Error::BadSegment {
+                    X86Error::Entry(EntryError::BadSegment {
                         role: SegmentRole::Code,
                         problem: SegmentProblem::LimitGranularity { .. },
                         ..
-                    }
+                    })
                 )
             },
         ),
@@ -143,11 +143,11 @@ fn a_refused_entry_leaves_the_vcpu_as_it_was() {
             |e| {
                 matches!(
                     e,
-                    X86Error::BadSegment {
+                    X86Error::Entry(EntryError::BadSegment {
                         role: SegmentRole::Tss,
                         problem: SegmentProblem::Selector { gdt_limit: 0x17 },
                         ..
-                    }
+                    })
                 )
             },
         ),

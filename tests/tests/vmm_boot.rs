@@ -15,7 +15,7 @@ use loader_support::*;
 use veil_loader::{BootSource, Loaded, load};
 use veil_memory::ContentPolicy;
 use veil_tests::kvm_or_skip;
-use veil_vcpu::x86_64::X86Error;
+use veil_vcpu::x86_64::{EntryError, X86Error};
 use veil_vcpu::{FaultPolicy, StopReason};
 use veil_vmm::{Vm, VmError};
 
@@ -92,7 +92,7 @@ fn a_refused_entry_creates_no_vcpu() {
             err,
             VmError::Entry {
                 id: 0,
-                source: X86Error::ControlBitsForbidden { .. }
+                source: X86Error::Entry(EntryError::ControlBitsForbidden { .. })
             }
         ),
         "{err}"

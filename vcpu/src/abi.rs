@@ -4,10 +4,7 @@
 //! KVM ABI values that kvm-bindings 0.14 does not carry, each defined once with its
 //! kernel source, and the values veil adds on top (the port-I/O hypercall).
 
-/// `KVM_HC_MAP_GPA_RANGE`: the hypercall number of a conversion request.
-///
-/// Source: `include/uapi/linux/kvm_para.h`.
-pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+pub use veil_abi::kvm::{KVM_EXIT_HYPERCALL_LONG_MODE, KVM_HC_MAP_GPA_RANGE};
 
 /// Page-size hint of a MAP_GPA_RANGE request: 4 KiB (`KVM_MAP_GPA_RANGE_PAGE_SZ_4K`).
 ///
@@ -37,14 +34,6 @@ pub const KVM_MAP_GPA_RANGE_ENCRYPTED: u64 = 1 << 4;
 pub const MAP_GPA_RANGE_RESERVED_MASK: u64 =
     !(KVM_MAP_GPA_RANGE_ENCRYPTED | MAP_GPA_RANGE_PAGE_SIZE_MASK);
 
-/// `KVM_EXIT_HYPERCALL_LONG_MODE`: bit 0 of `kvm_run.hypercall.flags`, set when the guest
-/// made the hypercall from 64-bit mode. When clear, the arguments are 32-bit.
-///
-/// Source: `arch/x86/include/uapi/asm/kvm.h`. Before Linux 6.8 the field was a `u32`
-/// called `longmode`; the low bit means the same in both layouts, and the upper half of
-/// the 64-bit field may hold stale bytes on older kernels, so only bit 0 is read.
-pub const KVM_EXIT_HYPERCALL_LONG_MODE: u64 = 1 << 0;
-
 /// The I/O port of veil's port-I/O hypercall.
 ///
 /// On hosts where guest `vmcall`/`vmmcall` cannot reach userspace, a guest loads the
@@ -58,11 +47,6 @@ pub const KVM_EXIT_HYPERCALL_LONG_MODE: u64 = 1 << 0;
 /// word. 0x5e lies in the 0x44-0x5f block that PC chipsets leave unassigned (the PIT
 /// decodes 0x40-0x43; Super I/O configuration sits at 0x2e/0x2f or 0x4e/0x4f).
 pub const HYPERCALL_PORT: u16 = 0x5e;
-
-/// `EFER.LMA` (bit 10): long mode active.
-///
-/// Source: `arch/x86/include/asm/msr-index.h` (`EFER_LMA`).
-pub(crate) const EFER_LMA: u64 = 1 << 10;
 
 /// Architectural MSR indices used for the boot MSRs.
 ///

@@ -19,13 +19,13 @@ use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-use crate::abi::EFER_LMA;
 use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
 use crate::exit::{ExitData, RunOutcome, SystemEventKind, decode};
 use crate::handler::{FaultPolicy, IoHandler, MemoryHandler};
 use crate::ratelimit::RateLimiter;
 use crate::request::MapGpaRangeArgs;
 use crate::stats::{ExitCounters, ExitKind, ExitStats};
+use veil_abi::x86_64::EFER_LMA;
 
 /// The kick signal is `SIGRTMIN() + KICK_SIGNAL_OFFSET`.
 ///

@@ -3,12 +3,10 @@
 
 #![doc = include_str!("../README.md")]
 
-mod entry;
 mod exits;
 mod report;
 mod vm;
 
-pub use entry::{cpu_mode, entry_registers, kvm_segment_of};
 pub use exits::{MemoryExitError, MemoryExits, answer_request};
 pub use report::caps_table;
 pub use vm::{Vm, VmBuilder, VmError};

@@ -15,17 +15,15 @@
 use std::sync::Arc;
 
 use kvm_ioctls::{Kvm, VmFd};
-use veil_loader::boot::EntryState;
 use veil_memory::{
     BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, MemslotError,
     RegionSpec,
 };
-use veil_vcpu::x86_64::{X86Error, setup_entry};
+use veil_vcpu::x86_64::{EntryRegisters, X86Error, setup_entry};
 use veil_vcpu::{
     CapError, FaultPolicy, IoHandler, RunnerError, Vcpu, VcpuSet, enable_conversion_exits,
 };
 
-use crate::entry::entry_registers;
 use crate::exits::MemoryExits;
 
 /// Why a [`Vm`] could not be built or could not start its vCPUs. Nothing built so far is
@@ -243,19 +241,18 @@ impl Vm {
     }
 
     /// Creates vCPU `id` and sets it up to enter the kernel veil-loader placed: `entry` is
-    /// the `entry` of a `veil_loader::Loaded` (or of a `BootPlan`), mapped by
-    /// [`entry_registers`] and written by veil-vcpu's `setup_entry` with `id` as the APIC
-    /// id (CPUID, MSRs, FPU, segments, control and general registers).
+    /// the `entry` of a `veil_loader::Loaded` (or of a `BootPlan`), written by veil-vcpu's
+    /// `setup_entry` with `id` as the APIC id (CPUID, MSRs, FPU, segments, control and
+    /// general registers).
     ///
     /// An entry state that contradicts itself is refused before the vCPU is created, so
     /// the id stays free. KVM cannot destroy a vCPU: if an ioctl fails after creation,
     /// the id stays taken in this VM.
-    pub fn create_boot_vcpu(&self, id: u32, entry: &EntryState) -> Result<Vcpu, VmError> {
-        let registers = entry_registers(entry);
+    pub fn create_boot_vcpu(&self, id: u32, entry: &EntryRegisters) -> Result<Vcpu, VmError> {
         let refused = |source| VmError::Entry { id, source };
-        registers.validate().map_err(refused)?;
+        entry.validate().map_err(|e| refused(e.into()))?;
         let vcpu = self.create_vcpu(u64::from(id))?;
-        setup_entry(&self.kvm, vcpu.fd(), id, &registers).map_err(refused)?;
+        setup_entry(&self.kvm, vcpu.fd(), id, entry).map_err(refused)?;
         Ok(vcpu)
     }
 

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
+use veil_abi::x86_64::EntryRegisters;
 use veil_attrs::FrameRange;
 use veil_loader::Loaded;
-use veil_loader::boot::EntryState;
 use veil_vcpu::x86_64::{CpuMode, setup_entry};
 use veil_vcpu::{
     BoxError, Conversion, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault,
@@ -144,10 +144,9 @@ impl Guest {
     /// Sets up the vCPU from `entry`, runs it on veil-vcpu's loop until it halts (60 s at
     /// most: guest code is emulated here, ~1 µs an instruction, and these guests halt
     /// within milliseconds), and returns what the guest reported.
-    pub fn run(&self, entry: &EntryState, ram: &[(u64, u64)]) -> Report {
+    pub fn run(&self, entry: &EntryRegisters, ram: &[(u64, u64)]) -> Report {
         let vcpu = Vcpu::new(&self.vm, 0).unwrap();
-        let registers = veil_vmm::entry_registers(entry);
-        setup_entry(&self.kvm, vcpu.fd(), 0, &registers).unwrap();
+        setup_entry(&self.kvm, vcpu.fd(), 0, entry).unwrap();
         check_entered(&vcpu, entry);
 
         let layout = GuestLayout::new(
@@ -175,11 +174,10 @@ impl Guest {
 /// Checks that `vcpu` holds veil-loader's entry state as KVM reads it back: the mode,
 /// the segment selectors and hidden parts, the control registers and the entry
 /// registers.
-pub fn check_entered(vcpu: &Vcpu, entry: &EntryState) {
+pub fn check_entered(vcpu: &Vcpu, entry: &EntryRegisters) {
     let sregs = vcpu.fd().get_sregs().unwrap();
     let regs = vcpu.fd().get_regs().unwrap();
-    let mode = veil_vmm::cpu_mode(entry.mode);
-    assert_eq!(sregs.cs.l == 1, mode == CpuMode::Long64, "{sregs:?}");
+    assert_eq!(sregs.cs.l == 1, entry.mode == CpuMode::Long64, "{sregs:?}");
     for (seg, want) in [
         (sregs.cs, entry.code),
         (sregs.ss, entry.data),
@@ -193,15 +191,15 @@ pub fn check_entered(vcpu: &Vcpu, entry: &EntryState) {
                 want.base,
                 want.limit,
                 want.type_,
-                u8::from(want.db),
-                u8::from(want.l)
+                want.db,
+                want.l
             ),
             "{seg:?}"
         );
     }
     assert_eq!(
         (sregs.gdt.base, sregs.gdt.limit),
-        (entry.gdt_base, entry.gdt_limit)
+        (entry.gdt.base, entry.gdt.limit)
     );
     assert_eq!(
         (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer),
@@ -210,7 +208,12 @@ pub fn check_entered(vcpu: &Vcpu, entry: &EntryState) {
     );
     assert_eq!(
         (regs.rip, regs.rbx, regs.rsi, regs.rflags),
-        (entry.rip, entry.rbx, entry.rsi, entry.rflags)
+        (
+            entry.regs.rip,
+            entry.regs.rbx,
+            entry.regs.rsi,
+            entry.regs.rflags
+        )
     );
 }
 

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use kvm_bindings::{kvm_dtable, kvm_regs};
 use kvm_ioctls::{Kvm, VmFd};
+use veil_abi::x86_64::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 use veil_attrs::{AttrMap, FrameRange};
-use veil_loader::boot::{CR0_ET, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 use veil_vcpu::x86_64::{
     CpuMode, EntryRegisters, X86Error, gdt_entry, segment_from_gdt, setup_entry, setup_long_mode,
 };
