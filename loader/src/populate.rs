@@ -33,8 +33,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::ram::{ByteRange, GuestRam, RamError};
 
-/// A boxed error from the memory behind a populate target.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use veil_abi::BoxError;
 
 /// The way a target takes contents that will be private.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

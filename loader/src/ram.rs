@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use vm_memory::GuestAddress;
 
 /// The page size placements are aligned to: 4 KiB, the unit of private/shared conversion.
-pub const PAGE_SIZE: u64 = 4096;
+pub use veil_attrs::PAGE_SIZE;
 
 /// Why a description of guest RAM was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -23,9 +23,7 @@ use crate::region::{Flavor, KvmSideMapping};
 /// Linux 6.10 `include/uapi/linux/kvm.h`.
 pub const KVM_CAP_PRE_FAULT_MEMORY: u32 = 236;
 
-/// `KVM_HC_MAP_GPA_RANGE`, the hypercall whose bit in `KVM_CAP_EXIT_HYPERCALL` lets the
-/// guest ask for conversions. Linux `include/uapi/linux/kvm_para.h`.
-pub const KVM_HC_MAP_GPA_RANGE: u32 = 12;
+pub use veil_abi::kvm::KVM_HC_MAP_GPA_RANGE;
 
 /// Where the probe looks for the PVM module (see [`HostCaps::kvm_side_mapping`]).
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";

@@ -22,9 +22,8 @@ use veil_attrs::{AttrMap, Attributes, Changes, FrameRange};
 
 use crate::guests;
 
-/// `KVM_HC_MAP_GPA_RANGE`, the hypercall a guest converts memory with
-/// (include/uapi/linux/kvm_para.h; not in kvm-bindings, which covers kvm.h).
-pub const KVM_HC_MAP_GPA_RANGE: u64 = 12;
+/// `KVM_HC_MAP_GPA_RANGE`, the hypercall a guest converts memory with.
+pub use veil_abi::kvm::KVM_HC_MAP_GPA_RANGE;
 
 /// `KVM_MAP_GPA_RANGE_ENCRYPTED`: the MAP_GPA_RANGE attribute bit asking for private
 /// (arch/x86/include/uapi/asm/kvm_para.h).

@@ -12,8 +12,7 @@ use veil_attrs::FrameRange;
 use crate::exit::MemoryFault;
 use crate::request::{GuestLayout, MapGpaRange};
 
-/// The error type handlers return. Any `std::error::Error` converts into it with `?`.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+pub use veil_abi::BoxError;
 
 /// What a [`MemoryHandler`] did with a conversion request; decides the result code the
 /// guest reads.
