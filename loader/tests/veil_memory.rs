@@ -25,8 +25,8 @@ const RAM: &[(u64, u64)] = &[(0, MIB), (MIB, 63 * MIB)];
 
 fn emulated(policy: ContentPolicy) -> HostSafeMemory {
     HostSafeMemory::builder()
-        .region(RegionSpec::new(0, MIB, Flavor::Emulated).policy(policy))
-        .region(RegionSpec::new(MIB, 63 * MIB, Flavor::Emulated).policy(policy))
+        .region(RegionSpec::new(0, MIB, Flavor::EMULATED).policy(policy))
+        .region(RegionSpec::new(MIB, 63 * MIB, Flavor::EMULATED).policy(policy))
         .build()
         .unwrap()
 }

@@ -234,7 +234,7 @@ fn round_trips(vm: &VmFd, caps: &HostCaps, wanted: impl Fn(&str) -> bool) {
         let mem = HostSafeMemory::builder()
             .guest_memfd_source(vm)
             .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-            .region(RegionSpec::new(0, len, Flavor::InPlace).policy(ContentPolicy::Discard))
+            .region(RegionSpec::new(0, len, Flavor::IN_PLACE).policy(ContentPolicy::Discard))
             .build()
             .expect("in-place memory");
         let separate = caps.kvm_side_mapping.mapping == KvmSideMapping::Separate;
@@ -332,7 +332,7 @@ fn host_reads_against_vm_memory(wanted: impl Fn(&str) -> bool) {
     const LEN: u64 = 64 << 20;
     const BASE: u64 = 16 << 20;
     let mem = HostSafeMemory::builder()
-        .region(RegionSpec::new(0, LEN, Flavor::Emulated).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(0, LEN, Flavor::EMULATED).policy(ContentPolicy::Preserve))
         .build()
         .expect("emulated memory");
     mem.convert_gpa(32 << 20, PAGE_SIZE, Attributes::PRIVATE)
@@ -454,7 +454,7 @@ fn checkerboard(vm: &VmFd, caps: &HostCaps) {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(vm)
         .attributes_vm(fake.clone())
-        .region(RegionSpec::new(0, GIB, Flavor::Attributes))
+        .region(RegionSpec::new(0, GIB, Flavor::ATTRIBUTES))
         .build()
         .expect("attributes memory");
     mem.convert_ranges(&privates, Attributes::PRIVATE).unwrap();
@@ -469,7 +469,7 @@ fn checkerboard(vm: &VmFd, caps: &HostCaps) {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(vm)
         .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-        .region(RegionSpec::new(0, GIB, Flavor::InPlace).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(0, GIB, Flavor::IN_PLACE).policy(ContentPolicy::Preserve))
         .build()
         .expect("in-place memory");
     match mem.convert_ranges(&privates, Attributes::PRIVATE) {
@@ -516,7 +516,7 @@ fn main() {
         return;
     };
     let caps = HostCaps::probe_with(&kvm).expect("probe");
-    if let Err(e) = caps.require(Flavor::InPlace) {
+    if let Err(e) = caps.require(Flavor::IN_PLACE) {
         println!("memory-bench: skipped: {e}");
         return;
     }

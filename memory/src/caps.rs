@@ -9,15 +9,12 @@ use std::path::Path;
 use kvm_bindings::{
     KVM_CAP_EXIT_HYPERCALL, KVM_CAP_GUEST_MEMFD, KVM_CAP_MEMORY_ATTRIBUTES,
     KVM_CAP_MEMORY_FAULT_INFO, KVM_CAP_USER_MEMORY2, KVM_CAP_VM_TYPES,
-    KVM_MEMORY_ATTRIBUTE_PRIVATE,
 };
 use kvm_ioctls::Kvm;
 use serde::Serialize;
 
-use crate::backend::{
-    GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, KVM_CAP_GUEST_MEMFD_FLAGS,
-};
-use crate::region::{Flavor, KvmSideMapping};
+use crate::backend::KVM_CAP_GUEST_MEMFD_FLAGS;
+use crate::model::{Flavor, KvmSideMapping};
 
 /// `KVM_CAP_PRE_FAULT_MEMORY`; newer than kvm-bindings 0.14 knows.
 /// Linux 6.10 `include/uapi/linux/kvm.h`.
@@ -80,6 +77,19 @@ pub struct FlavorSupport {
 }
 
 impl FlavorSupport {
+    /// What `flavor`'s model says of a host that answered `probe`.
+    pub fn of(flavor: Flavor, probe: &RawProbe) -> FlavorSupport {
+        let (vm_type, missing) = match flavor.model().support(probe) {
+            Ok(vm_type) => (Some(vm_type), Vec::new()),
+            Err(missing) => (None, missing),
+        };
+        FlavorSupport {
+            flavor,
+            vm_type,
+            missing,
+        }
+    }
+
     /// Whether the flavor can run on this host.
     pub fn supported(&self) -> bool {
         self.missing.is_empty()
@@ -101,12 +111,25 @@ pub struct KvmMappingNeed {
 /// so the decision is tested without `/dev/kvm`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HostCaps {
+    /// What KVM answered.
+    #[serde(flatten)]
+    pub probe: RawProbe,
+    /// Whether regions need a separate KVM-side mapping.
+    pub kvm_side_mapping: KvmMappingNeed,
+    /// Each of veil's own flavors, whether it runs here.
+    pub flavors: Vec<FlavorSupport>,
+}
+
+/// The raw answers a probe collects; input to [`HostCaps::from_probe`] and to each
+/// model's [`MemoryModel::support`](crate::MemoryModel::support).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RawProbe {
     /// `KVM_GET_API_VERSION`.
     pub api_version: i32,
     /// `KVM_CAP_VM_TYPES` (235), a bit per supported VM type (0 where the cap is missing:
     /// only the default type).
     pub vm_types_mask: u64,
-    /// Each supported VM type, probed on a VM of that type.
+    /// Each supported VM type, probed on a VM of that type (always including type 0).
     pub vm_types: Vec<VmTypeCaps>,
     /// `KVM_CAP_USER_MEMORY2` (231): `KVM_SET_USER_MEMORY_REGION2`.
     pub user_memory2: bool,
@@ -116,31 +139,15 @@ pub struct HostCaps {
     pub exit_hypercall_mask: u64,
     /// `KVM_CAP_PRE_FAULT_MEMORY` (236).
     pub pre_fault_memory: bool,
-    /// Whether regions need a separate KVM-side mapping.
-    pub kvm_side_mapping: KvmMappingNeed,
-    /// Each flavor, whether it runs here.
-    pub flavors: Vec<FlavorSupport>,
-}
-
-/// The raw answers a probe collects; input to [`HostCaps::from_probe`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RawProbe {
-    /// `KVM_GET_API_VERSION`.
-    pub api_version: i32,
-    /// `KVM_CAP_VM_TYPES`.
-    pub vm_types_mask: u64,
-    /// Per VM type (always including type 0).
-    pub vm_types: Vec<VmTypeCaps>,
-    /// `KVM_CAP_USER_MEMORY2`.
-    pub user_memory2: bool,
-    /// `KVM_CAP_MEMORY_FAULT_INFO`.
-    pub memory_fault_info: bool,
-    /// `KVM_CAP_EXIT_HYPERCALL`.
-    pub exit_hypercall_mask: u64,
-    /// `KVM_CAP_PRE_FAULT_MEMORY`.
-    pub pre_fault_memory: bool,
     /// Whether the PVM module is loaded.
     pub pvm_module: bool,
+}
+
+impl RawProbe {
+    /// The VM types whose VMs could be created to probe them.
+    pub fn usable_vm_types(&self) -> impl Iterator<Item = &VmTypeCaps> {
+        self.vm_types.iter().filter(|t| t.create_error.is_none())
+    }
 }
 
 /// The name of x86 VM type `t` in the KVM API.
@@ -159,14 +166,6 @@ pub fn vm_type_name(t: u32) -> String {
 fn positive(v: i32) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
-
-const MISSING_VM_TYPE: &str = "a VM type with private memory (KVM_CAP_VM_TYPES, 235)";
-const MISSING_ATTRIBUTES: &str =
-    "KVM_CAP_MEMORY_ATTRIBUTES (233) with KVM_MEMORY_ATTRIBUTE_PRIVATE";
-const MISSING_GMEM: &str = "KVM_CAP_GUEST_MEMFD (234)";
-const MISSING_GMEM_MMAP: &str =
-    "KVM_CAP_GUEST_MEMFD_FLAGS (244) with GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED";
-const MISSING_USER_MEMORY2: &str = "KVM_CAP_USER_MEMORY2 (231)";
 
 impl HostCaps {
     /// Probes `/dev/kvm`.
@@ -220,71 +219,13 @@ impl HostCaps {
         }))
     }
 
-    /// Decides, from raw probe answers, which flavors run and whether KVM needs its own
-    /// mapping.
+    /// Decides, from raw probe answers, which of veil's flavors run and whether KVM needs
+    /// its own mapping.
     pub fn from_probe(p: RawProbe) -> HostCaps {
-        let usable = || p.vm_types.iter().filter(|t| t.create_error.is_none());
-        let mut flavors = Vec::new();
-
-        // Attributes: a type whose VMs take PRIVATE attributes and guest_memfd.
-        let private = u64::from(KVM_MEMORY_ATTRIBUTE_PRIVATE);
-        let attr_type = usable().find(|t| t.memory_attributes & private != 0 && t.guest_memfd);
-        let mut missing = Vec::new();
-        match attr_type {
-            Some(_) => {}
-            None => {
-                if !usable().any(|t| t.vm_type != 0) {
-                    missing.push(MISSING_VM_TYPE.to_string());
-                }
-                if !usable().any(|t| t.memory_attributes & private != 0) {
-                    missing.push(MISSING_ATTRIBUTES.to_string());
-                }
-                if !usable().any(|t| t.guest_memfd) {
-                    missing.push(MISSING_GMEM.to_string());
-                }
-            }
-        }
-        if !p.user_memory2 {
-            missing.push(MISSING_USER_MEMORY2.to_string());
-        }
-        flavors.push(FlavorSupport {
-            flavor: Flavor::Attributes,
-            vm_type: attr_type.filter(|_| missing.is_empty()).map(|t| t.vm_type),
-            missing,
-        });
-
-        // In-place: an mmap-able, initially shared guest_memfd.
-        let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
-        let inplace_type = usable().find(|t| t.guest_memfd && t.guest_memfd_flags & want == want);
-        let mut missing = Vec::new();
-        if inplace_type.is_none() {
-            if !usable().any(|t| t.guest_memfd) {
-                missing.push(MISSING_GMEM.to_string());
-            }
-            missing.push(MISSING_GMEM_MMAP.to_string());
-        }
-        if !p.user_memory2 {
-            missing.push(MISSING_USER_MEMORY2.to_string());
-        }
-        flavors.push(FlavorSupport {
-            flavor: Flavor::InPlace,
-            vm_type: inplace_type
-                .filter(|_| missing.is_empty())
-                .map(|t| t.vm_type),
-            missing,
-        });
-
-        // Emulated: any KVM that can create a default VM.
-        let default = usable().find(|t| t.vm_type == 0);
-        flavors.push(FlavorSupport {
-            flavor: Flavor::Emulated,
-            vm_type: default.map(|t| t.vm_type),
-            missing: match default {
-                Some(_) => Vec::new(),
-                None => vec!["a default VM (KVM_CREATE_VM with type 0)".to_string()],
-            },
-        });
-
+        let flavors = Flavor::BUILT_IN
+            .into_iter()
+            .map(|f| FlavorSupport::of(f, &p))
+            .collect();
         let kvm_side_mapping = if p.pvm_module {
             KvmMappingNeed {
                 mapping: KvmSideMapping::Separate,
@@ -302,36 +243,34 @@ impl HostCaps {
             }
         };
         HostCaps {
-            api_version: p.api_version,
-            vm_types_mask: p.vm_types_mask,
-            vm_types: p.vm_types,
-            user_memory2: p.user_memory2,
-            memory_fault_info: p.memory_fault_info,
-            exit_hypercall_mask: p.exit_hypercall_mask,
-            pre_fault_memory: p.pre_fault_memory,
+            probe: p,
             kvm_side_mapping,
             flavors,
         }
     }
 
-    /// Whether `flavor` runs here.
-    pub fn flavor(&self, flavor: Flavor) -> Option<&FlavorSupport> {
-        self.flavors.iter().find(|f| f.flavor == flavor)
+    /// Whether `flavor` runs here: veil's own flavors as decided when probing, any other
+    /// as its model decides from the same answers.
+    pub fn flavor(&self, flavor: Flavor) -> FlavorSupport {
+        match self.flavors.iter().find(|f| f.flavor == flavor) {
+            Some(f) => f.clone(),
+            None => FlavorSupport::of(flavor, &self.probe),
+        }
     }
 
     /// The support for `flavor`, or an error naming the first capability it lacks.
-    pub fn require(&self, flavor: Flavor) -> Result<&FlavorSupport, CapsError> {
-        let missing = |capability: String| CapsError::Missing { flavor, capability };
-        let f = self
-            .flavor(flavor)
-            .ok_or_else(|| missing(format!("support for the {flavor} flavor")))?;
+    pub fn require(&self, flavor: Flavor) -> Result<FlavorSupport, CapsError> {
+        let f = self.flavor(flavor);
         match f.missing.first() {
-            Some(cap) => Err(missing(cap.clone())),
+            Some(cap) => Err(CapsError::Missing {
+                flavor,
+                capability: cap.clone(),
+            }),
             None => Ok(f),
         }
     }
 
-    /// The flavors that run here, best first: attributes, in-place, emulated.
+    /// veil's flavors that run here, best first: attributes, in-place, emulated.
     pub fn supported_flavors(&self) -> Vec<Flavor> {
         self.flavors
             .iter()
@@ -342,7 +281,7 @@ impl HostCaps {
 
     /// Whether KVM forwards `KVM_HC_MAP_GPA_RANGE` to userspace when enabled.
     pub fn map_gpa_range_exits(&self) -> bool {
-        self.exit_hypercall_mask & (1 << KVM_HC_MAP_GPA_RANGE) != 0
+        self.probe.exit_hypercall_mask & (1 << KVM_HC_MAP_GPA_RANGE) != 0
     }
 }
 
@@ -380,13 +319,13 @@ mod tests {
         let caps = HostCaps::from_probe(pvm_host());
         assert_eq!(
             caps.supported_flavors(),
-            [Flavor::InPlace, Flavor::Emulated]
+            [Flavor::IN_PLACE, Flavor::EMULATED]
         );
-        let err = caps.require(Flavor::Attributes).unwrap_err();
+        let err = caps.require(Flavor::ATTRIBUTES).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("KVM_CAP_VM_TYPES"), "{msg}");
-        assert!(caps.flavor(Flavor::Attributes).unwrap().missing[1].contains("233"));
-        assert_eq!(caps.require(Flavor::InPlace).unwrap().vm_type, Some(0));
+        assert!(caps.flavor(Flavor::ATTRIBUTES).missing[1].contains("233"));
+        assert_eq!(caps.require(Flavor::IN_PLACE).unwrap().vm_type, Some(0));
         assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Separate);
         assert!(caps.map_gpa_range_exits());
     }
@@ -403,10 +342,10 @@ mod tests {
         let caps = HostCaps::from_probe(p);
         assert_eq!(
             caps.supported_flavors(),
-            [Flavor::Attributes, Flavor::Emulated]
+            [Flavor::ATTRIBUTES, Flavor::EMULATED]
         );
-        assert_eq!(caps.require(Flavor::Attributes).unwrap().vm_type, Some(1));
-        let err = caps.require(Flavor::InPlace).unwrap_err();
+        assert_eq!(caps.require(Flavor::ATTRIBUTES).unwrap().vm_type, Some(1));
+        let err = caps.require(Flavor::IN_PLACE).unwrap_err();
         assert!(err.to_string().contains("KVM_CAP_GUEST_MEMFD_FLAGS (244)"));
         assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Omitted);
     }
@@ -421,10 +360,20 @@ mod tests {
             ..pvm_host()
         };
         let caps = HostCaps::from_probe(p);
-        assert_eq!(caps.supported_flavors(), [Flavor::Emulated]);
-        let inplace = caps.flavor(Flavor::InPlace).unwrap();
-        assert!(inplace.missing.iter().any(|m| m == MISSING_GMEM));
-        assert!(inplace.missing.iter().any(|m| m == MISSING_USER_MEMORY2));
+        assert_eq!(caps.supported_flavors(), [Flavor::EMULATED]);
+        let inplace = caps.flavor(Flavor::IN_PLACE);
+        assert!(
+            inplace
+                .missing
+                .iter()
+                .any(|m| m == "KVM_CAP_GUEST_MEMFD (234)")
+        );
+        assert!(
+            inplace
+                .missing
+                .iter()
+                .any(|m| m == "KVM_CAP_USER_MEMORY2 (231)")
+        );
         assert!(!caps.map_gpa_range_exits());
     }
 
@@ -438,14 +387,13 @@ mod tests {
             ..pvm_host()
         };
         let caps = HostCaps::from_probe(p);
-        assert!(!caps.flavor(Flavor::Attributes).unwrap().supported());
+        assert!(!caps.flavor(Flavor::ATTRIBUTES).supported());
         // The private type exists but its VMs cannot be created: it counts as missing.
         assert!(
-            caps.flavor(Flavor::Attributes)
-                .unwrap()
+            caps.flavor(Flavor::ATTRIBUTES)
                 .missing
-                .contains(&MISSING_VM_TYPE.to_string())
+                .contains(&"a VM type with private memory (KVM_CAP_VM_TYPES, 235)".to_string())
         );
-        assert_eq!(caps.require(Flavor::InPlace).unwrap().vm_type, Some(0));
+        assert_eq!(caps.require(Flavor::IN_PLACE).unwrap().vm_type, Some(0));
     }
 }

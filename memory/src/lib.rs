@@ -5,33 +5,43 @@
 
 mod attributes_vm;
 mod backend;
+mod builder;
 mod caps;
-mod convert;
-mod guest;
+mod engine;
+mod flavors;
 mod lease;
+mod memory;
 mod memslot;
+mod model;
 mod region;
+mod span;
 mod sys;
+mod syscalls;
 
 pub use attributes_vm::{MemoryAttributesVm, RecordingAttributesVm};
 pub use backend::{
     BackendError, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, GUEST_MEMFD_KNOWN_FLAGS,
     GuestMemfd, GuestMemfdSource, HUGE_PAGE_SIZE, KVM_CAP_GUEST_MEMFD_FLAGS, SharedMemfd,
 };
+pub use builder::{BuildError, GuestMemoryBuilder};
 pub use caps::{
     CapsError, FlavorSupport, HostCaps, KVM_CAP_PRE_FAULT_MEMORY, KVM_HC_MAP_GPA_RANGE,
     KvmMappingNeed, PVM_MODULE_PATH, RawProbe, VmTypeCaps, vm_type_name,
 };
-pub use convert::{
-    Conversion, ConversionListener, ConvertError, StateChange, StateChanges, StepKind,
-};
-pub use guest::{
-    BuildError, ConversionStats, GuestMemoryBuilder, GuestSpan, HostAccessError, HostSafeMemory,
-    ListenerId, host_access_error,
+pub use engine::{
+    Conversion, ConversionListener, ConversionStats, ConvertError, ListenerId, StateChange,
+    StateChanges,
 };
 pub use lease::{HostAccessLease, HostAccessLeases};
+pub use memory::HostSafeMemory;
 pub use memslot::MemslotError;
-pub use region::{ContentPolicy, Flavor, KvmSideMapping, Region, RegionSpec};
+pub use model::{
+    Backing, BackingEnv, BackingFile, ContentPolicy, Flavor, KvmAccess, KvmSideMapping,
+    MemoryModel, RegionPlan, StepKind, Store,
+};
+pub use region::{Region, RegionSpec};
+pub use span::{GuestSpan, HostAccessError, host_access_error};
+pub use syscalls::{FailingSyscalls, KernelSyscalls, Syscall, Syscalls};
 
 // Re-exported so users name the same versions veil builds with.
 pub use veil_attrs;

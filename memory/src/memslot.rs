@@ -10,7 +10,7 @@ use kvm_bindings::kvm_userspace_memory_region2;
 use kvm_ioctls::VmFd;
 use veil_attrs::FrameRange;
 
-use crate::guest::HostSafeMemory;
+use crate::memory::HostSafeMemory;
 
 /// Why memory slots could not be registered or removed.
 #[derive(Debug, thiserror::Error)]
@@ -241,7 +241,8 @@ mod tests {
     use std::collections::BTreeMap;
     use std::sync::Mutex;
 
-    use crate::region::{Flavor, RegionSpec};
+    use crate::model::Flavor;
+    use crate::region::RegionSpec;
 
     const MIB: u64 = 1 << 20;
 
@@ -301,7 +302,7 @@ mod tests {
     fn three_regions() -> HostSafeMemory {
         let mut b = HostSafeMemory::builder();
         for base in [0, 16 * MIB, 32 * MIB] {
-            b = b.region(RegionSpec::new(base, MIB, Flavor::Emulated));
+            b = b.region(RegionSpec::new(base, MIB, Flavor::EMULATED));
         }
         b.build().unwrap()
     }

@@ -24,14 +24,25 @@ fn fr(start: u64, pages: u64) -> FrameRange {
 
 /// Two adjacent emulated regions at 1 MiB: [1, 2) MiB preserves, [2, 3) MiB discards.
 fn emulated() -> HostSafeMemory {
+    emulated_with(Arc::new(KernelSyscalls))
+}
+
+/// [`emulated`], its system calls going to `syscalls`.
+fn emulated_with(syscalls: Arc<dyn Syscalls>) -> HostSafeMemory {
     HostSafeMemory::builder()
-        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated).policy(ContentPolicy::Preserve))
-        .region(RegionSpec::new(2 * MIB, MIB, Flavor::Emulated))
+        .syscalls(syscalls)
+        .region(RegionSpec::new(MIB, MIB, Flavor::EMULATED).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(2 * MIB, MIB, Flavor::EMULATED))
         .build()
         .unwrap()
 }
 
 fn attributes(vm: &Arc<RecordingAttributesVm>) -> HostSafeMemory {
+    attributes_with(vm, Arc::new(KernelSyscalls))
+}
+
+/// [`attributes`], its system calls going to `syscalls`.
+fn attributes_with(vm: &Arc<RecordingAttributesVm>, syscalls: Arc<dyn Syscalls>) -> HostSafeMemory {
     let src = MemfdSource {
         flags: 0,
         fail: None,
@@ -39,7 +50,8 @@ fn attributes(vm: &Arc<RecordingAttributesVm>) -> HostSafeMemory {
     HostSafeMemory::builder()
         .guest_memfd_source(&src)
         .attributes_vm(vm.clone())
-        .region(RegionSpec::new(0, 4 * MIB, Flavor::Attributes))
+        .syscalls(syscalls)
+        .region(RegionSpec::new(0, 4 * MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap()
 }
@@ -71,20 +83,20 @@ fn layout_is_checked_before_anything_is_allocated() {
     };
     assert!(matches!(build(&[]), Err(BuildError::NoRegion)));
     assert!(matches!(
-        build(&[RegionSpec::new(0x1001, MIB, Flavor::Emulated)]),
+        build(&[RegionSpec::new(0x1001, MIB, Flavor::EMULATED)]),
         Err(BuildError::Range {
             index: 0,
             source: RangeError::UnalignedAddress { .. }
         })
     ));
     assert!(matches!(
-        build(&[RegionSpec::new(0, 0, Flavor::Emulated)]),
+        build(&[RegionSpec::new(0, 0, Flavor::EMULATED)]),
         Err(BuildError::Range { .. })
     ));
     // Overlap is found whatever the order given.
     let err = build(&[
-        RegionSpec::new(2 * MIB, MIB, Flavor::Emulated),
-        RegionSpec::new(MIB, MIB + PAGE_SIZE, Flavor::Emulated),
+        RegionSpec::new(2 * MIB, MIB, Flavor::EMULATED),
+        RegionSpec::new(MIB, MIB + PAGE_SIZE, Flavor::EMULATED),
     ])
     .unwrap_err();
     match err {
@@ -95,11 +107,14 @@ fn layout_is_checked_before_anything_is_allocated() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        build(&[RegionSpec::new(0, MIB, Flavor::Attributes).policy(ContentPolicy::Preserve)]),
-        Err(BuildError::PreserveUnsupported { .. })
+        build(&[RegionSpec::new(0, MIB, Flavor::ATTRIBUTES).policy(ContentPolicy::Preserve)]),
+        Err(BuildError::PolicyUnsupported {
+            policy: ContentPolicy::Preserve,
+            ..
+        })
     ));
     assert!(matches!(
-        build(&[RegionSpec::new(0, MIB, Flavor::InPlace)]),
+        build(&[RegionSpec::new(0, MIB, Flavor::IN_PLACE)]),
         Err(BuildError::NeedsGuestMemfd { .. })
     ));
     let src = MemfdSource {
@@ -108,19 +123,26 @@ fn layout_is_checked_before_anything_is_allocated() {
     };
     let err = HostSafeMemory::builder()
         .guest_memfd_source(&src)
-        .region(RegionSpec::new(0, MIB, Flavor::Attributes))
+        .region(RegionSpec::new(0, MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap_err();
     assert!(matches!(err, BuildError::NeedsAttributesVm { .. }));
     let err = HostSafeMemory::builder()
         .guest_memfd_source(&src)
-        .region(RegionSpec::new(0, MIB, Flavor::InPlace).guest_memfd_flags(1))
+        .region(RegionSpec::new(0, MIB, Flavor::IN_PLACE).guest_memfd_flags(1))
         .build()
         .unwrap_err();
-    assert!(matches!(err, BuildError::InPlaceFlags { flags: 1, .. }));
+    assert!(matches!(
+        err,
+        BuildError::GuestMemfdFlags {
+            flags: 1,
+            needed: 3,
+            ..
+        }
+    ));
     let err = HostSafeMemory::builder()
         .guest_memfd_source(&src)
-        .region(RegionSpec::new(0, 2 * MIB, Flavor::InPlace).hugetlb(true))
+        .region(RegionSpec::new(0, 2 * MIB, Flavor::IN_PLACE).hugetlb(true))
         .build()
         .unwrap_err();
     assert!(matches!(err, BuildError::HugetlbUnsupported { .. }));
@@ -131,7 +153,7 @@ fn layout_is_checked_before_anything_is_allocated() {
     };
     let err = HostSafeMemory::builder()
         .guest_memfd_source(&failing)
-        .region(RegionSpec::new(0, MIB, Flavor::InPlace))
+        .region(RegionSpec::new(0, MIB, Flavor::IN_PLACE))
         .build()
         .unwrap_err();
     match err {
@@ -146,9 +168,9 @@ fn layout_is_checked_before_anything_is_allocated() {
 #[test]
 fn adjacent_regions_form_one_span_and_gaps_split() {
     let mem = HostSafeMemory::builder()
-        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
-        .region(RegionSpec::new(2 * MIB, MIB, Flavor::Emulated))
-        .region(RegionSpec::new(8 * MIB, MIB, Flavor::Emulated))
+        .region(RegionSpec::new(MIB, MIB, Flavor::EMULATED))
+        .region(RegionSpec::new(2 * MIB, MIB, Flavor::EMULATED))
+        .region(RegionSpec::new(8 * MIB, MIB, Flavor::EMULATED))
         .build()
         .unwrap();
     assert_eq!(mem.regions().len(), 3);
@@ -373,8 +395,8 @@ fn a_repeated_request_does_not_wait_for_a_running_conversion() {
 #[test]
 fn bad_requests_fail_before_anything_changes() {
     let mem = HostSafeMemory::builder()
-        .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
-        .region(RegionSpec::new(3 * MIB, MIB, Flavor::Emulated))
+        .region(RegionSpec::new(MIB, MIB, Flavor::EMULATED))
+        .region(RegionSpec::new(3 * MIB, MIB, Flavor::EMULATED))
         .build()
         .unwrap();
     let snapshot = mem.attributes();
@@ -411,10 +433,11 @@ fn bad_requests_fail_before_anything_changes() {
 
 #[test]
 fn failed_protection_is_undone_across_regions() {
-    let mem = emulated();
+    let calls = Arc::new(FailingSyscalls::new());
+    let mem = emulated_with(calls.clone());
     fill(&mem, MIB, 2 * MIB as usize, 0x5a);
     // Region 1's mprotect succeeds, region 2's fails: region 1 must be accessible again.
-    mem.fail_call_after(1, libc::ENOMEM);
+    calls.fail_after(1, libc::ENOMEM);
     let err = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
     assert_eq!(err.errno(), Some(libc::ENOMEM));
     assert!(matches!(
@@ -432,7 +455,7 @@ fn failed_protection_is_undone_across_regions() {
     );
     // The Discard region's punch fails after both protections: both are undone and
     // nothing of the preserving region was discarded.
-    mem.fail_call_after(2, libc::EIO);
+    calls.fail_after(2, libc::EIO);
     let err = mem.convert(fr(0x1f0, 0x20), PRIVATE).unwrap_err();
     assert_eq!(err.errno(), Some(libc::EIO));
     assert!(mem.attributes().range_is(fr(0x100, 0x200), SHARED).unwrap());
@@ -504,8 +527,8 @@ fn tags_change_without_conversions() {
 #[test]
 fn which_flavor_keeps_contents_under_which_policy() {
     use ContentPolicy::{Discard, Preserve, Retain};
-    for flavor in Flavor::ALL {
-        let one_page = flavor != Flavor::Attributes;
+    for flavor in Flavor::BUILT_IN {
+        let one_page = flavor != Flavor::ATTRIBUTES;
         assert!(
             flavor.honours(Discard) && flavor.honours(Retain),
             "{flavor}"
@@ -527,7 +550,7 @@ fn attributes_flavor_retaining_discards_nothing() {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(&src)
         .attributes_vm(vm.clone())
-        .region(RegionSpec::new(0, MIB, Flavor::Attributes).policy(ContentPolicy::Retain))
+        .region(RegionSpec::new(0, MIB, Flavor::ATTRIBUTES).policy(ContentPolicy::Retain))
         .build()
         .unwrap();
     fill(&mem, 0, 0x4000, 0x77);
@@ -549,7 +572,7 @@ fn attributes_flavor_retaining_discards_nothing() {
 
     // Where one page serves both states, retaining is preserving.
     let mem = HostSafeMemory::builder()
-        .region(RegionSpec::new(0, MIB, Flavor::Emulated).policy(ContentPolicy::Retain))
+        .region(RegionSpec::new(0, MIB, Flavor::EMULATED).policy(ContentPolicy::Retain))
         .build()
         .unwrap();
     fill(&mem, 0, 0x4000, 0x55);
@@ -562,7 +585,8 @@ fn attributes_flavor_retaining_discards_nothing() {
 #[test]
 fn attributes_ioctl_failure_rolls_back_userspace() {
     let vm = Arc::new(RecordingAttributesVm::new());
-    let mem = attributes(&vm);
+    let calls = Arc::new(FailingSyscalls::new());
+    let mem = attributes_with(&vm, calls.clone());
     fill(&mem, 0, 0x4000, 0x66);
     vm.fail_after(0, libc::EFAULT);
     let err = mem.convert(fr(0, 4), PRIVATE).unwrap_err();
@@ -583,12 +607,12 @@ fn attributes_ioctl_failure_rolls_back_userspace() {
     // A discard failing after the ioctl undoes the ioctl, per changed run.
     mem.convert(fr(1, 1), PRIVATE).unwrap();
     vm.clear();
-    mem.fail_call_after(1, libc::EIO);
+    calls.fail_after(1, libc::EIO);
     let err = mem.convert(fr(0, 4), PRIVATE).unwrap_err();
     assert!(matches!(
         err,
         ConvertError::Step {
-            step: StepKind::DiscardMemfd,
+            step: StepKind::Discard(Store::View),
             ..
         }
     ));
@@ -815,7 +839,7 @@ fn hugetlb_emulated_region_converts_whole_huge_pages() {
     // (checked in backend::tests::hugetlb_error_is_clear) and this test has nothing to do.
     let built = HostSafeMemory::builder()
         .region(
-            RegionSpec::new(0, 2 * HUGE_PAGE_SIZE, Flavor::Emulated)
+            RegionSpec::new(0, 2 * HUGE_PAGE_SIZE, Flavor::EMULATED)
                 .policy(ContentPolicy::Preserve)
                 .hugetlb(true),
         )
@@ -839,7 +863,13 @@ fn hugetlb_emulated_region_converts_whole_huge_pages() {
     fill(&mem, 0, 0x1000, 0x3c);
     let err = mem.convert(fr(1, 1), PRIVATE).unwrap_err();
     assert!(
-        matches!(err, ConvertError::HugePageUnaligned { .. }),
+        matches!(
+            err,
+            ConvertError::GranuleUnaligned {
+                granule: HUGE_PAGE_SIZE,
+                ..
+            }
+        ),
         "{err}"
     );
     let huge = fr(0, HUGE_PAGE_SIZE / PAGE_SIZE);

@@ -36,7 +36,7 @@ fn boot(test: &str, kernel: &[u8], cmdline: &str, expected: Expected) {
     if sw_protected_or_skip(test).is_none() {
         return;
     }
-    let mut builder = Vm::builder().flavor(Flavor::Attributes);
+    let mut builder = Vm::builder().flavor(Flavor::ATTRIBUTES);
     for &(base, size) in RAM {
         builder = builder.region(base, size, ContentPolicy::Discard);
     }

@@ -40,14 +40,14 @@ pub const BOOT_SIZE: u64 = 2 << 20;
 /// or `None` (the test skips, saying why) where KVM lacks software-protected VMs.
 pub fn attributes_vm(test: &str, regions: &[(u64, u64)], policy: ContentPolicy) -> Option<Vm> {
     sw_protected_or_skip(test)?;
-    let mut builder = Vm::builder().flavor(Flavor::Attributes);
+    let mut builder = Vm::builder().flavor(Flavor::ATTRIBUTES);
     for &(base, size) in regions {
         builder = builder.region(base, size, policy);
     }
     let vm = builder
         .build()
         .unwrap_or_else(|e| panic!("{test}: building the VM: {}", chain(&e)));
-    assert_eq!(vm.flavor(), Flavor::Attributes);
+    assert_eq!(vm.flavor(), Flavor::ATTRIBUTES);
     assert!(
         vm.conversion_exits(),
         "a software-protected VM forwards MAP_GPA_RANGE"

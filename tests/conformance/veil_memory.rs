@@ -24,7 +24,7 @@ fn attributes_flavor_with_the_real_ioctl() {
     };
     let caps = HostCaps::probe_with(&kvm).unwrap();
     let vm_type = caps
-        .require(Flavor::Attributes)
+        .require(Flavor::ATTRIBUTES)
         .expect("software-protected VMs run the attributes flavor")
         .vm_type
         .expect("the attributes flavor names its VM type");
@@ -32,7 +32,7 @@ fn attributes_flavor_with_the_real_ioctl() {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(vm.as_ref())
         .attributes_vm(vm.clone())
-        .region(RegionSpec::new(0, 2 * MIB, Flavor::Attributes))
+        .region(RegionSpec::new(0, 2 * MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap();
     // SAFETY: `mem` outlives the VM: the VM is dropped explicitly first.
@@ -77,7 +77,7 @@ fn vm_picks_the_attributes_flavor_where_it_runs() {
         .region(0, 2 * MIB, ContentPolicy::Discard)
         .build()
         .unwrap();
-    assert_eq!(vm.flavor(), Flavor::Attributes);
+    assert_eq!(vm.flavor(), Flavor::ATTRIBUTES);
     assert!(vm.conversion_exits());
     // KVM takes the attributes: the VM is of the software-protected type (a default VM
     // has none), and KVM_SET_MEMORY_ATTRIBUTES went through.
@@ -89,13 +89,16 @@ fn vm_picks_the_attributes_flavor_where_it_runs() {
 
     // The attributes flavor cannot keep contents across a conversion.
     let refused = Vm::builder()
-        .flavor(Flavor::Attributes)
+        .flavor(Flavor::ATTRIBUTES)
         .region(0, 2 * MIB, ContentPolicy::Preserve)
         .build();
     assert!(
         matches!(
             refused,
-            Err(VmError::Memory(BuildError::PreserveUnsupported { .. }))
+            Err(VmError::Memory(BuildError::PolicyUnsupported {
+                policy: ContentPolicy::Preserve,
+                ..
+            }))
         ),
         "{refused:?}"
     );

@@ -226,7 +226,7 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
     };
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    if let Err(e) = caps.require(Flavor::InPlace) {
+    if let Err(e) = caps.require(Flavor::IN_PLACE) {
         veil_tests::skip(test, &e.to_string());
         return;
     }
@@ -238,7 +238,7 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
         .kvm_side_mapping(caps.kvm_side_mapping.mapping);
     for &(base, size) in RAM {
         builder = builder
-            .region(RegionSpec::new(base, size, Flavor::InPlace).policy(ContentPolicy::Preserve));
+            .region(RegionSpec::new(base, size, Flavor::IN_PLACE).policy(ContentPolicy::Preserve));
     }
     let mem = builder.build().unwrap();
 

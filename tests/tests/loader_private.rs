@@ -36,13 +36,14 @@ fn guest_for(test: &str, flavor: Flavor) -> Option<(Guest, HostCaps)> {
     }
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    if flavor == Flavor::InPlace
-        && let Err(e) = caps.require(Flavor::InPlace)
+    if flavor == Flavor::IN_PLACE
+        && let Err(e) = caps.require(Flavor::IN_PLACE)
     {
         veil_tests::skip(test, &e.to_string());
         return None;
     }
     let vm_type = caps
+        .probe
         .vm_types
         .iter()
         .find(|t| t.guest_memfd && t.create_error.is_none())
@@ -62,15 +63,16 @@ fn memory(
     let mut b = HostSafeMemory::builder()
         .guest_memfd_source(vm)
         .kvm_side_mapping(caps.kvm_side_mapping.mapping);
-    let fake = (flavor == Flavor::Attributes).then(|| Arc::new(RecordingAttributesVm::new()));
+    let fake = (flavor == Flavor::ATTRIBUTES).then(|| Arc::new(RecordingAttributesVm::new()));
     if let Some(fake) = &fake {
         b = b.attributes_vm(fake.clone());
     }
-    // The attributes flavor never keeps contents (Discard by nature); the others keep
-    // them, which is what lets the loader convert what it wrote.
-    let policy = match flavor {
-        Flavor::Attributes => ContentPolicy::Discard,
-        _ => ContentPolicy::Preserve,
+    // Keep contents where the flavor can (what lets the loader convert what it wrote);
+    // the attributes flavor never does (Discard by nature).
+    let policy = if flavor.honours(ContentPolicy::Preserve) {
+        ContentPolicy::Preserve
+    } else {
+        ContentPolicy::Discard
     };
     for &(base, size) in ram {
         b = b.region(RegionSpec::new(base, size, flavor).policy(policy));
@@ -101,25 +103,22 @@ fn load_and_run(
         &mem,
     )
     .unwrap();
-    match flavor {
-        Flavor::InPlace | Flavor::Emulated => {
-            assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
-            assert_eq!(loaded.populated.private, loaded.populated.runs);
-            for p in &loaded.layout.placements {
-                assert!(
-                    host_cannot_read(&mem, p.range.start().0),
-                    "{p:?} readable by the host"
-                );
-            }
+    if flavor.keeps_contents(ContentPolicy::Preserve) {
+        assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
+        assert_eq!(loaded.populated.private, loaded.populated.runs);
+        for p in &loaded.layout.placements {
+            assert!(
+                host_cannot_read(&mem, p.range.start().0),
+                "{p:?} readable by the host"
+            );
         }
-        Flavor::Attributes => {
-            assert_eq!(loaded.populated.way, PopulateWay::SharedOnly);
-            assert!(loaded.populated.private.is_empty());
-            let calls = fake.as_ref().map(|f| f.call_count());
-            assert_eq!(calls, Some(0), "the loader changed memory attributes");
-            for p in &loaded.layout.placements {
-                assert!(!host_cannot_read(&mem, p.range.start().0));
-            }
+    } else {
+        assert_eq!(loaded.populated.way, PopulateWay::SharedOnly);
+        assert!(loaded.populated.private.is_empty());
+        let calls = fake.as_ref().map(|f| f.call_count());
+        assert_eq!(calls, Some(0), "the loader changed memory attributes");
+        for p in &loaded.layout.placements {
+            assert!(!host_cannot_read(&mem, p.range.start().0));
         }
     }
     // SAFETY: the VM is dropped below, before `mem`; its vCPU has stopped by then.
@@ -134,7 +133,7 @@ fn load_and_run(
 fn pvh_kernel_runs_from_private_in_place_memory() {
     let test = "pvh_kernel_runs_from_private_in_place_memory";
     let Some((loaded, report, initrd)) =
-        load_and_run(test, Flavor::InPlace, PVH_KERNEL, PVH_CMDLINE)
+        load_and_run(test, Flavor::IN_PLACE, PVH_KERNEL, PVH_CMDLINE)
     else {
         return;
     };
@@ -145,7 +144,8 @@ fn pvh_kernel_runs_from_private_in_place_memory() {
 #[test]
 fn bzimage_kernel_runs_from_private_in_place_memory() {
     let test = "bzimage_kernel_runs_from_private_in_place_memory";
-    let Some((loaded, report, initrd)) = load_and_run(test, Flavor::InPlace, BZ_KERNEL, BZ_CMDLINE)
+    let Some((loaded, report, initrd)) =
+        load_and_run(test, Flavor::IN_PLACE, BZ_KERNEL, BZ_CMDLINE)
     else {
         return;
     };
@@ -157,7 +157,7 @@ fn bzimage_kernel_runs_from_private_in_place_memory() {
 fn pvh_kernel_runs_from_private_emulated_memory() {
     let test = "pvh_kernel_runs_from_private_emulated_memory";
     let Some((loaded, report, initrd)) =
-        load_and_run(test, Flavor::Emulated, PVH_KERNEL, PVH_CMDLINE)
+        load_and_run(test, Flavor::EMULATED, PVH_KERNEL, PVH_CMDLINE)
     else {
         return;
     };
@@ -169,7 +169,7 @@ fn pvh_kernel_runs_from_private_emulated_memory() {
 fn bzimage_kernel_runs_from_private_emulated_memory() {
     let test = "bzimage_kernel_runs_from_private_emulated_memory";
     let Some((loaded, report, initrd)) =
-        load_and_run(test, Flavor::Emulated, BZ_KERNEL, BZ_CMDLINE)
+        load_and_run(test, Flavor::EMULATED, BZ_KERNEL, BZ_CMDLINE)
     else {
         return;
     };
@@ -181,7 +181,7 @@ fn bzimage_kernel_runs_from_private_emulated_memory() {
 fn attributes_flavor_loads_into_the_shared_side() {
     let test = "attributes_flavor_loads_into_the_shared_side";
     let Some((loaded, report, initrd)) =
-        load_and_run(test, Flavor::Attributes, PVH_KERNEL, PVH_CMDLINE)
+        load_and_run(test, Flavor::ATTRIBUTES, PVH_KERNEL, PVH_CMDLINE)
     else {
         return;
     };
@@ -192,12 +192,12 @@ fn attributes_flavor_loads_into_the_shared_side() {
 #[test]
 fn in_place_memory_is_left_untouched_by_a_refused_load() {
     let test = "in_place_memory_is_left_untouched_by_a_refused_load";
-    let Some((guest, caps)) = guest_for(test, Flavor::InPlace) else {
+    let Some((guest, caps)) = guest_for(test, Flavor::IN_PLACE) else {
         return;
     };
     // Just low memory and the megabyte the PVH kernel goes to: every byte is compared.
     const SMALL: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x10_0000)];
-    let (mem, _) = memory(&guest.vm, &caps, Flavor::InPlace, SMALL);
+    let (mem, _) = memory(&guest.vm, &caps, Flavor::IN_PLACE, SMALL);
     for &(base, size) in SMALL {
         mem.write_slice(&vec![0x5a; size as usize], GuestAddress(base))
             .unwrap();

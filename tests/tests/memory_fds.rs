@@ -32,6 +32,7 @@ fn no_descriptor_leaks() {
         // A VM type that offers guest_memfd (the default one here; the software-protected
         // one on Linux 6.12).
         let vm_type = caps
+            .probe
             .vm_types
             .iter()
             .find(|t| t.guest_memfd && t.create_error.is_none())
@@ -42,11 +43,11 @@ fn no_descriptor_leaks() {
             .guest_memfd_source(vm.as_ref())
             .attributes_vm(fake)
             .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-            .region(RegionSpec::new(0, MIB, Flavor::Emulated))
-            .region(RegionSpec::new(MIB, MIB, Flavor::Attributes));
-        if caps.require(Flavor::InPlace).is_ok() {
+            .region(RegionSpec::new(0, MIB, Flavor::EMULATED))
+            .region(RegionSpec::new(MIB, MIB, Flavor::ATTRIBUTES));
+        if caps.require(Flavor::IN_PLACE).is_ok() {
             builder = builder.region(
-                RegionSpec::new(2 * MIB, MIB, Flavor::InPlace).policy(ContentPolicy::Preserve),
+                RegionSpec::new(2 * MIB, MIB, Flavor::IN_PLACE).policy(ContentPolicy::Preserve),
             );
         }
         let mem = builder.build().unwrap();
@@ -67,8 +68,8 @@ fn no_descriptor_leaks() {
         assert!(SharedMemfd::new(0x1000, true).is_err());
         let failed = HostSafeMemory::builder()
             .guest_memfd_source(&vm)
-            .region(RegionSpec::new(0, MIB, Flavor::Emulated))
-            .region(RegionSpec::new(MIB, MIB, Flavor::InPlace).guest_memfd_flags(1 << 7))
+            .region(RegionSpec::new(0, MIB, Flavor::EMULATED))
+            .region(RegionSpec::new(MIB, MIB, Flavor::IN_PLACE).guest_memfd_flags(1 << 7))
             .build();
         assert!(failed.is_err());
         let ok = GuestMemfd::create(&vm, 0x1000, 0).unwrap();

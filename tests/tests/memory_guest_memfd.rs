@@ -39,7 +39,8 @@ fn vm(test: &str) -> Option<(Kvm, VmFd, HostCaps)> {
 /// The first VM type that offers guest_memfd (the default type on this project's
 /// machines, the software-protected type on Linux 6.12), or the default type.
 fn gmem_vm_type(caps: &HostCaps) -> u32 {
-    caps.vm_types
+    caps.probe
+        .vm_types
         .iter()
         .find(|t| t.guest_memfd && t.create_error.is_none())
         .map_or(0, |t| t.vm_type)
@@ -50,7 +51,7 @@ fn gmem_vm_type(caps: &HostCaps) -> u32 {
 /// `capability_probe_agrees_with_what_works` checks that the probe says so correctly.
 fn in_place_vm(test: &str) -> Option<(Kvm, VmFd, HostCaps)> {
     let (kvm, vm, caps) = self::vm(test)?;
-    if let Err(e) = caps.require(Flavor::InPlace) {
+    if let Err(e) = caps.require(Flavor::IN_PLACE) {
         veil_tests::skip(test, &e.to_string());
         return None;
     }
@@ -60,13 +61,13 @@ fn in_place_vm(test: &str) -> Option<(Kvm, VmFd, HostCaps)> {
 /// In-place memory on guest_memfd (flags MMAP | INIT_SHARED): [0, 2) MiB preserving,
 /// [2, 4) MiB discarding.
 fn in_place(vm: &VmFd, caps: &HostCaps) -> HostSafeMemory {
-    caps.require(Flavor::InPlace)
+    caps.require(Flavor::IN_PLACE)
         .expect("in-place flavor on this host");
     HostSafeMemory::builder()
         .guest_memfd_source(vm)
         .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-        .region(RegionSpec::new(0, 2 * MIB, Flavor::InPlace).policy(ContentPolicy::Preserve))
-        .region(RegionSpec::new(2 * MIB, 2 * MIB, Flavor::InPlace))
+        .region(RegionSpec::new(0, 2 * MIB, Flavor::IN_PLACE).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(2 * MIB, 2 * MIB, Flavor::IN_PLACE))
         .build()
         .unwrap()
 }
@@ -208,6 +209,7 @@ fn guest_memfd_backend_checks_and_discards() {
     };
     let vm_type = gmem_vm_type(&caps);
     let flags = caps
+        .probe
         .vm_types
         .iter()
         .find(|t| t.vm_type == vm_type)
@@ -257,8 +259,8 @@ fn memory_slots_register_with_kvm() {
     let other = HostSafeMemory::builder()
         .guest_memfd_source(&vm)
         .attributes_vm(fake)
-        .region(RegionSpec::new(16 * MIB, MIB, Flavor::Emulated))
-        .region(RegionSpec::new(32 * MIB, MIB, Flavor::Attributes))
+        .region(RegionSpec::new(16 * MIB, MIB, Flavor::EMULATED))
+        .region(RegionSpec::new(32 * MIB, MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap();
     // SAFETY: as above.
@@ -280,7 +282,7 @@ fn attributes_flavor_on_real_guest_memfd() {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(vm.as_ref())
         .attributes_vm(fake.clone())
-        .region(RegionSpec::new(0, MIB, Flavor::Attributes))
+        .region(RegionSpec::new(0, MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap();
     let gmem = mem.regions()[0].guest_memfd().unwrap();
@@ -296,12 +298,12 @@ fn attributes_flavor_on_real_guest_memfd() {
     let real = HostSafeMemory::builder()
         .guest_memfd_source(vm.as_ref())
         .attributes_vm(vm.clone())
-        .region(RegionSpec::new(0, MIB, Flavor::Attributes))
+        .region(RegionSpec::new(0, MIB, Flavor::ATTRIBUTES))
         .build()
         .unwrap();
     real.host_write(0, &[9; 16]).unwrap();
     let result = real.convert(fr(0, 1), PRIVATE);
-    if caps.require(Flavor::Attributes).is_ok() {
+    if caps.require(Flavor::ATTRIBUTES).is_ok() {
         result.unwrap();
         assert!(real.host_read(0, &mut [0; 16]).is_err());
     } else {
@@ -320,18 +322,18 @@ fn capability_probe_agrees_with_what_works() {
     let Some((_kvm, vm, caps)) = vm("capability_probe_agrees_with_what_works") else {
         return;
     };
-    assert_eq!(caps.api_version, 12);
-    assert!(caps.require(Flavor::Emulated).is_ok());
-    assert_eq!(caps.vm_types[0].vm_type, 0);
+    assert_eq!(caps.probe.api_version, 12);
+    assert!(caps.require(Flavor::EMULATED).is_ok());
+    assert_eq!(caps.probe.vm_types[0].vm_type, 0);
     // In-place is claimed exactly when an mmap-able, initially shared guest_memfd can be
     // created and written here.
     let want = GUEST_MEMFD_FLAG_MMAP | GUEST_MEMFD_FLAG_INIT_SHARED;
     let can = GuestMemfd::create(&vm, MIB, want).is_ok();
     assert_eq!(
-        caps.require(Flavor::InPlace).is_ok(),
-        can && caps.user_memory2
+        caps.require(Flavor::IN_PLACE).is_ok(),
+        can && caps.probe.user_memory2
     );
-    if let Err(e) = caps.require(Flavor::Attributes) {
+    if let Err(e) = caps.require(Flavor::ATTRIBUTES) {
         assert!(e.to_string().contains("KVM_CAP"), "{e}");
     }
     assert_eq!(

@@ -45,11 +45,11 @@ fn memslots_register_remove_and_register_again() {
     let caps = HostCaps::probe_with(&kvm).unwrap();
     // guest_memfd slots where the host has mmap-able guest_memfd: KVM binds a guest_memfd
     // range to one slot at a time, so registering again also shows the removal unbound it.
-    let flavor = if caps.require(Flavor::InPlace).is_ok() {
-        Flavor::InPlace
+    let flavor = if caps.require(Flavor::IN_PLACE).is_ok() {
+        Flavor::IN_PLACE
     } else {
         eprintln!("memslots_register_remove_and_register_again: emulated regions only");
-        Flavor::Emulated
+        Flavor::EMULATED
     };
     let vm = kvm.create_vm().unwrap();
     let mapping = caps.kvm_side_mapping.mapping;
@@ -61,7 +61,7 @@ fn memslots_register_remove_and_register_again() {
     unsafe { mem.register_memslots(&vm, 0) }.unwrap();
 
     // The same guest-physical ranges under other numbers: KVM refuses the first.
-    let same = memory(&vm, mapping, Flavor::Emulated, &[0, 16 * MIB]);
+    let same = memory(&vm, mapping, Flavor::EMULATED, &[0, 16 * MIB]);
     // SAFETY: as above.
     let err = unsafe { same.register_memslots(&vm, 10) }.unwrap_err();
     assert!(
@@ -75,14 +75,14 @@ fn memslots_register_remove_and_register_again() {
     );
 
     // A free range, then a taken one: the second slot is named, the first taken back.
-    let partly = memory(&vm, mapping, Flavor::Emulated, &[8 * MIB, 16 * MIB]);
+    let partly = memory(&vm, mapping, Flavor::EMULATED, &[8 * MIB, 16 * MIB]);
     // SAFETY: as above.
     let err = unsafe { partly.register_memslots(&vm, 20) }.unwrap_err();
     assert!(
         matches!(err, MemslotError::Register { slot: 21, range: r, .. } if r == range(16 * MIB)),
         "{err:?}"
     );
-    let probe = memory(&vm, mapping, Flavor::Emulated, &[8 * MIB]);
+    let probe = memory(&vm, mapping, Flavor::EMULATED, &[8 * MIB]);
     // SAFETY: as above. Slot 20 would still cover 8 MiB if it had been left behind.
     unsafe { probe.register_memslots(&vm, 30) }.unwrap();
     probe.remove_memslots(&vm, 30).unwrap();

@@ -91,7 +91,7 @@ fn concurrent_conversions_agree_page_by_page() {
     }
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    if let Err(e) = caps.require(Flavor::InPlace) {
+    if let Err(e) = caps.require(Flavor::IN_PLACE) {
         veil_tests::skip("concurrent_conversions_agree_page_by_page", &e.to_string());
         return;
     }
@@ -100,8 +100,8 @@ fn concurrent_conversions_agree_page_by_page() {
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(&vm)
         .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-        .region(RegionSpec::new(0, size, Flavor::InPlace).policy(ContentPolicy::Preserve))
-        .region(RegionSpec::new(size, size, Flavor::InPlace).policy(ContentPolicy::Discard))
+        .region(RegionSpec::new(0, size, Flavor::IN_PLACE).policy(ContentPolicy::Preserve))
+        .region(RegionSpec::new(size, size, Flavor::IN_PLACE).policy(ContentPolicy::Discard))
         .build()
         .unwrap();
     // The host view is contiguous: page p lives at view + p * 4 KiB.

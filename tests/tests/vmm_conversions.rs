@@ -346,12 +346,12 @@ fn round_trips_and_refusals(test: &str, flavor: Flavor) {
 
 #[test]
 fn in_place_round_trips_and_refusals() {
-    round_trips_and_refusals("in_place_round_trips_and_refusals", Flavor::InPlace);
+    round_trips_and_refusals("in_place_round_trips_and_refusals", Flavor::IN_PLACE);
 }
 
 #[test]
 fn emulated_round_trips_and_refusals() {
-    round_trips_and_refusals("emulated_round_trips_and_refusals", Flavor::Emulated);
+    round_trips_and_refusals("emulated_round_trips_and_refusals", Flavor::EMULATED);
 }
 
 #[test]
@@ -374,20 +374,21 @@ fn vm_follows_the_host_capabilities() {
     // The attributes flavor: built where the host runs it, refused with the missing
     // capability named where it does not.
     let attributes = Vm::builder()
-        .flavor(Flavor::Attributes)
+        .flavor(Flavor::ATTRIBUTES)
         .region(0, 2 * MIB, ContentPolicy::Discard)
         .build();
-    match caps.require(Flavor::Attributes) {
-        Ok(_) => assert_eq!(attributes.unwrap().flavor(), Flavor::Attributes),
+    match caps.require(Flavor::ATTRIBUTES) {
+        Ok(_) => assert_eq!(attributes.unwrap().flavor(), Flavor::ATTRIBUTES),
         Err(missing) => {
             let err = attributes.unwrap_err();
             let VmError::Flavor {
-                flavor: Flavor::Attributes,
+                flavor,
                 source: CapsError::Missing { capability, .. },
             } = &err
             else {
                 panic!("expected the attributes flavor to be refused: {err:?}");
             };
+            assert_eq!(*flavor, Flavor::ATTRIBUTES);
             assert!(missing.to_string().contains(capability.as_str()));
         }
     }
@@ -399,7 +400,7 @@ fn vm_refuses_bad_memory_layouts() {
         return;
     }
     let overlapping = Vm::builder()
-        .flavor(Flavor::Emulated)
+        .flavor(Flavor::EMULATED)
         .region(0, 2 * MIB, ContentPolicy::Preserve)
         .region(MIB, 2 * MIB, ContentPolicy::Preserve)
         .build()
@@ -408,7 +409,7 @@ fn vm_refuses_bad_memory_layouts() {
         matches!(overlapping, VmError::Memory(BuildError::Overlap { .. })),
         "{overlapping:?}"
     );
-    let none = Vm::builder().flavor(Flavor::Emulated).build().unwrap_err();
+    let none = Vm::builder().flavor(Flavor::EMULATED).build().unwrap_err();
     assert!(
         matches!(none, VmError::Memory(BuildError::NoRegion)),
         "{none:?}"
@@ -418,7 +419,7 @@ fn vm_refuses_bad_memory_layouts() {
 #[test]
 fn dropping_the_vm_takes_its_memory_away_from_kvm() {
     let test = "dropping_the_vm_takes_its_memory_away_from_kvm";
-    let Some(vm) = self::vm(test, Flavor::Emulated) else {
+    let Some(vm) = self::vm(test, Flavor::EMULATED) else {
         return;
     };
     // Everything is set up to run the guest; then the VM goes, while the memory and a

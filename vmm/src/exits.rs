@@ -70,7 +70,7 @@ impl MemoryExits {
 /// | veil-memory returned | the guest reads | the VM |
 /// | --- | --- | --- |
 /// | a [`veil_memory::Conversion`] | 0 ([`Conversion::Done`]) | runs on |
-/// | [`ConvertError::Range`], [`ConvertError::Gap`], [`ConvertError::HugePageUnaligned`] | `EINVAL` ([`Conversion::Refused`]) | runs on |
+/// | [`ConvertError::Range`], [`ConvertError::Gap`], [`ConvertError::GranuleUnaligned`] | `EINVAL` ([`Conversion::Refused`]) | runs on |
 /// | [`ConvertError::Step`] with `EINTR` or `EAGAIN` | `EAGAIN` ([`Conversion::Retry`]) | runs on |
 /// | any other [`ConvertError::Step`], [`ConvertError::RollbackFailed`] | `EINVAL` | stops with the error |
 ///
@@ -94,7 +94,7 @@ pub fn answer_request(
         Err(
             ConvertError::Range(_)
             | ConvertError::Gap { .. }
-            | ConvertError::HugePageUnaligned { .. },
+            | ConvertError::GranuleUnaligned { .. },
         ) => Ok(Conversion::Refused),
         Err(e @ ConvertError::Step { .. }) => match e.errno() {
             Some(libc::EINTR | libc::EAGAIN) => Ok(Conversion::Retry),
@@ -138,7 +138,7 @@ mod tests {
     use super::*;
     use std::io;
     use veil_attrs::{Gfn, RangeError, Tag};
-    use veil_memory::{ContentPolicy, Flavor, HostAccessError, RegionSpec, StepKind};
+    use veil_memory::{ContentPolicy, Flavor, HostAccessError, RegionSpec, StepKind, Store};
     use veil_vcpu::{KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, MapGpaRangeArgs};
 
     const MIB: u64 = 1 << 20;
@@ -151,9 +151,9 @@ mod tests {
     /// a gap, then [4, 5) MiB preserving.
     fn exits() -> MemoryExits {
         let memory = HostSafeMemory::builder()
-            .region(RegionSpec::new(0, MIB, Flavor::Emulated).policy(ContentPolicy::Preserve))
-            .region(RegionSpec::new(MIB, MIB, Flavor::Emulated))
-            .region(RegionSpec::new(4 * MIB, MIB, Flavor::Emulated).policy(ContentPolicy::Preserve))
+            .region(RegionSpec::new(0, MIB, Flavor::EMULATED).policy(ContentPolicy::Preserve))
+            .region(RegionSpec::new(MIB, MIB, Flavor::EMULATED))
+            .region(RegionSpec::new(4 * MIB, MIB, Flavor::EMULATED).policy(ContentPolicy::Preserve))
             .build()
             .unwrap();
         MemoryExits::new(Arc::new(memory))
@@ -246,9 +246,10 @@ mod tests {
                 range,
                 gap: 0x20_0000,
             },
-            ConvertError::HugePageUnaligned {
+            ConvertError::GranuleUnaligned {
                 range,
                 region: fr(0, 512),
+                granule: 2 << 20,
             },
         ];
         for e in refused {
@@ -287,7 +288,7 @@ mod tests {
         assert_eq!(kept.errno(), Some(libc::ENOMEM));
 
         let rollback = ConvertError::RollbackFailed {
-            step: StepKind::DiscardMemfd,
+            step: StepKind::Discard(Store::View),
             range: fr(0x100, 1),
             source: io::Error::from_raw_os_error(libc::EAGAIN),
             undo_step: StepKind::Protect {

@@ -51,36 +51,37 @@ fn attributes(bits: u64) -> String {
 pub fn caps_table(caps: &HostCaps) -> String {
     let mut out = String::new();
     let types: Vec<String> = caps
+        .probe
         .vm_types
         .iter()
         .map(|t| vm_type_name(t.vm_type))
         .collect();
     let _ = writeln!(out, "KVM host capabilities for guest-private memory\n");
     let rows = [
-        ("KVM API version", caps.api_version.to_string()),
+        ("KVM API version", caps.probe.api_version.to_string()),
         (
             "VM types (KVM_CAP_VM_TYPES)",
-            format!("{:#x}: {}", caps.vm_types_mask, types.join(", ")),
+            format!("{:#x}: {}", caps.probe.vm_types_mask, types.join(", ")),
         ),
         (
             "KVM_SET_USER_MEMORY_REGION2 (KVM_CAP_USER_MEMORY2)",
-            yes(caps.user_memory2).into(),
+            yes(caps.probe.user_memory2).into(),
         ),
         (
             "memory fault exits (KVM_CAP_MEMORY_FAULT_INFO)",
-            yes(caps.memory_fault_info).into(),
+            yes(caps.probe.memory_fault_info).into(),
         ),
         (
             "hypercall exits (KVM_CAP_EXIT_HYPERCALL)",
             format!(
                 "{:#x} (MAP_GPA_RANGE: {})",
-                caps.exit_hypercall_mask,
+                caps.probe.exit_hypercall_mask,
                 yes(caps.map_gpa_range_exits())
             ),
         ),
         (
             "pre-fault memory (KVM_CAP_PRE_FAULT_MEMORY)",
-            yes(caps.pre_fault_memory).into(),
+            yes(caps.probe.pre_fault_memory).into(),
         ),
     ];
     for (k, v) in rows {
@@ -91,7 +92,7 @@ pub fn caps_table(caps: &HostCaps) -> String {
         "\n  {:<28} {:<12} {:<26} memory attributes",
         "VM type", "guest_memfd", "guest_memfd flags"
     );
-    for t in &caps.vm_types {
+    for t in &caps.probe.vm_types {
         let name = format!("{} ({})", vm_type_name(t.vm_type), t.vm_type);
         match &t.create_error {
             Some(e) => {
@@ -175,9 +176,9 @@ mod tests {
                 .unwrap_or_else(|| panic!("no line for {flavor}: {t}"))
                 .to_string()
         };
-        assert!(line(Flavor::InPlace).contains(" yes "));
-        assert!(line(Flavor::Emulated).contains(" yes "));
-        let attrs = line(Flavor::Attributes);
+        assert!(line(Flavor::IN_PLACE).contains(" yes "));
+        assert!(line(Flavor::EMULATED).contains(" yes "));
+        let attrs = line(Flavor::ATTRIBUTES);
         assert!(attrs.contains(" no ") && attrs.contains("KVM_CAP_MEMORY_ATTRIBUTES"));
     }
 

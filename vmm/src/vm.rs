@@ -125,12 +125,12 @@ impl VmBuilder {
                 .map_err(|source| VmError::CreateVm { vm_type, source })?,
         );
 
+        // The VM is both where guest_memfds come from and whose attributes conversions
+        // set: each region's flavor takes what it needs.
         let mut memory = HostSafeMemory::builder()
             .guest_memfd_source(vm.as_ref())
+            .attributes_vm(vm.clone())
             .kvm_side_mapping(caps.kvm_side_mapping.mapping);
-        if flavor == Flavor::Attributes {
-            memory = memory.attributes_vm(vm.clone());
-        }
         for &(base, size, policy) in &self.regions {
             memory = memory.region(RegionSpec::new(base, size, flavor).policy(policy));
         }
@@ -174,7 +174,7 @@ fn default_flavor(
         .iter()
         .copied()
         .find(|&f| policies.iter().all(|&p| f.honours(p)))
-        .unwrap_or(Flavor::Emulated)
+        .unwrap_or(Flavor::EMULATED)
 }
 
 /// A KVM VM with veil's guest memory registered as its memory slots, ready for vCPUs.
@@ -287,34 +287,36 @@ impl Drop for Vm {
 mod tests {
     use super::*;
     use ContentPolicy::{Discard, Preserve, Retain};
-    use Flavor::{Attributes, Emulated, InPlace};
+    const ATTRIBUTES: Flavor = Flavor::ATTRIBUTES;
+    const IN_PLACE: Flavor = Flavor::IN_PLACE;
+    const EMULATED: Flavor = Flavor::EMULATED;
 
     #[test]
     fn default_flavor_is_the_best_the_host_runs() {
-        let all = [Attributes, InPlace, Emulated];
-        assert_eq!(default_flavor(&all, [Discard, Discard]), Attributes);
-        assert_eq!(default_flavor(&all[1..], [Discard]), InPlace);
-        assert_eq!(default_flavor(&[Emulated], [Discard]), Emulated);
+        let all = [ATTRIBUTES, IN_PLACE, EMULATED];
+        assert_eq!(default_flavor(&all, [Discard, Discard]), ATTRIBUTES);
+        assert_eq!(default_flavor(&all[1..], [Discard]), IN_PLACE);
+        assert_eq!(default_flavor(&[EMULATED], [Discard]), EMULATED);
         // No region yet: veil-memory refuses that, whichever the flavor.
-        assert_eq!(default_flavor(&all, []), Attributes);
+        assert_eq!(default_flavor(&all, []), ATTRIBUTES);
         // A host that reports nothing still runs the emulated flavor.
-        assert_eq!(default_flavor(&[], [Preserve]), Emulated);
+        assert_eq!(default_flavor(&[], [Preserve]), EMULATED);
     }
 
     #[test]
     fn default_flavor_honours_every_content_policy() {
         // A software-protected or SNP/TDX host of Linux 6.12: attributes and emulated.
-        let attributes_host = [Attributes, Emulated];
-        assert_eq!(default_flavor(&attributes_host, [Preserve]), Emulated);
+        let attributes_host = [ATTRIBUTES, EMULATED];
+        assert_eq!(default_flavor(&attributes_host, [Preserve]), EMULATED);
         assert_eq!(
             default_flavor(&attributes_host, [Discard, Preserve]),
-            Emulated
+            EMULATED
         );
         assert_eq!(
-            default_flavor(&[Attributes, InPlace, Emulated], [Preserve, Discard]),
-            InPlace
+            default_flavor(&[ATTRIBUTES, IN_PLACE, EMULATED], [Preserve, Discard]),
+            IN_PLACE
         );
         // Retaining is honoured everywhere: an attributes host keeps the attributes flavor.
-        assert_eq!(default_flavor(&attributes_host, [Retain]), Attributes);
+        assert_eq!(default_flavor(&attributes_host, [Retain]), ATTRIBUTES);
     }
 }
