@@ -89,7 +89,7 @@ pub fn run(data: &[u8]) {
         let loaded = plan
             .place(&SharedOnly::new(mem))
             .expect("placing an accepted plan");
-        check_runs(&loaded.populated.runs, &plan.layout.placements, &ram);
+        check_runs(&loaded.populated.ranges(), &plan.layout.placements, &ram);
         for (o, e) in plan.objects.iter().zip(&plan.log.entries[1..]) {
             let mut buf = vec![0u8; o.range.len() as usize];
             mem.read_slice(&mut buf, o.range.start())

@@ -4,16 +4,16 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
-mod flavor;
 mod image;
 mod layout;
 mod load;
 mod measure;
 mod populate;
 mod ram;
+#[cfg(feature = "veil-memory")]
+mod veil_memory;
 mod x86;
 
-pub use flavor::populate_way;
 pub use image::{
     BzImage, ElfSegment, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL, PvhElf,
 };
@@ -24,10 +24,12 @@ pub use load::{
 };
 pub use measure::{Digest, LOG_VERSION, MeasuredObject, MeasurementLog, extend};
 pub use populate::{
-    BoxError, ConvertPrivate, Populate, PopulateError, PopulateWay, SharedOnly, SnpLaunchUpdate,
-    TdxInitMemRegion, WriteThenConvert, ram_of, write_zeros,
+    BoxError, ConvertPrivate, PageRun, PageType, Populate, PopulateError, PopulateWay, SharedOnly,
+    WriteThenConvert, check_plain, ram_of, ranges_of, write_zeros,
 };
 pub use ram::{ByteRange, GuestRam, PAGE_SIZE, RamError};
+#[cfg(feature = "veil-memory")]
+pub use veil_memory::populate_way;
 
 /// x86 boot data: GDT, page tables, boot parameters and the vCPU entry state.
 pub mod boot {

@@ -19,7 +19,7 @@ use vm_memory::{ByteValued, GuestAddress};
 use crate::image::{ImageError, KernelFormat, KernelImage};
 use crate::layout::{Layout, LayoutError, ObjectKind};
 use crate::measure::MeasurementLog;
-use crate::populate::{Populate, PopulateError, PopulateWay, write_zeros};
+use crate::populate::{PageRun, PageType, Populate, PopulateError, PopulateWay, write_zeros};
 use crate::ram::{ByteRange, GuestRam};
 use crate::x86::{
     BootDataError, identity_page_tables, linux_boot_params, linux64_entry, pvh_boot_data,
@@ -103,6 +103,23 @@ pub enum LoadError {
     /// The plan was made for other RAM than the target has.
     #[error("the plan was made for different RAM than the target's")]
     RamMismatch,
+    /// Two objects of different page types share a page, which can be populated as one
+    /// type only.
+    #[error(
+        "the page at {page:#x} holds a {first} page of {first_kind:?} and a {second} page of {second_kind:?}"
+    )]
+    PageTypeConflict {
+        /// The page's address.
+        page: u64,
+        /// One object's kind.
+        first_kind: ObjectKind,
+        /// Its page type.
+        first: PageType,
+        /// The other object's kind.
+        second_kind: ObjectKind,
+        /// Its page type.
+        second: PageType,
+    },
     /// Writing into guest memory failed; what was written has been scrubbed.
     #[error("populating guest memory failed")]
     Populate(#[from] PopulateError),
@@ -117,8 +134,9 @@ pub enum LoadError {
     },
 }
 
-/// One object to place: its kind, its exact guest range and its bytes. Bytes past
-/// `bytes.len()` up to the range's end are zero (an ELF segment's bss).
+/// One object to place: its kind, its exact guest range, its bytes and the page type its
+/// pages are populated as. Bytes past `bytes.len()` up to the range's end are zero (an
+/// ELF segment's bss).
 #[derive(Debug, Clone)]
 pub struct PlannedObject<'a> {
     /// What it is.
@@ -127,6 +145,9 @@ pub struct PlannedObject<'a> {
     pub range: ByteRange,
     /// Its leading bytes.
     pub bytes: Cow<'a, [u8]>,
+    /// How its pages are populated ([`PageType::Normal`] for everything veil-loader
+    /// plans itself; a launch technology may mark objects otherwise before placing).
+    pub page_type: PageType,
 }
 
 impl PlannedObject<'_> {
@@ -159,10 +180,17 @@ pub struct BootPlan<'a> {
 pub struct Populated {
     /// The way the target populated memory.
     pub way: PopulateWay,
-    /// The page runs written.
-    pub runs: Vec<ByteRange>,
-    /// The runs that are private now (empty when the way leaves memory shared).
+    /// The page runs written, with their page types.
+    pub runs: Vec<PageRun>,
+    /// The ranges that are private now (empty when the way leaves memory shared).
     pub private: Vec<ByteRange>,
+}
+
+impl Populated {
+    /// The ranges of the page runs written.
+    pub fn ranges(&self) -> Vec<ByteRange> {
+        crate::populate::ranges_of(&self.runs)
+    }
 }
 
 /// A loaded boot image: where everything is, how to enter it, what was measured.
@@ -253,6 +281,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
                 kind: ObjectKind::KernelSegment,
                 range: s.range,
                 bytes: Cow::Borrowed(elf.segment_bytes(s)),
+                page_type: PageType::Normal,
             })
             .collect(),
         KernelImage::BzImage(bz) => layout
@@ -263,6 +292,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
                 kind: p.kind,
                 range: p.range,
                 bytes: Cow::Borrowed(bz.payload()),
+                page_type: PageType::Normal,
             })
             .collect(),
     };
@@ -274,26 +304,31 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
                 kind: ObjectKind::Initrd,
                 range,
                 bytes: Cow::Borrowed(bytes),
+                page_type: PageType::Normal,
             }),
         Some(PlannedObject {
             kind: ObjectKind::CommandLine,
             range: layout.cmdline,
             bytes: Cow::Owned(cmdline),
+            page_type: PageType::Normal,
         }),
         Some(PlannedObject {
             kind: ObjectKind::BootParams,
             range: layout.boot_params,
             bytes: Cow::Owned(boot_params),
+            page_type: PageType::Normal,
         }),
         layout.page_tables.map(|range| PlannedObject {
             kind: ObjectKind::PageTables,
             range,
             bytes: Cow::Owned(identity_page_tables(range.start().0)),
+            page_type: PageType::Normal,
         }),
         Some(PlannedObject {
             kind: ObjectKind::Gdt,
             range: layout.gdt,
             bytes: Cow::Owned(boot_gdt_bytes()),
+            page_type: PageType::Normal,
         }),
     ];
     let objects: Vec<PlannedObject<'a>> = kernel
@@ -345,6 +380,51 @@ pub fn load<P: Populate + ?Sized>(
 }
 
 impl BootPlan<'_> {
+    /// The pages the objects cover, as sorted, disjoint runs of one page type each: touching
+    /// pages of the same type merge. Fails if two objects of different types share a page.
+    pub fn page_runs(&self) -> Result<Vec<PageRun>, LoadError> {
+        let mut pages: Vec<(ByteRange, &PlannedObject<'_>)> = self
+            .objects
+            .iter()
+            .filter_map(|o| Some((o.range.page_aligned()?, o)))
+            .collect();
+        pages.sort_by_key(|(r, _)| *r);
+        let mut out: Vec<(PageRun, &PlannedObject<'_>)> = Vec::new();
+        for (range, o) in pages {
+            if let Some((last, last_o)) = out.last_mut()
+                && range.start().0 <= last.range.end()
+            {
+                if range.start().0 < last.range.end() && o.page_type != last.page_type {
+                    return Err(LoadError::PageTypeConflict {
+                        page: range.start().0,
+                        first_kind: last_o.kind,
+                        first: last.page_type,
+                        second_kind: o.kind,
+                        second: o.page_type,
+                    });
+                }
+                if o.page_type == last.page_type {
+                    let end = last.range.end().max(range.end());
+                    if let Some(m) =
+                        ByteRange::new(last.range.start().0, end - last.range.start().0)
+                    {
+                        last.range = m;
+                    }
+                    *last_o = o;
+                    continue;
+                }
+            }
+            out.push((
+                PageRun {
+                    range,
+                    page_type: o.page_type,
+                },
+                o,
+            ));
+        }
+        Ok(out.into_iter().map(|(r, _)| r).collect())
+    }
+
     /// Writes every object through `target`: prepares the page runs (nothing is written
     /// if that fails), zeroes the parts of the runs no object covers, writes the objects,
     /// and seals the runs. On a failure after the first write, every run is scrubbed.
@@ -352,7 +432,7 @@ impl BootPlan<'_> {
         if target.ram()? != self.ram {
             return Err(LoadError::RamMismatch);
         }
-        let runs = self.layout.page_runs();
+        let runs = self.page_runs()?;
         target.prepare(&runs)?;
         let written = self
             .write_all(target, &runs)
@@ -381,12 +461,12 @@ impl BootPlan<'_> {
     fn write_all<P: Populate + ?Sized>(
         &self,
         target: &P,
-        runs: &[ByteRange],
+        runs: &[PageRun],
     ) -> Result<(), PopulateError> {
         let mut ranges: Vec<ByteRange> = self.objects.iter().map(|o| o.range).collect();
         ranges.sort();
         // Zero what no object covers, so pages that become private hold nothing stale.
-        for run in runs {
+        for run in runs.iter().map(|r| &r.range) {
             let mut at = run.start().0;
             for r in ranges.iter().filter(|r| r.overlaps(run)) {
                 if let Some(gap) = ByteRange::new(at, r.start().0.saturating_sub(at)) {

@@ -6,25 +6,23 @@
 //! A [`Populate`] target is driven in four steps by the loader (see
 //! [`BootPlan::place`](crate::BootPlan::place)): `prepare` every page run before anything
 //! is written, `write` each object, `seal` the runs, and on any failure `scrub` them.
-//! The ways memory can take private contents differ by flavor:
+//! Every run carries a [`PageType`], which a target that cannot populate it refuses in
+//! `prepare`. The ways memory can take private contents differ:
 //!
-//! - **write, then convert** ([`WriteThenConvert`]; in-place and emulated flavors): the
-//!   host writes through its own mapping while the range is still shared, then converts
-//!   it to private. These flavors keep contents across the conversion, so the guest finds
-//!   the bytes the host wrote.
-//! - **shared only** ([`SharedOnly`]; the attributes flavor on kernels whose guest_memfd
-//!   cannot be mapped, and plain memory with no private ranges): the host writes the
-//!   shared side and leaves it shared. In the attributes flavor the private side is a
-//!   guest_memfd the host cannot map (Linux 6.12 has no `GUEST_MEMFD_FLAG_MMAP`), and
-//!   converting a range to private discards the shared side's contents instead of moving
-//!   them, so there is no generic way to put bytes into private memory. The guest boots
-//!   from shared memory and converts what it wants private itself. Technology-specific
-//!   ioctls that copy into private memory are the two extension points below.
-//! - **extension points**, not implemented: [`SnpLaunchUpdate`] (`KVM_SEV_SNP_LAUNCH_UPDATE`
-//!   copies a host buffer into private guest_memfd pages and extends the hardware launch
-//!   measurement) and [`TdxInitMemRegion`] (`KVM_TDX_INIT_MEM_REGION`, likewise for TDX).
-//!   Both refuse in `prepare`, before anything is written, with
-//!   [`PopulateError::Unsupported`].
+//! - **write, then convert** ([`WriteThenConvert`]; memory whose flavor keeps contents
+//!   across a conversion, such as in-place and emulated): the host writes through its
+//!   own mapping while the range is still shared, then converts it to private, and the
+//!   guest finds the bytes the host wrote.
+//! - **shared only** ([`SharedOnly`]; the attributes flavor without a launch technology,
+//!   and plain memory with no private ranges): the host writes the shared side and leaves
+//!   it shared. In the attributes flavor the private side is a guest_memfd the host
+//!   cannot write, and converting a range to private discards the shared side's contents
+//!   instead of moving them, so there is no generic way to put bytes into private memory.
+//!   The guest boots from shared memory and converts what it wants private itself.
+//! - **a launch technology** ([`PopulateWay::Launch`]): a technology that copies boot
+//!   data into private memory itself and measures it (SNP's launch update, TDX's
+//!   memory-region initialization). Such targets are the technology backends' own;
+//!   veil-vmm adapts its launch backends to this trait.
 
 use std::fmt;
 
@@ -43,10 +41,9 @@ pub enum PopulateWay {
     WriteThenConvert,
     /// Written into shared memory, left shared.
     SharedOnly,
-    /// SNP launch update: extension point, not implemented.
-    SnpLaunchUpdate,
-    /// TDX memory region initialization: extension point, not implemented.
-    TdxInitMemRegion,
+    /// Handed to a launch technology, which copies each run into private memory and
+    /// measures it.
+    Launch,
 }
 
 impl fmt::Display for PopulateWay {
@@ -54,19 +51,91 @@ impl fmt::Display for PopulateWay {
         f.write_str(match self {
             PopulateWay::WriteThenConvert => "write, then convert to private",
             PopulateWay::SharedOnly => "shared only",
-            PopulateWay::SnpLaunchUpdate => "SNP launch update",
-            PopulateWay::TdxInitMemRegion => "TDX memory region initialization",
+            PopulateWay::Launch => "launch technology",
         })
     }
+}
+
+/// What a page of boot data is, as a launch technology populates and measures it.
+///
+/// Plain memory takes [`Normal`](PageType::Normal), [`Zero`](PageType::Zero) and
+/// [`Unmeasured`](PageType::Unmeasured) pages alike, by writing them; the others only
+/// mean something to a technology that fills or checks them (SEV-SNP's secrets and CPUID
+/// pages, a vCPU state page), and a target that cannot refuses them before anything is
+/// written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PageType {
+    /// Contents placed and measured: kernel, initrd, boot data.
+    Normal,
+    /// All zeros: a technology may add the page without contents.
+    Zero,
+    /// Contents placed but not measured.
+    Unmeasured,
+    /// A page the technology fills with launch secrets.
+    Secrets,
+    /// A CPUID table the technology checks against the hardware.
+    Cpuid,
+    /// A vCPU's initial register state.
+    VcpuState,
+}
+
+impl PageType {
+    /// Whether plain memory populates it by writing its bytes: every type that needs no
+    /// technology to fill or check it.
+    pub const fn plain(self) -> bool {
+        matches!(
+            self,
+            PageType::Normal | PageType::Zero | PageType::Unmeasured
+        )
+    }
+}
+
+impl fmt::Display for PageType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PageType::Normal => "normal",
+            PageType::Zero => "zero",
+            PageType::Unmeasured => "unmeasured",
+            PageType::Secrets => "secrets",
+            PageType::Cpuid => "CPUID",
+            PageType::VcpuState => "vCPU state",
+        })
+    }
+}
+
+/// A page-aligned run of boot data, and the type its pages are populated as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PageRun {
+    /// The pages.
+    pub range: ByteRange,
+    /// What they are.
+    pub page_type: PageType,
+}
+
+impl fmt::Display for PageRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} pages)", self.range, self.page_type)
+    }
+}
+
+/// The ranges of `runs`.
+pub fn ranges_of(runs: &[PageRun]) -> Vec<ByteRange> {
+    runs.iter().map(|r| r.range).collect()
 }
 
 /// Why populating failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PopulateError {
-    /// This backend has no implementation of its way of populating private memory.
-    #[error("populating private memory by {way} is not supported by this backend")]
-    Unsupported {
-        /// The way asked for.
+    /// The target cannot populate pages of this type (plain memory and a secrets page,
+    /// say). Nothing was written.
+    #[error("{range} holds {page_type} pages, which populating by {way} cannot provide")]
+    PageType {
+        /// The run.
+        range: ByteRange,
+        /// Its type.
+        page_type: PageType,
+        /// The target's way.
         way: PopulateWay,
     },
     /// The target's memory regions do not form valid RAM.
@@ -95,6 +164,18 @@ pub enum PopulateError {
         #[source]
         source: BoxError,
     },
+    /// A launch technology refused or failed a step; its own error, with its own code,
+    /// is the source.
+    #[error("the launch technology failed to {step} {range}")]
+    Launch {
+        /// What it was doing.
+        step: &'static str,
+        /// The run.
+        range: ByteRange,
+        /// The technology's error.
+        #[source]
+        source: BoxError,
+    },
     /// Converting page runs failed.
     #[error("converting {} page runs from {} to {to} failed", runs.len(), runs.first().map(|r| r.to_string()).unwrap_or_default())]
     Convert {
@@ -111,7 +192,7 @@ pub enum PopulateError {
 /// Memory the loader can place boot data into.
 ///
 /// Page runs handed to `prepare`, `seal` and `scrub` are page-aligned, sorted and
-/// disjoint; `write` only ever targets bytes inside them.
+/// disjoint, each of one [`PageType`]; `write` only ever targets bytes inside them.
 pub trait Populate {
     /// How this target takes contents that will be private.
     fn way(&self) -> PopulateWay;
@@ -119,19 +200,33 @@ pub trait Populate {
     /// The guest's RAM: the memory map given to the kernel, and where placements may go.
     fn ram(&self) -> Result<GuestRam, PopulateError>;
 
-    /// Checks, before anything is written, that every run can be populated.
-    fn prepare(&self, runs: &[ByteRange]) -> Result<(), PopulateError>;
+    /// Checks, before anything is written, that every run can be populated as its page
+    /// type says.
+    fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError>;
 
     /// Writes `bytes` at `gpa`.
     fn write(&self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), PopulateError>;
 
     /// After every write succeeded: makes the runs private where this way does, and
-    /// returns the runs that are private now.
-    fn seal(&self, runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError>;
+    /// returns the ranges that are private now.
+    fn seal(&self, runs: &[PageRun]) -> Result<Vec<ByteRange>, PopulateError>;
 
     /// After a failure: returns every run to shared and zeroes it, so nothing half-written
     /// stays in memory that is or will become private.
-    fn scrub(&self, runs: &[ByteRange]) -> Result<(), PopulateError>;
+    fn scrub(&self, runs: &[PageRun]) -> Result<(), PopulateError>;
+}
+
+/// Refuses the first run plain memory cannot populate by writing (see
+/// [`PageType::plain`]).
+pub fn check_plain(runs: &[PageRun], way: PopulateWay) -> Result<(), PopulateError> {
+    match runs.iter().find(|r| !r.page_type.plain()) {
+        Some(r) => Err(PopulateError::PageType {
+            range: r.range,
+            page_type: r.page_type,
+            way,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// The RAM of a vm-memory guest memory: one range per region.
@@ -140,9 +235,9 @@ pub fn ram_of<M: GuestMemoryBackend>(memory: &M) -> Result<GuestRam, PopulateErr
     GuestRam::new(&ranges).map_err(PopulateError::Ram)
 }
 
-fn check_inside(ram: &GuestRam, runs: &[ByteRange]) -> Result<(), PopulateError> {
-    match runs.iter().find(|r| !ram.covers(r)) {
-        Some(&range) => Err(PopulateError::OutsideMemory { range }),
+fn check_inside(ram: &GuestRam, runs: &[PageRun]) -> Result<(), PopulateError> {
+    match runs.iter().find(|r| !ram.covers(&r.range)) {
+        Some(r) => Err(PopulateError::OutsideMemory { range: r.range }),
         None => Ok(()),
     }
 }
@@ -199,21 +294,22 @@ impl<M: GuestMemoryBackend> Populate for SharedOnly<'_, M> {
         ram_of(self.memory)
     }
 
-    fn prepare(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
-        check_inside(&self.ram()?, runs)
+    fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
+        check_inside(&self.ram()?, runs)?;
+        check_plain(runs, self.way())
     }
 
     fn write(&self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), PopulateError> {
         write_bytes(self.memory, gpa, bytes)
     }
 
-    fn seal(&self, _runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError> {
+    fn seal(&self, _runs: &[PageRun]) -> Result<Vec<ByteRange>, PopulateError> {
         Ok(Vec::new())
     }
 
-    fn scrub(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
-        for &run in runs {
-            write_zeros(run, |gpa, z| self.write(gpa, z))?;
+    fn scrub(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
+        for run in runs {
+            write_zeros(run.range, |gpa, z| self.write(gpa, z))?;
         }
         Ok(())
     }
@@ -263,10 +359,11 @@ impl<M: ConvertPrivate + ?Sized> Populate for WriteThenConvert<'_, M> {
         self.memory.ram()
     }
 
-    fn prepare(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
+    fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
         check_inside(&self.ram()?, runs)?;
-        match runs.iter().find(|r| !self.memory.is_shared(**r)) {
-            Some(&range) => Err(PopulateError::NotShared { range }),
+        check_plain(runs, self.way())?;
+        match runs.iter().find(|r| !self.memory.is_shared(r.range)) {
+            Some(r) => Err(PopulateError::NotShared { range: r.range }),
             None => Ok(()),
         }
     }
@@ -281,21 +378,22 @@ impl<M: ConvertPrivate + ?Sized> Populate for WriteThenConvert<'_, M> {
             })
     }
 
-    fn seal(&self, runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError> {
+    fn seal(&self, runs: &[PageRun]) -> Result<Vec<ByteRange>, PopulateError> {
+        let ranges = ranges_of(runs);
         self.memory
-            .to_private(runs)
+            .to_private(&ranges)
             .map_err(|source| PopulateError::Convert {
-                runs: runs.to_vec(),
+                runs: ranges.clone(),
                 to: "private",
                 source,
             })?;
-        Ok(runs.to_vec())
+        Ok(ranges)
     }
 
-    fn scrub(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
+    fn scrub(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
         let private: Vec<ByteRange> = runs
             .iter()
-            .copied()
+            .map(|r| r.range)
             .filter(|r| !self.memory.is_shared(*r))
             .collect();
         if !private.is_empty() {
@@ -307,69 +405,9 @@ impl<M: ConvertPrivate + ?Sized> Populate for WriteThenConvert<'_, M> {
                     source,
                 })?;
         }
-        for &range in runs {
-            write_zeros(range, |gpa, z| self.write(gpa, z))?;
+        for run in runs {
+            write_zeros(run.range, |gpa, z| self.write(gpa, z))?;
         }
         Ok(())
     }
 }
-
-macro_rules! extension_point {
-    ($(#[$doc:meta])* $name:ident, $way:expr) => {
-        $(#[$doc])*
-        #[derive(Debug, Clone)]
-        pub struct $name {
-            ram: GuestRam,
-        }
-
-        impl $name {
-            /// A target for a guest with `ram`.
-            pub fn new(ram: GuestRam) -> Self {
-                $name { ram }
-            }
-        }
-
-        impl Populate for $name {
-            fn way(&self) -> PopulateWay {
-                $way
-            }
-
-            fn ram(&self) -> Result<GuestRam, PopulateError> {
-                Ok(self.ram.clone())
-            }
-
-            fn prepare(&self, _runs: &[ByteRange]) -> Result<(), PopulateError> {
-                Err(PopulateError::Unsupported { way: $way })
-            }
-
-            fn write(&self, _gpa: GuestAddress, _bytes: &[u8]) -> Result<(), PopulateError> {
-                Err(PopulateError::Unsupported { way: $way })
-            }
-
-            fn seal(&self, _runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError> {
-                Err(PopulateError::Unsupported { way: $way })
-            }
-
-            fn scrub(&self, _runs: &[ByteRange]) -> Result<(), PopulateError> {
-                // Nothing was ever written.
-                Ok(())
-            }
-        }
-    };
-}
-
-extension_point!(
-    /// Extension point for SNP guests: `KVM_SEV_SNP_LAUNCH_UPDATE` would copy each object
-    /// from a host buffer into private guest_memfd pages and extend the hardware launch
-    /// digest. Not implemented: every call returns [`PopulateError::Unsupported`].
-    SnpLaunchUpdate,
-    PopulateWay::SnpLaunchUpdate
-);
-
-extension_point!(
-    /// Extension point for TDX guests: `KVM_TDX_INIT_MEM_REGION` (with
-    /// `KVM_TDX_MEASURE_MEMORY_REGION`) would copy each object into private memory and
-    /// extend MRTD. Not implemented: every call returns [`PopulateError::Unsupported`].
-    TdxInitMemRegion,
-    PopulateWay::TdxInitMemRegion
-);

@@ -11,9 +11,8 @@ use veil_loader::veil_abi::x86_64::{
     BOOT_CODE32, BOOT_CODE64, BOOT_DATA, BOOT_GDT, BOOT_TSS, CpuMode,
 };
 use veil_loader::{
-    BootSource, ByteRange, GuestRam, KernelFormat, KernelImage, LoadError, ObjectKind,
-    PopulateError, PopulateWay, SharedOnly, SnpLaunchUpdate, TdxInitMemRegion, WriteThenConvert,
-    load, measure, plan,
+    BootSource, ByteRange, GuestRam, KernelFormat, KernelImage, LoadError, ObjectKind, PageType,
+    PopulateError, PopulateWay, SharedOnly, WriteThenConvert, load, measure, plan,
 };
 
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
@@ -240,7 +239,7 @@ fn write_then_convert_seals_every_run() {
         .cmdline(PVH_CMDLINE);
     let loaded = load(&source, &WriteThenConvert::new(&mock)).unwrap();
     assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
-    assert_eq!(loaded.populated.private, loaded.populated.runs);
+    assert_eq!(loaded.populated.private, loaded.populated.ranges());
     // Exactly the pages of the placed objects are private.
     let mut expected: Vec<u64> = loaded
         .layout
@@ -349,27 +348,116 @@ fn failure_while_converting_returns_everything_to_shared_and_zero() {
 }
 
 #[test]
-fn extension_points_refuse_before_writing() {
+fn page_types_plain_memory_cannot_populate_are_refused_before_writing() {
+    let ram = GuestRam::new(RAM).unwrap();
+    let initrd = initrd();
+    let source = BootSource::new(PVH_KERNEL)
+        .initrd(&initrd)
+        .cmdline(PVH_CMDLINE);
+    for page_type in [PageType::Secrets, PageType::Cpuid, PageType::VcpuState] {
+        let mut plan = plan(&source, &ram).unwrap();
+        let initrd_object = plan
+            .objects
+            .iter_mut()
+            .find(|o| o.kind == ObjectKind::Initrd)
+            .unwrap();
+        initrd_object.page_type = page_type;
+        let initrd_pages = initrd_object.range.page_aligned().unwrap();
+        let runs = plan.page_runs().unwrap();
+        assert!(
+            runs.iter()
+                .any(|r| r.range == initrd_pages && r.page_type == page_type)
+        );
+
+        let mem = memory(RAM);
+        fill(&mem, RAM, 0xee);
+        let before = snapshot(&mem, RAM);
+        let err = plan.place(&SharedOnly::new(&mem)).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LoadError::Populate(PopulateError::PageType {
+                    range,
+                    page_type: t,
+                    way: PopulateWay::SharedOnly,
+                }) if range == initrd_pages && t == page_type
+            ),
+            "{err}"
+        );
+        assert!(err.source_chain().contains("cannot provide"), "{err}");
+        assert_eq!(snapshot(&mem, RAM), before, "memory changed");
+
+        let mock = MockPrivateMemory::new(RAM);
+        let err = plan.place(&WriteThenConvert::new(&mock)).unwrap_err();
+        assert!(matches!(
+            err,
+            LoadError::Populate(PopulateError::PageType {
+                way: PopulateWay::WriteThenConvert,
+                ..
+            })
+        ));
+        assert!(mock.private_pages().is_empty());
+    }
+    // Unmeasured and zero pages are written like normal ones.
+    let mut plan = plan(&source, &ram).unwrap();
+    for o in plan
+        .objects
+        .iter_mut()
+        .filter(|o| o.kind == ObjectKind::Initrd)
+    {
+        o.page_type = PageType::Unmeasured;
+    }
+    let mem = memory(RAM);
+    let loaded = plan.place(&SharedOnly::new(&mem)).unwrap();
+    assert!(
+        loaded
+            .populated
+            .runs
+            .iter()
+            .any(|r| r.page_type == PageType::Unmeasured)
+    );
+    let at = loaded.layout.initrd.unwrap();
+    assert_eq!(read(&mem, at.start().0, initrd.len()), initrd);
+}
+
+#[test]
+fn objects_of_two_page_types_cannot_share_a_page() {
     let ram = GuestRam::new(RAM).unwrap();
     let source = BootSource::new(PVH_KERNEL).cmdline(PVH_CMDLINE);
-    let err = load(&source, &SnpLaunchUpdate::new(ram.clone())).unwrap_err();
+    let mut plan = plan(&source, &ram).unwrap();
+    // The layout gives every object pages of its own; move the command line onto the
+    // GDT's page, as a caller editing the plan might.
+    let a = plan
+        .objects
+        .iter()
+        .position(|o| o.kind == ObjectKind::Gdt)
+        .unwrap();
+    let b = plan
+        .objects
+        .iter()
+        .position(|o| o.kind == ObjectKind::CommandLine)
+        .unwrap();
+    let on_gdt_page = plan.objects[a].range.start().0 + 0x100;
+    plan.objects[b].range =
+        veil_loader::ByteRange::new(on_gdt_page, plan.objects[b].range.len()).unwrap();
+    // Of one type they merge into one run.
+    assert!(plan.page_runs().is_ok());
+    plan.objects[b].page_type = PageType::Unmeasured;
+    let err = plan.page_runs().unwrap_err();
     assert!(
-        matches!(
-            err,
-            LoadError::Populate(PopulateError::Unsupported {
-                way: PopulateWay::SnpLaunchUpdate
-            })
-        ),
+        matches!(err, LoadError::PageTypeConflict { first, second, .. }
+            if first == PageType::Normal && second == PageType::Unmeasured
+                || first == PageType::Unmeasured && second == PageType::Normal),
         "{err}"
     );
-    assert!(err.source_chain().contains("not supported by this backend"));
-    let err = load(&source, &TdxInitMemRegion::new(ram)).unwrap_err();
+    let mem = memory(RAM);
     assert!(matches!(
-        err,
-        LoadError::Populate(PopulateError::Unsupported {
-            way: PopulateWay::TdxInitMemRegion
-        })
+        plan.place(&SharedOnly::new(&mem)),
+        Err(LoadError::PageTypeConflict { .. })
     ));
+    // Both of one type again: one run.
+    plan.objects[a].page_type = PageType::Unmeasured;
+    assert!(plan.page_runs().is_ok());
 }
 
 trait Chain {

@@ -59,7 +59,7 @@ fn preserve_memory_is_written_then_converted() {
         .cmdline(PVH_CMDLINE);
     let loaded = load(&source, &mem).unwrap();
     assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
-    assert_eq!(loaded.populated.private, loaded.populated.runs);
+    assert_eq!(loaded.populated.private, loaded.populated.ranges());
     // Every placed object is private now, and the host can no longer read it.
     for p in &loaded.layout.placements {
         assert!(is_private(&mem, p.range), "{p:?}");
@@ -82,7 +82,7 @@ fn preserve_memory_is_written_then_converted() {
             .populated
             .runs
             .iter()
-            .map(|r| FrameRange::from_gpa(r.start().0, r.len()).unwrap())
+            .map(|r| FrameRange::from_gpa(r.range.start().0, r.range.len()).unwrap())
             .collect::<Vec<_>>(),
         Attributes::empty(),
     )

@@ -246,7 +246,7 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
     let source = BootSource::new(&image).initrd(&initrd).cmdline(CMDLINE);
     let loaded = load(&source, &mem).unwrap();
     assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
-    assert_eq!(loaded.populated.private, loaded.populated.runs);
+    assert_eq!(loaded.populated.private, loaded.populated.ranges());
     assert_eq!(
         loaded.log,
         measure(&source, &GuestRam::new(RAM).unwrap()).unwrap()
@@ -264,7 +264,7 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
         .populated
         .runs
         .iter()
-        .map(|r| FrameRange::from_gpa(r.start().0, r.len()).unwrap())
+        .map(|r| FrameRange::from_gpa(r.range.start().0, r.range.len()).unwrap())
         .collect();
     mem.convert_ranges(&runs, Attributes::empty()).unwrap();
     let read_mem = |gpa: u64, len: usize| {

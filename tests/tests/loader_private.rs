@@ -105,7 +105,7 @@ fn load_and_run(
     .unwrap();
     if flavor.keeps_contents(ContentPolicy::Preserve) {
         assert_eq!(loaded.populated.way, PopulateWay::WriteThenConvert);
-        assert_eq!(loaded.populated.private, loaded.populated.runs);
+        assert_eq!(loaded.populated.private, loaded.populated.ranges());
         for p in &loaded.layout.placements {
             assert!(
                 host_cannot_read(&mem, p.range.start().0),

@@ -1,16 +1,17 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Populating veil-memory's guest memory the way its regions' flavor allows.
+//! Populating veil-memory's guest memory the way its regions' flavors allow (with the
+//! `veil-memory` feature, on by default).
 //!
 //! [`HostSafeMemory`] implements [`Populate`] directly, so `load(&source, &memory)` does
 //! the right thing for the memory it is given:
 //!
-//! - every region in-place or emulated with `ContentPolicy::Preserve` (or `Retain`, the
-//!   same there; see [`Flavor::keeps_contents`](veil_memory::Flavor::keeps_contents)):
-//!   **write, then convert**. The host writes through its view while the pages are
-//!   shared and converts every page run to private in one all-or-nothing conversion;
-//!   the contents stay.
+//! - every region's flavor keeps contents across a conversion under the region's policy
+//!   ([`Flavor::keeps_contents`](veil_memory::Flavor::keeps_contents): in-place or
+//!   emulated with `Preserve` or `Retain`): **write, then convert**. The host writes
+//!   through its view while the pages are shared and converts every page run to private
+//!   in one all-or-nothing conversion; the contents stay.
 //! - anything else: **shared only**. In the attributes flavor the guest sees a separate
 //!   private side once a range is private, which the host cannot write, and a
 //!   `Discard` region punches converted pages out, so converting would hand the guest
@@ -25,7 +26,7 @@ use veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_memory::vm_memory::GuestAddress;
 
 use crate::populate::{
-    BoxError, ConvertPrivate, Populate, PopulateError, PopulateWay, WriteThenConvert,
+    BoxError, ConvertPrivate, PageRun, Populate, PopulateError, PopulateWay, WriteThenConvert,
 };
 use crate::ram::{ByteRange, GuestRam};
 
@@ -96,7 +97,7 @@ impl Populate for HostSafeMemory {
         ConvertPrivate::ram(self)
     }
 
-    fn prepare(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
+    fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
         WriteThenConvert::new(self).prepare(runs)
     }
 
@@ -104,14 +105,14 @@ impl Populate for HostSafeMemory {
         WriteThenConvert::new(self).write(gpa, bytes)
     }
 
-    fn seal(&self, runs: &[ByteRange]) -> Result<Vec<ByteRange>, PopulateError> {
+    fn seal(&self, runs: &[PageRun]) -> Result<Vec<ByteRange>, PopulateError> {
         match self.way() {
             PopulateWay::WriteThenConvert => WriteThenConvert::new(self).seal(runs),
             _ => Ok(Vec::new()),
         }
     }
 
-    fn scrub(&self, runs: &[ByteRange]) -> Result<(), PopulateError> {
+    fn scrub(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
         WriteThenConvert::new(self).scrub(runs)
     }
 }
