@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use veil_attrs::FrameRange;
 use veil_vcpu::{
-    BoxError, Conversion, ExitKind, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault,
-    MemoryHandler, Vcpu, VcpuEnd, VcpuSet,
+    BoxError, ExitKind, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault,
+    MemoryHandler, RequestOutcome, Vcpu, VcpuEnd, VcpuSet,
 };
 
 const EXITS: u64 = 100_000;
@@ -173,8 +173,8 @@ impl MemoryHandler for NoMemory {
     fn layout(&self) -> &GuestLayout {
         &self.0
     }
-    fn map_gpa_range(&self, _: &MapGpaRange) -> Result<Conversion, BoxError> {
-        Ok(Conversion::Refused)
+    fn map_gpa_range(&self, _: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
+        Ok(RequestOutcome::Refused)
     }
     fn memory_fault(&self, _: &MemoryFault, _: FrameRange) -> Result<u64, BoxError> {
         Ok(0)

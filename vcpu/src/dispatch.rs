@@ -10,9 +10,10 @@ use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT};
 use veil_attrs::FrameRange;
 
 use crate::exit::{Access, Exit, ExitData, ExitError, MemoryFault, PioData, SystemEventKind};
-use crate::handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
+use crate::handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler, RequestOutcome};
+use crate::hypercall::{AbiRequest, Hypercall, Hypercalls, Unclaimed};
 use crate::ratelimit::RateLimiter;
-use crate::request::{HypercallResult, MapGpaRange, MapGpaRangeArgs};
+use crate::request::MapGpaRange;
 use crate::stats::{ExitCounters, ExitKind};
 
 /// Why a vCPU, and with it the VM, stopped with an error.
@@ -65,6 +66,15 @@ pub enum RunError {
         /// What the guest was doing.
         access: IoAccess,
         /// The handler's error.
+        #[source]
+        source: BoxError,
+    },
+    /// A backend's hook failed on an exit reason veil does not decode.
+    #[error("the hook for exit reason {reason} failed")]
+    UnknownExit {
+        /// `kvm_run.exit_reason`.
+        reason: u32,
+        /// The hook's error.
         #[source]
         source: BoxError,
     },
@@ -127,6 +137,8 @@ pub(crate) enum Next {
     Shutdown,
     /// A system event that ends the VM.
     SystemEvent(SystemEventKind, ExitData),
+    /// An exit reason veil does not decode, for the backend's hook.
+    Other(u32),
     /// A fatal error.
     Fail(RunError),
 }
@@ -160,7 +172,9 @@ impl PioWindow<'_> {
 
 /// Source of the registers of a port-I/O hypercall, read only when one happens.
 pub(crate) trait HypercallRegisters {
-    fn port_hypercall_args(&mut self) -> Result<MapGpaRangeArgs, RunError>;
+    /// The number, arguments and mode the guest loaded for an `out` to the hypercall
+    /// port.
+    fn port_hypercall(&mut self) -> Result<Hypercall, RunError>;
 }
 
 /// The per-vCPU state of exit handling.
@@ -168,6 +182,7 @@ pub(crate) struct Dispatcher<'a, M: ?Sized, I: ?Sized> {
     pub(crate) vcpu: usize,
     pub(crate) memory: &'a M,
     pub(crate) io: &'a I,
+    pub(crate) hypercalls: &'a Hypercalls,
     pub(crate) policy: FaultPolicy,
     pub(crate) counters: &'a ExitCounters,
     pub(crate) log_limit: RateLimiter,
@@ -196,18 +211,19 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
             Exit::Shutdown => Handled::next(Next::Shutdown),
             Exit::SystemEvent { kind, data } => Handled::next(Next::SystemEvent(kind, data)),
             Exit::MemoryFault(fault) => Handled::next(self.memory_fault(fault)),
-            Exit::Hypercall { args, .. } => {
-                let (code, next) = self.conversion(kind, args);
+            Exit::Other { reason } => Handled::next(Next::Other(reason)),
+            Exit::Hypercall(call) => {
+                let (code, next) = self.hypercall(kind, call);
                 Handled {
-                    write: Some(WriteBack::HypercallRet(code.code())),
+                    write: Some(WriteBack::HypercallRet(code)),
                     next,
                 }
             }
-            Exit::PortHypercall => match regs.port_hypercall_args() {
-                Ok(args) => {
-                    let (code, next) = self.conversion(kind, args);
+            Exit::PortHypercall => match regs.port_hypercall() {
+                Ok(call) => {
+                    let (code, next) = self.hypercall(kind, call);
                     Handled {
-                        write: Some(WriteBack::Rax(code.code())),
+                        write: Some(WriteBack::Rax(code)),
                         next,
                     }
                 }
@@ -255,33 +271,45 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
         r
     }
 
-    /// Validates and carries out a conversion request; always yields a result code.
-    fn conversion(&mut self, kind: ExitKind, args: MapGpaRangeArgs) -> (HypercallResult, Next) {
-        let request = match args.validate(self.memory.layout()) {
-            Ok(request) => request,
-            Err(e) => {
-                if let Some(suppressed) = self.log_limit.check(Instant::now()) {
-                    log::warn!(
-                        "vcpu {}: refused conversion request (gpa {:#x}, pages {:#x}, \
-                         attributes {:#x}): {e}{}",
-                        self.vcpu,
-                        args.gpa,
-                        args.pages,
-                        args.attributes,
-                        suppressed_note(suppressed)
-                    );
-                }
-                return (HypercallResult::InvalidArgument, Next::Continue);
+    /// Routes `call` to the ABI that claims it, which validates it; carries out what it
+    /// asks. Always yields the value the guest reads.
+    fn hypercall(&mut self, kind: ExitKind, call: Hypercall) -> (u64, Next) {
+        let Some(abi) = self.hypercalls.route(&call) else {
+            let nr = call.number();
+            self.refused(&call, "no ABI", &Unclaimed { nr });
+            return (self.hypercalls.unclaimed(), Next::Continue);
+        };
+        let request = match abi.decode(&call, self.memory.layout()) {
+            Ok(AbiRequest::Convert(request)) => request,
+            Ok(AbiRequest::Answer(value)) => return (value, Next::Continue),
+            Err(refusal) => {
+                self.refused(&call, abi.name(), refusal.reason.as_ref());
+                return (refusal.code, Next::Continue);
             }
         };
         match self.timed(kind, || self.memory.map_gpa_range(&request)) {
-            Ok(Conversion::Done) => (HypercallResult::Success, Next::Continue),
-            Ok(Conversion::Retry) => (HypercallResult::Retry, Next::Continue),
-            Ok(Conversion::Refused) => (HypercallResult::InvalidArgument, Next::Continue),
+            Ok(outcome) => (abi.answer(&call, outcome), Next::Continue),
             Err(source) => (
-                HypercallResult::InvalidArgument,
+                abi.answer(&call, RequestOutcome::Refused),
                 Next::Fail(RunError::ConversionHandler { request, source }),
             ),
+        }
+    }
+
+    /// Logs a refused hypercall, at a limited rate.
+    fn refused(&mut self, call: &Hypercall, abi: &str, why: &dyn std::error::Error) {
+        if let Some(suppressed) = self.log_limit.check(Instant::now()) {
+            log::warn!(
+                "vcpu {}: refused hypercall {:#x} ({abi}; arguments {:#x}, {:#x}, {:#x}, \
+                 {:#x}): {why}{}",
+                self.vcpu,
+                call.number(),
+                call.arg(0),
+                call.arg(1),
+                call.arg(2),
+                call.arg(3),
+                suppressed_note(suppressed)
+            );
         }
     }
 
@@ -354,8 +382,8 @@ pub(crate) mod tests {
     use crate::abi::KVM_MAP_GPA_RANGE_ENCRYPTED;
     use crate::exit::tests::{MAP_LEN, fault_run, hypercall_run, io_run};
     use crate::exit::{RunOutcome, decode};
-    use crate::request::GuestLayout;
     use crate::request::tests::args;
+    use crate::request::{GuestLayout, MapGpaRangeArgs};
     use std::sync::Mutex;
     use veil_attrs::{AttrMap, Attributes};
 
@@ -365,7 +393,7 @@ pub(crate) mod tests {
         pub(crate) map: Mutex<AttrMap>,
         pub(crate) requests: Mutex<Vec<MapGpaRange>>,
         pub(crate) faults: Mutex<Vec<(MemoryFault, FrameRange)>>,
-        pub(crate) reply: Mutex<Option<Conversion>>,
+        pub(crate) reply: Mutex<Option<RequestOutcome>>,
         pub(crate) fail: bool,
     }
 
@@ -393,7 +421,7 @@ pub(crate) mod tests {
         fn layout(&self) -> &GuestLayout {
             &self.layout
         }
-        fn map_gpa_range(&self, request: &MapGpaRange) -> Result<Conversion, BoxError> {
+        fn map_gpa_range(&self, request: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
             self.requests.lock().unwrap().push(*request);
             if self.fail {
                 return Err(Box::new(MockError));
@@ -405,7 +433,7 @@ pub(crate) mod tests {
                 .lock()
                 .unwrap()
                 .set(request.range(), request.to())?;
-            Ok(Conversion::Done)
+            Ok(RequestOutcome::Done)
         }
         fn memory_fault(&self, fault: &MemoryFault, range: FrameRange) -> Result<u64, BoxError> {
             self.faults.lock().unwrap().push((*fault, range));
@@ -467,9 +495,15 @@ pub(crate) mod tests {
     }
 
     impl HypercallRegisters for FakeRegs {
-        fn port_hypercall_args(&mut self) -> Result<MapGpaRangeArgs, RunError> {
+        fn port_hypercall(&mut self) -> Result<Hypercall, RunError> {
             self.reads += 1;
-            Ok(self.args)
+            let a = self.args;
+            Ok(Hypercall {
+                nr: a.nr,
+                args: [a.gpa, a.pages, a.attributes, 0, 0, 0],
+                long_mode: a.long_mode,
+                transport: crate::Transport::Port,
+            })
         }
     }
 
@@ -479,6 +513,7 @@ pub(crate) mod tests {
         memory: MockMemory,
         io: MockIo,
         counters: ExitCounters,
+        hypercalls: Hypercalls,
         pio: Vec<u8>,
         regs: FakeRegs,
         unfixed: Option<(FrameRange, Access)>,
@@ -490,6 +525,7 @@ pub(crate) mod tests {
                 memory: MockMemory::new(SIZE),
                 io: MockIo::default(),
                 counters: ExitCounters::default(),
+                hypercalls: Hypercalls::default(),
                 pio: vec![0; MAP_LEN],
                 regs: FakeRegs {
                     args: args(0, 1, 0),
@@ -504,6 +540,7 @@ pub(crate) mod tests {
                 vcpu: 0,
                 memory: &self.memory,
                 io: &self.io,
+                hypercalls: &self.hypercalls,
                 policy,
                 counters: &self.counters,
                 log_limit: RateLimiter::default(),
@@ -634,9 +671,9 @@ pub(crate) mod tests {
     fn handler_replies_map_to_codes() {
         let mut f = Fixture::new();
         let run = hypercall_run([0, 1, 0], 1);
-        *f.memory.reply.lock().unwrap() = Some(Conversion::Retry);
+        *f.memory.reply.lock().unwrap() = Some(RequestOutcome::Retry);
         assert_eq!(ret(&f.turn(&run, FaultPolicy::ConvertImplicitly)), 11);
-        *f.memory.reply.lock().unwrap() = Some(Conversion::Refused);
+        *f.memory.reply.lock().unwrap() = Some(RequestOutcome::Refused);
         assert_eq!(ret(&f.turn(&run, FaultPolicy::ConvertImplicitly)), 22);
     }
 

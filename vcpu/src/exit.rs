@@ -3,8 +3,15 @@
 
 //! Decoding of a `KVM_RUN` outcome into one typed value.
 //!
-//! [`decode`] is a pure function of the `KVM_RUN` result and the `kvm_run` structure, so
-//! every exit kind is tested with hand-built structures and no `/dev/kvm`.
+//! kvm-ioctls' `VcpuFd::run` already decodes every exit. veil takes its values as they are
+//! where there is nothing to check (halt, shutdown, a hypercall's number and arguments, a
+//! memory fault, a failed entry), and reads and checks `kvm_run` itself only where
+//! kvm-ioctls does not check what veil must (port I/O sizes and data window, MMIO
+//! lengths, system event and internal error data), so each exit is decoded once:
+//! [`KvmExit::of`] keeps what kvm-ioctls reported, [`decode_kvm`] finishes the job.
+//! [`decode`] is the same from a `kvm_run` image alone (a pure function of the `KVM_RUN`
+//! result and the structure), so every exit kind is tested with hand-built structures and
+//! no `/dev/kvm`.
 
 use std::fmt;
 
@@ -14,10 +21,11 @@ use kvm_bindings::{
     KVM_EXIT_IRQ_WINDOW_OPEN, KVM_EXIT_MEMORY_FAULT, KVM_EXIT_MMIO, KVM_EXIT_SHUTDOWN,
     KVM_EXIT_SYSTEM_EVENT, KVM_EXIT_UNKNOWN, KVM_MEMORY_EXIT_FLAG_PRIVATE, kvm_run,
 };
+use kvm_ioctls::VcpuExit;
 use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SIZE};
 
 use crate::abi::{HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE};
-use crate::request::MapGpaRangeArgs;
+use crate::hypercall::{Hypercall, Transport};
 
 /// What `KVM_RUN` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,15 +254,10 @@ impl fmt::Display for ExitData {
 pub enum Exit {
     /// `KVM_EXIT_MEMORY_FAULT`, from a normal exit or an annotated `EFAULT`.
     MemoryFault(MemoryFault),
-    /// A conversion request from `KVM_EXIT_HYPERCALL`; result goes to `hypercall.ret`.
-    Hypercall {
-        /// The arguments (not yet validated).
-        args: MapGpaRangeArgs,
-        /// The raw `hypercall.flags` word.
-        flags: u64,
-    },
-    /// An `out` to [`HYPERCALL_PORT`]: a port-I/O hypercall. The arguments are in the
-    /// registers, read by the run loop; the result goes to `rax`.
+    /// `KVM_EXIT_HYPERCALL` (not yet validated); the result goes to `hypercall.ret`.
+    Hypercall(Hypercall),
+    /// An `out` to [`HYPERCALL_PORT`]: a port-I/O hypercall. The number and arguments are
+    /// in the registers, read by the run loop; the result goes to `rax`.
     PortHypercall,
     /// `KVM_EXIT_IO`, `in`: the handler fills the bytes.
     PioIn {
@@ -299,6 +302,13 @@ pub enum Exit {
     Interrupted,
     /// `KVM_EXIT_IRQ_WINDOW_OPEN`: the guest can take an interrupt now.
     IrqWindowOpen,
+    /// An exit reason veil does not decode (`KVM_EXIT_TDX`, say): a backend's
+    /// [`UnknownExitHandler`](crate::UnknownExitHandler) may handle it from `kvm_run`;
+    /// without one it stops the vCPU with [`ExitError::Unhandled`].
+    Other {
+        /// `kvm_run.exit_reason`.
+        reason: u32,
+    },
 }
 
 /// An exit that stops the vCPU: an error exit, or one veil does not understand.
@@ -386,30 +396,198 @@ pub enum ExitError {
     },
 }
 
-/// Decodes one `KVM_RUN` outcome.
+/// What kvm-ioctls' `VcpuFd::run` reported for one `KVM_RUN`, kept as an owned value.
+///
+/// The exits kvm-ioctls decodes completely, with nothing to check, carry their values;
+/// for the others only the kind is kept, and [`decode_kvm`] reads and checks their payload
+/// in `kvm_run` (kvm-ioctls does not bound port-I/O data windows, MMIO lengths or event
+/// data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvmExit {
+    /// `KVM_RUN` failed with this errno (`EINTR` for a kick).
+    Failed(i32),
+    /// `KVM_EXIT_MEMORY_FAULT` with `EFAULT` (or `EHWPOISON` when `hwpoison`).
+    MemoryFault {
+        /// The fault.
+        fault: MemoryFault,
+        /// Whether `KVM_RUN` failed with `EHWPOISON`.
+        hwpoison: bool,
+    },
+    /// `KVM_EXIT_HYPERCALL`.
+    Hypercall {
+        /// `hypercall.nr`.
+        nr: u64,
+        /// `hypercall.args`.
+        args: [u64; 6],
+        /// Bit 0 of `hypercall.flags` (the old `longmode`).
+        long_mode: bool,
+    },
+    /// `KVM_EXIT_HLT`.
+    Halt,
+    /// `KVM_EXIT_SHUTDOWN`.
+    Shutdown,
+    /// `KVM_EXIT_INTR`.
+    Interrupted,
+    /// `KVM_EXIT_IRQ_WINDOW_OPEN`.
+    IrqWindowOpen,
+    /// `KVM_EXIT_FAIL_ENTRY`.
+    FailEntry {
+        /// `fail_entry.hardware_entry_failure_reason`.
+        hardware_entry_failure_reason: u64,
+        /// `fail_entry.cpu`.
+        cpu: u32,
+    },
+    /// `KVM_EXIT_DEBUG`.
+    Debug {
+        /// `debug.arch.exception`.
+        exception: u32,
+        /// `debug.arch.pc`.
+        pc: u64,
+    },
+    /// Any other exit: veil decodes it from `kvm_run.exit_reason` and the payload.
+    InRun,
+}
+
+impl KvmExit {
+    /// What `run()` returned. `errno` is the errno `KVM_RUN` left when kvm-ioctls reports
+    /// a memory fault (it does not say whether it came with `EFAULT` or `EHWPOISON`).
+    pub fn of(result: &Result<VcpuExit<'_>, kvm_ioctls::Error>, errno: i32) -> KvmExit {
+        match result {
+            Err(e) => KvmExit::Failed(e.errno()),
+            Ok(VcpuExit::MemoryFault { gpa, size, flags }) => KvmExit::MemoryFault {
+                fault: MemoryFault {
+                    gpa: *gpa,
+                    size: *size,
+                    flags: *flags,
+                },
+                hwpoison: errno == libc::EHWPOISON,
+            },
+            Ok(VcpuExit::Hypercall(h)) => KvmExit::Hypercall {
+                nr: h.nr,
+                args: h.args,
+                long_mode: u64::from(h.longmode) & KVM_EXIT_HYPERCALL_LONG_MODE != 0,
+            },
+            Ok(VcpuExit::Hlt) => KvmExit::Halt,
+            Ok(VcpuExit::Shutdown) => KvmExit::Shutdown,
+            Ok(VcpuExit::Intr) => KvmExit::Interrupted,
+            Ok(VcpuExit::IrqWindowOpen) => KvmExit::IrqWindowOpen,
+            Ok(VcpuExit::FailEntry(reason, cpu)) => KvmExit::FailEntry {
+                hardware_entry_failure_reason: *reason,
+                cpu: *cpu,
+            },
+            Ok(VcpuExit::Debug(arch)) => KvmExit::Debug {
+                exception: arch.exception,
+                pc: arch.pc,
+            },
+            Ok(_) => KvmExit::InRun,
+        }
+    }
+
+    /// What kvm-ioctls would report for `outcome` and `run`: the same values, read from a
+    /// `kvm_run` image (for tests, fuzzing, and callers that issue `KVM_RUN` themselves).
+    pub fn from_run(outcome: RunOutcome, run: &kvm_run) -> KvmExit {
+        match outcome {
+            RunOutcome::Failed(errno @ (libc::EFAULT | libc::EHWPOISON))
+                if run.exit_reason == KVM_EXIT_MEMORY_FAULT =>
+            {
+                KvmExit::MemoryFault {
+                    fault: memory_fault(run),
+                    hwpoison: errno == libc::EHWPOISON,
+                }
+            }
+            RunOutcome::Failed(errno) => KvmExit::Failed(errno),
+            RunOutcome::Exited => match run.exit_reason {
+                KVM_EXIT_HYPERCALL => {
+                    // SAFETY: exit_reason says the kernel filled the `hypercall` member; its
+                    // fields are plain integers.
+                    let hc = unsafe { run.__bindgen_anon_1.hypercall };
+                    // SAFETY: both members of this union are integers, valid for any bits.
+                    let flags = unsafe { hc.__bindgen_anon_1.flags };
+                    KvmExit::Hypercall {
+                        nr: hc.nr,
+                        args: hc.args,
+                        long_mode: flags & KVM_EXIT_HYPERCALL_LONG_MODE != 0,
+                    }
+                }
+                KVM_EXIT_HLT => KvmExit::Halt,
+                KVM_EXIT_SHUTDOWN => KvmExit::Shutdown,
+                KVM_EXIT_INTR => KvmExit::Interrupted,
+                KVM_EXIT_IRQ_WINDOW_OPEN => KvmExit::IrqWindowOpen,
+                KVM_EXIT_FAIL_ENTRY => {
+                    // SAFETY: exit_reason says the kernel filled `fail_entry`; integers only.
+                    let fe = unsafe { run.__bindgen_anon_1.fail_entry };
+                    KvmExit::FailEntry {
+                        hardware_entry_failure_reason: fe.hardware_entry_failure_reason,
+                        cpu: fe.cpu,
+                    }
+                }
+                KVM_EXIT_DEBUG => {
+                    // SAFETY: exit_reason says the kernel filled `debug`; integers only.
+                    let dbg = unsafe { run.__bindgen_anon_1.debug };
+                    KvmExit::Debug {
+                        exception: dbg.arch.exception,
+                        pc: dbg.arch.pc,
+                    }
+                }
+                _ => KvmExit::InRun,
+            },
+        }
+    }
+}
+
+/// Decodes one `KVM_RUN` outcome from the `kvm_run` image alone: [`KvmExit::from_run`],
+/// then [`decode_kvm`].
 ///
 /// `run` is the vCPU's `kvm_run`; `map_len` the size of the vCPU's shared mapping, which
 /// bounds where port-I/O data may sit. Nothing here trusts a length or offset from
 /// `kvm_run` without checking it.
 pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
-    match outcome {
-        RunOutcome::Exited => {}
-        RunOutcome::Failed(libc::EINTR) => return Ok(Exit::Interrupted),
-        RunOutcome::Failed(errno @ (libc::EFAULT | libc::EHWPOISON))
-            if run.exit_reason == KVM_EXIT_MEMORY_FAULT =>
-        {
-            let fault = memory_fault(run);
-            if errno == libc::EHWPOISON {
+    decode_kvm(KvmExit::from_run(outcome, run), run, map_len)
+}
+
+/// Finishes decoding what kvm-ioctls reported: its own values where it decoded them
+/// whole, `kvm_run` read and checked for the rest.
+pub fn decode_kvm(exit: KvmExit, run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
+    match exit {
+        KvmExit::Failed(libc::EINTR) => Ok(Exit::Interrupted),
+        KvmExit::Failed(errno) => Err(ExitError::RunFailed { errno }),
+        KvmExit::MemoryFault { fault, hwpoison } => {
+            if hwpoison {
                 return Err(ExitError::HardwarePoison {
                     gpa: fault.gpa,
                     size: fault.size,
                 });
             }
-            return Ok(Exit::MemoryFault(fault));
+            Ok(Exit::MemoryFault(fault))
         }
-        RunOutcome::Failed(errno) => return Err(ExitError::RunFailed { errno }),
+        KvmExit::Hypercall {
+            nr,
+            args,
+            long_mode,
+        } => Ok(Exit::Hypercall(Hypercall {
+            nr,
+            args,
+            long_mode,
+            transport: Transport::Exit,
+        })),
+        KvmExit::Halt => Ok(Exit::Halt),
+        KvmExit::Shutdown => Ok(Exit::Shutdown),
+        KvmExit::Interrupted => Ok(Exit::Interrupted),
+        KvmExit::IrqWindowOpen => Ok(Exit::IrqWindowOpen),
+        KvmExit::FailEntry {
+            hardware_entry_failure_reason,
+            cpu,
+        } => Err(ExitError::FailEntry {
+            hardware_entry_failure_reason,
+            cpu,
+        }),
+        KvmExit::Debug { exception, pc } => Err(ExitError::Debug { exception, pc }),
+        KvmExit::InRun => decode_payload(run, map_len),
     }
+}
 
+/// The exits whose payload veil reads and checks in `kvm_run` itself.
+fn decode_payload(run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
     match run.exit_reason {
         KVM_EXIT_IO => decode_io(run, map_len),
         KVM_EXIT_MMIO => {
@@ -440,28 +618,8 @@ pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit
                 })
             }
         }
-        KVM_EXIT_HYPERCALL => {
-            // SAFETY: exit_reason says the kernel filled the `hypercall` member; its
-            // fields are plain integers.
-            let hc = unsafe { run.__bindgen_anon_1.hypercall };
-            // SAFETY: both members of this union are integers, valid for any bits.
-            let flags = unsafe { hc.__bindgen_anon_1.flags };
-            Ok(Exit::Hypercall {
-                args: MapGpaRangeArgs {
-                    nr: hc.nr,
-                    gpa: hc.args[0],
-                    pages: hc.args[1],
-                    attributes: hc.args[2],
-                    long_mode: flags & KVM_EXIT_HYPERCALL_LONG_MODE != 0,
-                },
-                flags,
-            })
-        }
+        // A memory fault reported as a normal exit (not an annotated EFAULT).
         KVM_EXIT_MEMORY_FAULT => Ok(Exit::MemoryFault(memory_fault(run))),
-        KVM_EXIT_HLT => Ok(Exit::Halt),
-        KVM_EXIT_SHUTDOWN => Ok(Exit::Shutdown),
-        KVM_EXIT_INTR => Ok(Exit::Interrupted),
-        KVM_EXIT_IRQ_WINDOW_OPEN => Ok(Exit::IrqWindowOpen),
         KVM_EXIT_SYSTEM_EVENT => {
             // SAFETY: exit_reason says the kernel filled `system_event`; integers only.
             let ev = unsafe { run.__bindgen_anon_1.system_event };
@@ -481,14 +639,6 @@ pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit
                 data: Box::new(ExitData::new(&internal.data, internal.ndata)),
             })
         }
-        KVM_EXIT_FAIL_ENTRY => {
-            // SAFETY: exit_reason says the kernel filled `fail_entry`; integers only.
-            let fe = unsafe { run.__bindgen_anon_1.fail_entry };
-            Err(ExitError::FailEntry {
-                hardware_entry_failure_reason: fe.hardware_entry_failure_reason,
-                cpu: fe.cpu,
-            })
-        }
         KVM_EXIT_UNKNOWN => {
             // SAFETY: exit_reason says the kernel filled `hw`; an integer.
             let hw = unsafe { run.__bindgen_anon_1.hw };
@@ -504,15 +654,16 @@ pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit
                 error_code: ex.error_code,
             })
         }
-        KVM_EXIT_DEBUG => {
-            // SAFETY: exit_reason says the kernel filled `debug`; integers only.
-            let dbg = unsafe { run.__bindgen_anon_1.debug };
-            Err(ExitError::Debug {
-                exception: dbg.arch.exception,
-                pc: dbg.arch.pc,
-            })
-        }
-        reason => Err(ExitError::Unhandled { reason }),
+        // Reported whole by kvm-ioctls; here when decoding an image whose `KvmExit`
+        // disagrees with its exit reason (a fuzzer's, say): read them all the same.
+        KVM_EXIT_HYPERCALL
+        | KVM_EXIT_HLT
+        | KVM_EXIT_SHUTDOWN
+        | KVM_EXIT_INTR
+        | KVM_EXIT_IRQ_WINDOW_OPEN
+        | KVM_EXIT_FAIL_ENTRY
+        | KVM_EXIT_DEBUG => decode_kvm(KvmExit::from_run(RunOutcome::Exited, run), run, map_len),
+        reason => Ok(Exit::Other { reason }),
     }
 }
 
@@ -698,21 +849,17 @@ pub(crate) mod tests {
         let run = hypercall_run([0x1000, 2, 0x10], 1);
         assert_eq!(
             ok(&run),
-            Ok(Exit::Hypercall {
-                args: MapGpaRangeArgs {
-                    nr: 12,
-                    gpa: 0x1000,
-                    pages: 2,
-                    attributes: 0x10,
-                    long_mode: true,
-                },
-                flags: 1
-            })
+            Ok(Exit::Hypercall(Hypercall {
+                nr: 12,
+                args: [0x1000, 2, 0x10, 0, 0, 0],
+                long_mode: true,
+                transport: Transport::Exit,
+            }))
         );
         // Stale upper half of the old `longmode` u32: only bit 0 counts.
         let run = hypercall_run([0x1000, 2, 0x10], 0xdead_beef_0000_0000);
         match ok(&run) {
-            Ok(Exit::Hypercall { args, .. }) => assert!(!args.long_mode),
+            Ok(Exit::Hypercall(call)) => assert!(!call.long_mode),
             other => panic!("{other:?}"),
         }
     }
@@ -924,10 +1071,70 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn unknown_reasons_are_errors_not_panics() {
+    fn unknown_reasons_reach_a_hook_not_a_panic() {
         for reason in [kvm_bindings::KVM_EXIT_X86_RDMSR, 40, 1000, u32::MAX] {
-            assert_eq!(ok(&run_with(reason)), Err(ExitError::Unhandled { reason }));
+            assert_eq!(ok(&run_with(reason)), Ok(Exit::Other { reason }));
         }
+    }
+
+    #[test]
+    fn kvm_ioctls_values_are_taken_as_they_are() {
+        // What kvm-ioctls decoded whole is not read from kvm_run again: a kvm_run that
+        // says something else does not change the exit.
+        let stale = run_with(KVM_EXIT_MMIO);
+        let exit = KvmExit::Hypercall {
+            nr: 12,
+            args: [1, 2, 3, 4, 5, 6],
+            long_mode: false,
+        };
+        match decode_kvm(exit, &stale, MAP_LEN) {
+            Ok(Exit::Hypercall(call)) => {
+                assert_eq!((call.nr, call.args[5], call.long_mode), (12, 6, false));
+                assert_eq!(call.transport, Transport::Exit);
+            }
+            other => panic!("{other:?}"),
+        }
+        let fault = MemoryFault {
+            gpa: 0x2000,
+            size: 0x1000,
+            flags: 8,
+        };
+        assert_eq!(
+            decode_kvm(
+                KvmExit::MemoryFault {
+                    fault,
+                    hwpoison: false
+                },
+                &stale,
+                MAP_LEN
+            ),
+            Ok(Exit::MemoryFault(fault))
+        );
+        assert_eq!(
+            decode_kvm(
+                KvmExit::MemoryFault {
+                    fault,
+                    hwpoison: true
+                },
+                &stale,
+                MAP_LEN
+            ),
+            Err(ExitError::HardwarePoison {
+                gpa: 0x2000,
+                size: 0x1000
+            })
+        );
+        assert_eq!(
+            decode_kvm(KvmExit::Failed(libc::EINTR), &stale, MAP_LEN),
+            Ok(Exit::Interrupted)
+        );
+        // What kvm-ioctls does not check is checked in kvm_run.
+        let mut mmio = run_with(KVM_EXIT_MMIO);
+        mmio.__bindgen_anon_1.mmio.len = 9;
+        assert!(matches!(
+            decode_kvm(KvmExit::InRun, &mmio, MAP_LEN),
+            Err(ExitError::MalformedMmio { len: 9, .. })
+        ));
     }
 
     proptest::proptest! {

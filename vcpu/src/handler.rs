@@ -14,10 +14,10 @@ use crate::request::{GuestLayout, MapGpaRange};
 
 pub use veil_abi::BoxError;
 
-/// What a [`MemoryHandler`] did with a conversion request; decides the result code the
-/// guest reads.
+/// What a [`MemoryHandler`] did with a conversion request; the request's hypercall ABI
+/// turns it into the result the guest reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Conversion {
+pub enum RequestOutcome {
     /// The range now has the requested state. The guest reads 0.
     Done,
     /// Not now: the guest should ask again. The guest reads `EAGAIN`.
@@ -36,12 +36,12 @@ pub trait MemoryHandler: Send + Sync {
     /// `EINVAL` before any other method is called, and so are memory faults.
     fn layout(&self) -> &GuestLayout;
 
-    /// Converts `request.range()` to `request.to()` because the guest asked
-    /// (`KVM_HC_MAP_GPA_RANGE`, through either transport).
+    /// Converts `request.range()` to `request.to()` because the guest asked (through
+    /// `KVM_HC_MAP_GPA_RANGE` or another registered hypercall ABI, on either transport).
     ///
-    /// The request is already validated. An `Err` is a host failure: the guest reads
-    /// `EINVAL` and the VM stops with the error.
-    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<Conversion, BoxError>;
+    /// The request is already validated. An `Err` is a host failure: the guest reads the
+    /// ABI's answer for [`RequestOutcome::Refused`] and the VM stops with the error.
+    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<RequestOutcome, BoxError>;
 
     /// Converts `range` to `fault.access().attributes()` because the guest accessed it in
     /// the other state and the policy is [`FaultPolicy::ConvertImplicitly`].

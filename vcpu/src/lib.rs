@@ -8,6 +8,7 @@ mod caps;
 mod dispatch;
 mod exit;
 mod handler;
+mod hypercall;
 mod ratelimit;
 mod request;
 mod runner;
@@ -22,15 +23,18 @@ pub use abi::{
 pub use caps::{CapError, enable_conversion_exits};
 pub use dispatch::{IoAccess, RunError};
 pub use exit::{
-    Access, Exit, ExitData, ExitError, MemoryFault, MmioData, PioData, RunOutcome, SystemEventKind,
-    decode,
+    Access, Exit, ExitData, ExitError, KvmExit, MemoryFault, MmioData, PioData, RunOutcome,
+    SystemEventKind, decode, decode_kvm,
 };
-pub use handler::{BoxError, Conversion, FaultPolicy, IoHandler, MemoryHandler};
+pub use handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler, RequestOutcome};
+pub use hypercall::{
+    AbiRequest, Hypercall, HypercallAbi, Hypercalls, MapGpaRangeAbi, Refusal, Transport, Unclaimed,
+};
 pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
 };
 pub use runner::{
-    KICK_SIGNAL_OFFSET, RunnerError, StopReason, Vcpu, VcpuEnd, VcpuReport, VcpuSet, VmReport,
-    port_hypercall_args,
+    ExitRouting, KICK_SIGNAL_OFFSET, RunnerError, StopReason, UnknownExitHandler, Vcpu, VcpuEnd,
+    VcpuReport, VcpuSet, VmReport, port_hypercall,
 };
 pub use stats::{ExitKind, ExitStats};

@@ -8,6 +8,8 @@ use std::fmt;
 
 use veil_attrs::{Attributes, FrameRange, Gfn, PAGE_SHIFT};
 
+use crate::hypercall::Hypercall;
+
 use crate::abi::{
     KVM_HC_MAP_GPA_RANGE, KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_1G,
     KVM_MAP_GPA_RANGE_PAGE_SZ_2M, KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK,
@@ -185,15 +187,7 @@ impl MapGpaRangeArgs {
         if nr != KVM_HC_MAP_GPA_RANGE {
             return Err(RequestError::UnknownHypercall { nr });
         }
-        let Some(start) = Gfn::from_gpa(gpa) else {
-            return Err(RequestError::Misaligned { gpa });
-        };
-        if pages == 0 {
-            return Err(RequestError::ZeroPages { gpa });
-        }
-        // Aligned and non-empty, so the only failure left is an end past 64 bits.
-        let range =
-            FrameRange::new(start, pages).map_err(|_| RequestError::Overflow { gpa, pages })?;
+        let range = MapGpaRange::check_range(gpa, pages)?;
         let reserved = attributes & MAP_GPA_RANGE_RESERVED_MASK;
         if reserved != 0 {
             return Err(RequestError::ReservedBits {
@@ -207,25 +201,33 @@ impl MapGpaRangeArgs {
             KVM_MAP_GPA_RANGE_PAGE_SZ_1G => PageSize::Size1G,
             field => return Err(RequestError::BadPageSize { attributes, field }),
         };
-        if !layout.contains(&range) {
-            return Err(RequestError::OutOfRange { range });
-        }
         let to = if attributes & KVM_MAP_GPA_RANGE_ENCRYPTED != 0 {
             Attributes::PRIVATE
         } else {
             Attributes::empty()
         };
-        Ok(MapGpaRange {
-            range,
-            to,
-            page_size,
-        })
+        MapGpaRange::within(range, to, page_size, layout)
+    }
+}
+
+impl From<&Hypercall> for MapGpaRangeArgs {
+    /// The MAP_GPA_RANGE reading of a hypercall: `a0` = gpa, `a1` = pages, `a2` =
+    /// attribute word.
+    fn from(call: &Hypercall) -> Self {
+        MapGpaRangeArgs {
+            nr: call.nr,
+            gpa: call.args[0],
+            pages: call.args[1],
+            attributes: call.args[2],
+            long_mode: call.long_mode,
+        }
     }
 }
 
 /// A validated conversion request: convert `range` to `to`.
 ///
-/// Only [`MapGpaRangeArgs::validate`] makes one, so a handler never sees a request that
+/// Only validation makes one ([`MapGpaRangeArgs::validate`] for MAP_GPA_RANGE,
+/// [`MapGpaRange::new`] for other hypercall ABIs), so a handler never sees a request that
 /// is misaligned, empty, wrapping, outside guest memory or carrying unknown bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapGpaRange {
@@ -235,6 +237,48 @@ pub struct MapGpaRange {
 }
 
 impl MapGpaRange {
+    /// A request to convert `pages` 4 KiB pages at `gpa` to `to`, for a hypercall ABI
+    /// other than MAP_GPA_RANGE: refused unless `gpa` is 4 KiB aligned, `pages` is not
+    /// zero, `gpa + pages * 4096` fits in 64 bits, and the range lies inside `layout`.
+    pub fn new(
+        gpa: u64,
+        pages: u64,
+        to: Attributes,
+        page_size: PageSize,
+        layout: &GuestLayout,
+    ) -> Result<Self, RequestError> {
+        Self::within(Self::check_range(gpa, pages)?, to, page_size, layout)
+    }
+
+    /// The frames of `[gpa, gpa + pages * 4096)`, checked with checked arithmetic: KVM
+    /// itself lets page counts through whose byte size overflows.
+    fn check_range(gpa: u64, pages: u64) -> Result<FrameRange, RequestError> {
+        let Some(start) = Gfn::from_gpa(gpa) else {
+            return Err(RequestError::Misaligned { gpa });
+        };
+        if pages == 0 {
+            return Err(RequestError::ZeroPages { gpa });
+        }
+        // Aligned and non-empty, so the only failure left is an end past 64 bits.
+        FrameRange::new(start, pages).map_err(|_| RequestError::Overflow { gpa, pages })
+    }
+
+    fn within(
+        range: FrameRange,
+        to: Attributes,
+        page_size: PageSize,
+        layout: &GuestLayout,
+    ) -> Result<Self, RequestError> {
+        if !layout.contains(&range) {
+            return Err(RequestError::OutOfRange { range });
+        }
+        Ok(MapGpaRange {
+            range,
+            to,
+            page_size,
+        })
+    }
+
     /// The frames to convert.
     pub fn range(&self) -> FrameRange {
         self.range

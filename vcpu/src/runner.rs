@@ -20,10 +20,10 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
-use crate::exit::{ExitData, RunOutcome, SystemEventKind, decode};
-use crate::handler::{FaultPolicy, IoHandler, MemoryHandler};
+use crate::exit::{ExitData, ExitError, KvmExit, SystemEventKind, decode_kvm};
+use crate::handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler};
+use crate::hypercall::{Hypercall, Hypercalls, Transport};
 use crate::ratelimit::RateLimiter;
-use crate::request::MapGpaRangeArgs;
 use crate::stats::{ExitCounters, ExitKind, ExitStats};
 use veil_abi::x86_64::EFER_LMA;
 
@@ -328,15 +328,60 @@ impl Drop for ImmediateExit {
     }
 }
 
-/// The arguments of a port-I/O hypercall, from the registers at the `out`: `rax` = nr,
-/// `rbx` = gpa, `rcx` = pages, `rdx` = attributes, 64-bit when `EFER.LMA` and `CS.L`.
-pub fn port_hypercall_args(regs: &kvm_regs, sregs: &kvm_sregs) -> MapGpaRangeArgs {
-    MapGpaRangeArgs {
+/// A port-I/O hypercall, from the registers at the `out`: `rax` = number, `rbx`, `rcx`,
+/// `rdx`, `rsi` = the first four arguments (for MAP_GPA_RANGE: gpa, pages, attributes),
+/// 64-bit when `EFER.LMA` and `CS.L`.
+pub fn port_hypercall(regs: &kvm_regs, sregs: &kvm_sregs) -> Hypercall {
+    Hypercall {
         nr: regs.rax,
-        gpa: regs.rbx,
-        pages: regs.rcx,
-        attributes: regs.rdx,
+        args: [regs.rbx, regs.rcx, regs.rdx, regs.rsi, 0, 0],
         long_mode: sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0,
+        transport: Transport::Port,
+    }
+}
+
+/// What a VM's vCPUs route exits to besides the memory and I/O handlers: the hypercall
+/// ABIs, and a hook for exit reasons veil does not decode.
+///
+/// The default routes `KVM_HC_MAP_GPA_RANGE` on both transports and has no hook, so an
+/// unknown exit reason stops the VM with [`ExitError::Unhandled`](crate::ExitError).
+#[derive(Clone, Default)]
+pub struct ExitRouting {
+    /// The hypercall ABIs, in the order they claim numbers.
+    pub hypercalls: Hypercalls,
+    /// Where exits veil does not decode go.
+    pub unknown_exits: Option<Arc<dyn UnknownExitHandler>>,
+}
+
+impl std::fmt::Debug for ExitRouting {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExitRouting")
+            .field("hypercalls", &self.hypercalls)
+            .field("unknown_exits", &self.unknown_exits.is_some())
+            .finish()
+    }
+}
+
+/// A backend's hook for exit reasons veil does not decode (`KVM_EXIT_TDX`, a vendor's).
+pub trait UnknownExitHandler: Send + Sync {
+    /// vCPU `vcpu` exited with `reason`, which veil does not decode. Handle it from `run`
+    /// (read the exit's payload, write what the kernel expects back) and return `true` to
+    /// re-enter the guest, or `false` to stop the VM with `ExitError::Unhandled`. An
+    /// `Err` stops the VM with the error.
+    fn handle(&self, vcpu: usize, reason: u32, run: &mut kvm_run) -> Result<bool, BoxError>;
+}
+
+/// What the run loop does with an exit veil does not decode.
+fn unknown_exit(
+    hook: Option<&dyn UnknownExitHandler>,
+    vcpu: usize,
+    reason: u32,
+    run: &mut kvm_run,
+) -> Next {
+    match hook.map(|h| h.handle(vcpu, reason, run)) {
+        Some(Ok(true)) => Next::Continue,
+        None | Some(Ok(false)) => Next::Fail(RunError::Exit(ExitError::Unhandled { reason })),
+        Some(Err(source)) => Next::Fail(RunError::UnknownExit { reason, source }),
     }
 }
 
@@ -346,7 +391,7 @@ struct Registers<'a> {
 }
 
 impl HypercallRegisters for Registers<'_> {
-    fn port_hypercall_args(&mut self) -> Result<MapGpaRangeArgs, RunError> {
+    fn port_hypercall(&mut self) -> Result<Hypercall, RunError> {
         let regs = self.fd.get_regs().map_err(|source| RunError::Kvm {
             op: "KVM_GET_REGS",
             source,
@@ -356,17 +401,23 @@ impl HypercallRegisters for Registers<'_> {
             source,
         })?;
         self.regs = Some(regs);
-        Ok(port_hypercall_args(&regs, &sregs))
+        Ok(port_hypercall(&regs, &sregs))
     }
 }
 
 /// Runs `vcpu` until it halts, the VM ends, or a stop is requested.
+/// What one vCPU thread works with.
+struct Handlers<'a, M: ?Sized, I: ?Sized> {
+    memory: &'a M,
+    io: &'a I,
+    routing: &'a ExitRouting,
+    policy: FaultPolicy,
+}
+
 fn run_loop<M, I>(
     vcpu: &mut Vcpu,
     index: usize,
-    memory: &M,
-    io: &I,
-    policy: FaultPolicy,
+    handlers: Handlers<'_, M, I>,
     control: &Control,
     counters: &ExitCounters,
 ) -> VcpuEnd
@@ -375,11 +426,13 @@ where
     I: IoHandler + ?Sized,
 {
     let immediate_exit = ImmediateExit::arm(vcpu);
+    let unknown_exits = handlers.routing.unknown_exits.as_deref();
     let mut dispatcher = Dispatcher {
         vcpu: index,
-        memory,
-        io,
-        policy,
+        memory: handlers.memory,
+        io: handlers.io,
+        hypercalls: &handlers.routing.hypercalls,
+        policy: handlers.policy,
         counters,
         log_limit: RateLimiter::default(),
         unfixed: None,
@@ -394,23 +447,21 @@ where
             _ => return VcpuEnd::Stopped,
         }
 
-        let outcome = match vcpu.fd.run() {
+        let result = vcpu.fd.run();
+        // kvm-ioctls reports the annotated memory fault for a -1 return with EFAULT or
+        // EHWPOISON without saying which; errno is still that of KVM_RUN.
+        let errno = match &result {
             Ok(VcpuExit::MemoryFault { .. }) => {
-                // kvm-ioctls reports the annotated fault only for a -1 return with EFAULT
-                // or EHWPOISON, and errno is still that of KVM_RUN: keep which one.
-                match std::io::Error::last_os_error().raw_os_error() {
-                    Some(libc::EHWPOISON) => RunOutcome::Failed(libc::EHWPOISON),
-                    _ => RunOutcome::Failed(libc::EFAULT),
-                }
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
             }
-            Ok(_) => RunOutcome::Exited,
-            Err(e) => RunOutcome::Failed(e.errno()),
+            _ => 0,
         };
-        if outcome == RunOutcome::Failed(libc::EINTR) {
+        let reported = KvmExit::of(&result, errno);
+        if reported == KvmExit::Failed(libc::EINTR) {
             immediate_exit.clear();
         }
         let map_len = vcpu.map_len;
-        let exit = decode(outcome, vcpu.fd.get_kvm_run(), map_len);
+        let exit = decode_kvm(reported, vcpu.fd.get_kvm_run(), map_len);
         let exit = match exit {
             Ok(exit) => exit,
             Err(e) => {
@@ -449,8 +500,18 @@ where
         {
             return VcpuEnd::Failed(Arc::new(e));
         }
-        match handled.next {
+        let next = match handled.next {
+            Next::Other(reason) => {
+                unknown_exit(unknown_exits, index, reason, vcpu.fd.get_kvm_run())
+            }
+            next => next,
+        };
+        match next {
             Next::Continue | Next::Interrupted => {}
+            // `unknown_exit` never answers `Other`; were it to, the exit stays unhandled.
+            Next::Other(reason) => {
+                return VcpuEnd::Failed(Arc::new(RunError::Exit(ExitError::Unhandled { reason })));
+            }
             Next::Halt => return VcpuEnd::Halted,
             Next::Shutdown => return VcpuEnd::Shutdown,
             Next::SystemEvent(kind, data) => return VcpuEnd::SystemEvent(kind, data),
@@ -572,6 +633,23 @@ impl VcpuSet {
         M: MemoryHandler + ?Sized + 'static,
         I: IoHandler + ?Sized + 'static,
     {
+        Self::spawn_routed(vcpus, memory, io, policy, ExitRouting::default())
+    }
+
+    /// [`spawn`](Self::spawn), routing hypercalls and unknown exits as `routing` says
+    /// (a backend's own hypercall ABI, its hook for exits veil does not decode).
+    pub fn spawn_routed<M, I>(
+        vcpus: Vec<Vcpu>,
+        memory: Arc<M>,
+        io: Arc<I>,
+        policy: FaultPolicy,
+        routing: ExitRouting,
+    ) -> Result<VcpuSet, RunnerError>
+    where
+        M: MemoryHandler + ?Sized + 'static,
+        I: IoHandler + ?Sized + 'static,
+    {
+        let routing = Arc::new(routing);
         if vcpus.is_empty() {
             return Err(RunnerError::NoVcpus);
         }
@@ -588,10 +666,11 @@ impl VcpuSet {
         };
         for (index, mut vcpu) in vcpus.into_iter().enumerate() {
             let counters = Arc::new(ExitCounters::default());
-            let (thread_control, memory, io, c) = (
+            let (thread_control, memory, io, routing, c) = (
                 control.clone(),
                 memory.clone(),
                 io.clone(),
+                routing.clone(),
                 counters.clone(),
             );
             control.lock().active += 1;
@@ -614,7 +693,13 @@ impl VcpuSet {
                         let me = unsafe { libc::pthread_self() };
                         inner.threads.push((index, KickTarget(me)));
                     }
-                    let end = run_loop(&mut vcpu, index, &*memory, &*io, policy, &control, &c);
+                    let handlers = Handlers {
+                        memory: &*memory,
+                        io: &*io,
+                        routing: &routing,
+                        policy,
+                    };
+                    let end = run_loop(&mut vcpu, index, handlers, &control, &c);
                     guard.end = Some(end.clone());
                     drop(guard);
                     VcpuReport {
@@ -754,19 +839,57 @@ mod tests {
             rbx: 0x1000,
             rcx: 3,
             rdx: 0x10,
+            rsi: 7,
+            rdi: 9,
             ..Default::default()
         };
         let mut sregs = kvm_sregs::default();
-        let a = port_hypercall_args(&regs, &sregs);
-        assert_eq!((a.nr, a.gpa, a.pages, a.attributes), (12, 0x1000, 3, 0x10));
+        let a = port_hypercall(&regs, &sregs);
+        assert_eq!((a.nr, a.args), (12, [0x1000, 3, 0x10, 7, 0, 0]));
+        assert_eq!(a.transport, Transport::Port);
         assert!(!a.long_mode, "real mode");
         sregs.efer = EFER_LMA;
         assert!(
-            !port_hypercall_args(&regs, &sregs).long_mode,
+            !port_hypercall(&regs, &sregs).long_mode,
             "compatibility mode"
         );
         sregs.cs.l = 1;
-        assert!(port_hypercall_args(&regs, &sregs).long_mode);
+        assert!(port_hypercall(&regs, &sregs).long_mode);
+    }
+
+    /// A hook that handles reason 40 and declines the rest, or fails on everything.
+    struct Hook(bool);
+
+    impl UnknownExitHandler for Hook {
+        fn handle(&self, _vcpu: usize, reason: u32, run: &mut kvm_run) -> Result<bool, BoxError> {
+            if self.0 {
+                return Err("the hook broke".into());
+            }
+            // A hook may write what the kernel expects back.
+            run.immediate_exit = 0;
+            Ok(reason == 40)
+        }
+    }
+
+    #[test]
+    fn unknown_exits_go_to_the_hook() {
+        let mut run = kvm_run::default();
+        assert!(matches!(
+            unknown_exit(Some(&Hook(false)), 0, 40, &mut run),
+            Next::Continue
+        ));
+        assert!(matches!(
+            unknown_exit(Some(&Hook(false)), 0, 41, &mut run),
+            Next::Fail(RunError::Exit(ExitError::Unhandled { reason: 41 }))
+        ));
+        assert!(matches!(
+            unknown_exit(None, 0, 40, &mut run),
+            Next::Fail(RunError::Exit(ExitError::Unhandled { reason: 40 }))
+        ));
+        assert!(matches!(
+            unknown_exit(Some(&Hook(true)), 0, 40, &mut run),
+            Next::Fail(RunError::UnknownExit { reason: 40, .. })
+        ));
     }
 
     #[test]

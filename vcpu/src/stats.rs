@@ -15,7 +15,7 @@ use crate::exit::Exit;
 pub enum ExitKind {
     /// `KVM_EXIT_MEMORY_FAULT`.
     MemoryFault,
-    /// `KVM_EXIT_HYPERCALL` (MAP_GPA_RANGE).
+    /// `KVM_EXIT_HYPERCALL`.
     Hypercall,
     /// The port-I/O hypercall.
     PortHypercall,
@@ -37,13 +37,15 @@ pub enum ExitKind {
     Interrupted,
     /// `KVM_EXIT_IRQ_WINDOW_OPEN`.
     IrqWindowOpen,
+    /// Exit reasons veil does not decode, passed to a backend's hook.
+    Other,
     /// Error exits and exits veil does not handle.
     Error,
 }
 
 impl ExitKind {
     /// Every kind, in order.
-    pub const ALL: [ExitKind; 13] = [
+    pub const ALL: [ExitKind; 14] = [
         ExitKind::MemoryFault,
         ExitKind::Hypercall,
         ExitKind::PortHypercall,
@@ -56,6 +58,7 @@ impl ExitKind {
         ExitKind::SystemEvent,
         ExitKind::Interrupted,
         ExitKind::IrqWindowOpen,
+        ExitKind::Other,
         ExitKind::Error,
     ];
 
@@ -63,7 +66,7 @@ impl ExitKind {
     pub const fn of(exit: &Exit) -> ExitKind {
         match exit {
             Exit::MemoryFault(_) => ExitKind::MemoryFault,
-            Exit::Hypercall { .. } => ExitKind::Hypercall,
+            Exit::Hypercall(_) => ExitKind::Hypercall,
             Exit::PortHypercall => ExitKind::PortHypercall,
             Exit::PioIn { .. } => ExitKind::PioIn,
             Exit::PioOut { .. } => ExitKind::PioOut,
@@ -74,6 +77,7 @@ impl ExitKind {
             Exit::SystemEvent { .. } => ExitKind::SystemEvent,
             Exit::Interrupted => ExitKind::Interrupted,
             Exit::IrqWindowOpen => ExitKind::IrqWindowOpen,
+            Exit::Other { .. } => ExitKind::Other,
         }
     }
 
@@ -92,6 +96,7 @@ impl ExitKind {
             ExitKind::SystemEvent => "system-event",
             ExitKind::Interrupted => "interrupted",
             ExitKind::IrqWindowOpen => "irq-window-open",
+            ExitKind::Other => "other",
             ExitKind::Error => "error",
         }
     }

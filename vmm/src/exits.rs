@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use veil_attrs::{Attributes, FrameRange};
 use veil_memory::{ConvertError, HostSafeMemory, Region};
-use veil_vcpu::{BoxError, Conversion, GuestLayout, MapGpaRange, MemoryFault, MemoryHandler};
+use veil_vcpu::{BoxError, GuestLayout, MapGpaRange, MemoryFault, MemoryHandler, RequestOutcome};
 
 /// A conversion veil-memory could not carry out for a reason on the host's side.
 ///
@@ -69,9 +69,9 @@ impl MemoryExits {
 ///
 /// | veil-memory returned | the guest reads | the VM |
 /// | --- | --- | --- |
-/// | a [`veil_memory::Conversion`] | 0 ([`Conversion::Done`]) | runs on |
-/// | [`ConvertError::Range`], [`ConvertError::Gap`], [`ConvertError::GranuleUnaligned`] | `EINVAL` ([`Conversion::Refused`]) | runs on |
-/// | [`ConvertError::Step`] with `EINTR` or `EAGAIN` | `EAGAIN` ([`Conversion::Retry`]) | runs on |
+/// | a [`veil_memory::Conversion`] | 0 ([`RequestOutcome::Done`]) | runs on |
+/// | [`ConvertError::Range`], [`ConvertError::Gap`], [`ConvertError::GranuleUnaligned`] | `EINVAL` ([`RequestOutcome::Refused`]) | runs on |
+/// | [`ConvertError::Step`] with `EINTR` or `EAGAIN` | `EAGAIN` ([`RequestOutcome::Retry`]) | runs on |
 /// | any other [`ConvertError::Step`], [`ConvertError::RollbackFailed`] | `EINVAL` | stops with the error |
 ///
 /// The first three errors are the guest's doing: the range is one this memory cannot
@@ -88,16 +88,16 @@ impl MemoryExits {
 /// the host view may then disagree with veil's record.
 pub fn answer_request(
     result: Result<veil_memory::Conversion, ConvertError>,
-) -> Result<Conversion, ConvertError> {
+) -> Result<RequestOutcome, ConvertError> {
     match result {
-        Ok(_) => Ok(Conversion::Done),
+        Ok(_) => Ok(RequestOutcome::Done),
         Err(
             ConvertError::Range(_)
             | ConvertError::Gap { .. }
             | ConvertError::GranuleUnaligned { .. },
-        ) => Ok(Conversion::Refused),
+        ) => Ok(RequestOutcome::Refused),
         Err(e @ ConvertError::Step { .. }) => match e.errno() {
-            Some(libc::EINTR | libc::EAGAIN) => Ok(Conversion::Retry),
+            Some(libc::EINTR | libc::EAGAIN) => Ok(RequestOutcome::Retry),
             _ => Err(e),
         },
         Err(e) => Err(e),
@@ -109,7 +109,7 @@ impl MemoryHandler for MemoryExits {
         &self.layout
     }
 
-    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<Conversion, BoxError> {
+    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
         let (range, to) = (request.range(), request.to());
         let result = self.memory.convert(range, to);
         if let Err(e) = &result {
@@ -210,7 +210,7 @@ mod tests {
 
         // Across the boundary of the preserving and the discarding region.
         let to_private = request(&e, 0xf_f000, 2, true);
-        assert_eq!(e.map_gpa_range(&to_private).unwrap(), Conversion::Done);
+        assert_eq!(e.map_gpa_range(&to_private).unwrap(), RequestOutcome::Done);
         assert!(
             mem.attributes()
                 .range_is(fr(0xff, 2), Attributes::PRIVATE)
@@ -226,12 +226,12 @@ mod tests {
         let calls = mem.stats();
 
         // The same request again: done, and no system call.
-        assert_eq!(e.map_gpa_range(&to_private).unwrap(), Conversion::Done);
+        assert_eq!(e.map_gpa_range(&to_private).unwrap(), RequestOutcome::Done);
         assert_eq!(mem.stats(), calls);
 
         // Back to shared: the preserving region kept its bytes, the discarding one did not.
         let to_shared = request(&e, 0xf_f000, 2, false);
-        assert_eq!(e.map_gpa_range(&to_shared).unwrap(), Conversion::Done);
+        assert_eq!(e.map_gpa_range(&to_shared).unwrap(), RequestOutcome::Done);
         mem.host_read(0xf_fffb, &mut buf).unwrap();
         assert_eq!(&buf, b"guest\0\0\0\0\0");
         assert_eq!(mem.attributes().run_count(), 1);
@@ -256,13 +256,13 @@ mod tests {
             let shown = e.to_string();
             assert_eq!(
                 answer_request(Err(e)).unwrap(),
-                Conversion::Refused,
+                RequestOutcome::Refused,
                 "{shown}"
             );
         }
         assert_eq!(
             answer_request(Ok(veil_memory::Conversion::default())).unwrap(),
-            Conversion::Done
+            RequestOutcome::Done
         );
     }
 
@@ -278,11 +278,11 @@ mod tests {
     fn failed_system_calls_stop_the_vm_unless_worth_retrying() {
         assert_eq!(
             answer_request(Err(step(libc::EINTR))).unwrap(),
-            Conversion::Retry
+            RequestOutcome::Retry
         );
         assert_eq!(
             answer_request(Err(step(libc::EAGAIN))).unwrap(),
-            Conversion::Retry
+            RequestOutcome::Retry
         );
         let kept = answer_request(Err(step(libc::ENOMEM))).unwrap_err();
         assert_eq!(kept.errno(), Some(libc::ENOMEM));

@@ -19,8 +19,8 @@ use veil_attrs::FrameRange;
 use veil_loader::Loaded;
 use veil_vcpu::x86_64::{CpuMode, setup_entry};
 use veil_vcpu::{
-    BoxError, Conversion, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault,
-    MemoryHandler, StopReason, Vcpu, VcpuSet,
+    BoxError, FaultPolicy, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler,
+    RequestOutcome, StopReason, Vcpu, VcpuSet,
 };
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
@@ -119,8 +119,8 @@ impl MemoryHandler for NoConversions {
         &self.0
     }
 
-    fn map_gpa_range(&self, _: &MapGpaRange) -> Result<Conversion, BoxError> {
-        Ok(Conversion::Refused)
+    fn map_gpa_range(&self, _: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
+        Ok(RequestOutcome::Refused)
     }
 
     fn memory_fault(&self, fault: &MemoryFault, _: FrameRange) -> Result<u64, BoxError> {

@@ -22,8 +22,8 @@ use veil_vcpu::x86_64::{
     CpuMode, EntryRegisters, X86Error, gdt_entry, segment_from_gdt, setup_entry, setup_long_mode,
 };
 use veil_vcpu::{
-    BoxError, Conversion, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, Vcpu,
-    VcpuSet, VmReport,
+    BoxError, GuestLayout, IoHandler, MapGpaRange, MemoryFault, MemoryHandler, RequestOutcome,
+    Vcpu, VcpuSet, VmReport,
 };
 
 use veil_tests::wait_for_end;
@@ -248,7 +248,7 @@ pub struct Recorder {
     pub layout: GuestLayout,
     pub attrs: Mutex<AttrMap>,
     pub requests: Mutex<Vec<MapGpaRange>>,
-    /// Conversion requests starting here are answered with `Conversion::Retry`.
+    /// Conversion requests starting here are answered with `RequestOutcome::Retry`.
     pub retry_gpa: Option<u64>,
     /// 32-bit values written to `REPORT_PORT`.
     pub reports: Mutex<Vec<u32>>,
@@ -304,16 +304,16 @@ impl MemoryHandler for Recorder {
         &self.layout
     }
 
-    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<Conversion, BoxError> {
+    fn map_gpa_range(&self, request: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
         self.requests.lock().unwrap().push(*request);
         if self.retry_gpa == Some(request.gpa()) {
-            return Ok(Conversion::Retry);
+            return Ok(RequestOutcome::Retry);
         }
         self.attrs
             .lock()
             .unwrap()
             .set(request.range(), request.to())?;
-        Ok(Conversion::Done)
+        Ok(RequestOutcome::Done)
     }
 
     fn memory_fault(&self, fault: &MemoryFault, range: FrameRange) -> Result<u64, BoxError> {
