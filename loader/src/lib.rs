@@ -25,7 +25,7 @@ pub use load::{
 pub use measure::{Digest, LOG_VERSION, MeasuredObject, MeasurementLog, extend};
 pub use populate::{
     BoxError, ConvertPrivate, PageRun, PageType, Populate, PopulateError, PopulateWay, SharedOnly,
-    WriteThenConvert, check_plain, ram_of, ranges_of, write_zeros,
+    WriteThenConvert, check_plain, check_writable, ram_of, ranges_of, write_zeros,
 };
 pub use ram::{ByteRange, GuestRam, PAGE_SIZE, RamError};
 #[cfg(feature = "veil-memory")]

@@ -336,6 +336,19 @@ pub trait ConvertPrivate {
     fn to_shared(&self, runs: &[ByteRange]) -> Result<(), BoxError>;
 }
 
+/// Refuses the first run that is not inside `memory`'s RAM or not all shared: what a
+/// target that writes through the host mapping checks before writing.
+pub fn check_writable<M: ConvertPrivate + ?Sized>(
+    memory: &M,
+    runs: &[PageRun],
+) -> Result<(), PopulateError> {
+    check_inside(&memory.ram()?, runs)?;
+    match runs.iter().find(|r| !memory.is_shared(r.range)) {
+        Some(r) => Err(PopulateError::NotShared { range: r.range }),
+        None => Ok(()),
+    }
+}
+
 /// Populates by writing through the host mapping while shared, then converting to
 /// private (in-place and emulated flavors).
 #[derive(Debug)]
@@ -360,12 +373,8 @@ impl<M: ConvertPrivate + ?Sized> Populate for WriteThenConvert<'_, M> {
     }
 
     fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
-        check_inside(&self.ram()?, runs)?;
-        check_plain(runs, self.way())?;
-        match runs.iter().find(|r| !self.memory.is_shared(r.range)) {
-            Some(r) => Err(PopulateError::NotShared { range: r.range }),
-            None => Ok(()),
-        }
+        check_writable(self.memory, runs)?;
+        check_plain(runs, self.way())
     }
 
     fn write(&self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), PopulateError> {

@@ -148,6 +148,20 @@ impl RawProbe {
     pub fn usable_vm_types(&self) -> impl Iterator<Item = &VmTypeCaps> {
         self.vm_types.iter().filter(|t| t.create_error.is_none())
     }
+
+    /// The same answers with only the VM types in `types`: what a model decides for a
+    /// launch technology that creates only those (plain KVM: 0 and 1; SEV-SNP: 4).
+    pub fn only_vm_types(&self, types: &[u32]) -> RawProbe {
+        RawProbe {
+            vm_types: self
+                .vm_types
+                .iter()
+                .filter(|t| types.contains(&t.vm_type))
+                .cloned()
+                .collect(),
+            ..self.clone()
+        }
+    }
 }
 
 /// The name of x86 VM type `t` in the KVM API.

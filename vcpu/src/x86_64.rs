@@ -191,6 +191,14 @@ pub fn setup_entry(
     entry: &EntryRegisters,
 ) -> Result<(), X86Error> {
     entry.validate()?;
+    setup_cpu(kvm, vcpu, apic_id)?;
+    set_entry_registers(vcpu, entry)
+}
+
+/// The part of [`setup_entry`] every vCPU needs, the boot one or not: CPUID for APIC id
+/// `apic_id` (see [`normalize_cpuid`]), boot MSRs and FPU. A vCPU that waits for its
+/// start-up IPI (an application processor under the in-kernel irqchip) gets only this.
+pub fn setup_cpu(kvm: &Kvm, vcpu: &VcpuFd, apic_id: u32) -> Result<(), X86Error> {
     let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -208,8 +216,13 @@ pub fn setup_entry(
             index: refused.index,
         });
     }
+    vcpu.set_fpu(&boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))
+}
 
-    vcpu.set_fpu(&boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+/// The register part of [`setup_entry`], after its validation: segment and control
+/// registers, then general registers.
+pub fn set_entry_registers(vcpu: &VcpuFd, entry: &EntryRegisters) -> Result<(), X86Error> {
+    entry.validate()?;
     let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
     vcpu.set_sregs(&entry_sregs(sregs, entry))
         .map_err(kvm_err("KVM_SET_SREGS"))?;

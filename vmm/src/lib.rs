@@ -4,9 +4,13 @@
 #![doc = include_str!("../README.md")]
 
 mod exits;
+pub mod launch;
+mod populate;
 mod report;
 mod vm;
 
 pub use exits::{MemoryExitError, MemoryExits, answer_request};
+pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
+pub use populate::LaunchPopulate;
 pub use report::caps_table;
-pub use vm::{Vm, VmBuilder, VmError};
+pub use vm::{Launched, Vm, VmBuilder, VmError};

@@ -1,30 +1,36 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! [`Vm`]: a KVM VM with veil's guest memory registered and its memory exits wired up.
+//! [`Vm`]: a KVM VM with veil's guest memory registered, launched by a [`Launch`]
+//! technology, and its memory exits wired up.
 //!
-//! What every caller of veil-memory and veil-vcpu otherwise writes the same way: probe
-//! the host, create a VM of the type the flavor needs, build guest memory with that VM
-//! as its guest_memfd source (and, for the attributes flavor, as the VM whose attributes
-//! conversions set), register the memory slots and keep them from outliving the memory,
-//! enable conversion exits where the host has them, and run vCPUs with the memory as
-//! their [`MemoryHandler`](veil_vcpu::MemoryHandler). Devices and boot data stay with
-//! the caller; a vCPU entering a kernel veil-loader placed is one call
-//! ([`Vm::create_boot_vcpu`]).
+//! What every caller of veil-memory, veil-loader and veil-vcpu otherwise writes the same
+//! way: probe the host, create a VM of a type the launch technology creates and the
+//! flavor runs on, initialise it, build guest memory with that VM as its guest_memfd
+//! source (and as the VM whose attributes conversions set), register the memory slots
+//! and keep them from outliving the memory, enable conversion exits where the host has
+//! them, place boot data and set up vCPUs the technology's way, and run vCPUs with the
+//! memory as their [`MemoryHandler`](veil_vcpu::MemoryHandler) and the technology's
+//! hypercalls and exits routed. Devices stay with the caller.
 
 use std::sync::Arc;
 
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use veil_loader::{BootPlan, BootSource, ByteRange, LoadError, Loaded, PopulateWay};
+use veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_memory::{
-    BuildError, CapsError, ContentPolicy, Flavor, HostCaps, HostSafeMemory, MemslotError,
-    RegionSpec,
+    BuildError, CapsError, ContentPolicy, ConvertError, Flavor, FlavorSupport, HostCaps,
+    HostSafeMemory, MemslotError, RegionSpec, vm_type_name,
 };
-use veil_vcpu::x86_64::{EntryRegisters, X86Error, setup_entry};
+use veil_vcpu::x86_64::{EntryRegisters, X86Error};
 use veil_vcpu::{
-    CapError, FaultPolicy, IoHandler, RunnerError, Vcpu, VcpuSet, enable_conversion_exits,
+    CapError, ExitRouting, FaultPolicy, IoHandler, RunnerError, Vcpu, VcpuSet,
+    enable_conversion_exits,
 };
 
 use crate::exits::MemoryExits;
+use crate::launch::{Launch, LaunchError, LaunchVm, PlainKvm};
+use crate::populate::LaunchPopulate;
 
 /// Why a [`Vm`] could not be built or could not start its vCPUs. Nothing built so far is
 /// left behind.
@@ -76,17 +82,90 @@ pub enum VmError {
         #[source]
         source: X86Error,
     },
+    /// The launch technology refused, or one of its steps failed; its own error is the
+    /// source's source ([`LaunchError::backend`]).
+    #[error("launching with {technology} failed")]
+    Launch {
+        /// The technology.
+        technology: &'static str,
+        /// What went wrong.
+        #[source]
+        source: LaunchError,
+    },
+    /// Planning or placing the boot image failed.
+    #[error("cannot load the boot image")]
+    Load(#[source] LoadError),
+    /// Making RAM private at launch failed; veil-memory undid the conversion.
+    #[error("cannot make guest RAM private at launch")]
+    PrivateAtLaunch(#[source] ConvertError),
+}
+
+impl VmError {
+    /// The launch technology's own error, if it failed with an `E` (through any of the
+    /// launch steps, populate included).
+    pub fn launch_backend<E: std::error::Error + 'static>(&self) -> Option<&E> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cur {
+            if let Some(found) = e.downcast_ref::<E>() {
+                return Some(found);
+            }
+            if let Some(launch) = e.downcast_ref::<LaunchError>()
+                && let Some(found) = launch.backend::<E>()
+            {
+                return Some(found);
+            }
+            cur = e.source();
+        }
+        None
+    }
 }
 
 /// Describes a [`Vm`]; see [`Vm::builder`].
-#[derive(Debug, Default)]
 #[must_use]
 pub struct VmBuilder {
     flavor: Option<Flavor>,
     regions: Vec<(u64, u64, ContentPolicy)>,
+    launch: Arc<dyn Launch>,
+    private_at_launch: Option<bool>,
+}
+
+impl Default for VmBuilder {
+    fn default() -> Self {
+        VmBuilder {
+            flavor: None,
+            regions: Vec::new(),
+            launch: Arc::new(PlainKvm),
+            private_at_launch: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for VmBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VmBuilder")
+            .field("flavor", &self.flavor)
+            .field("regions", &self.regions)
+            .field("launch", &self.launch.name())
+            .field("private_at_launch", &self.private_at_launch)
+            .finish()
+    }
 }
 
 impl VmBuilder {
+    /// Launches the VM with `launch` (default: [`PlainKvm`]).
+    pub fn launch(mut self, launch: Arc<dyn Launch>) -> Self {
+        self.launch = launch;
+        self
+    }
+
+    /// Makes all RAM private when [`Vm::launch`] places the boot image, except what the
+    /// memory cannot populate privately (which [`Launched::shared`] names). Default: what
+    /// the launch technology's guests expect ([`Launch::private_at_launch`]).
+    pub fn private_at_launch(mut self, private: bool) -> Self {
+        self.private_at_launch = Some(private);
+        self
+    }
+
     /// Carries out conversions in `flavor`. Without this, the first flavor the host runs
     /// that honours every region's content policy, in the order of
     /// [`HostCaps::supported_flavors`] (attributes, in-place, emulated). The attributes
@@ -104,26 +183,52 @@ impl VmBuilder {
         self
     }
 
-    /// Probes the host, creates the VM and its memory, and registers the memory with it.
+    /// Probes the host, creates and initialises the VM, builds its memory, and registers
+    /// the memory with it.
     pub fn build(self) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
         let caps = HostCaps::probe_with(&kvm).map_err(VmError::Probe)?;
+        let launch = self.launch;
+        let technology = launch.name();
+        let launch_error = |source| VmError::Launch { technology, source };
+        // Only the VM types the technology creates count.
+        let probe = caps.probe.only_vm_types(launch.vm_types());
+        if probe.usable_vm_types().next().is_none() {
+            let names: Vec<String> = launch.vm_types().iter().map(|&t| vm_type_name(t)).collect();
+            return Err(launch_error(LaunchError::Unsupported {
+                technology,
+                missing: format!("VM type {} (KVM_CAP_VM_TYPES, 235)", names.join(" or ")),
+            }));
+        }
+        let supported = |f: Flavor| FlavorSupport::of(f, &probe);
         let flavor = match self.flavor {
             Some(flavor) => flavor,
-            None => default_flavor(
-                &caps.supported_flavors(),
-                self.regions.iter().map(|&(_, _, policy)| policy),
-            ),
+            None => {
+                let runs: Vec<Flavor> = Flavor::BUILT_IN
+                    .into_iter()
+                    .filter(|&f| supported(f).supported())
+                    .collect();
+                default_flavor(&runs, self.regions.iter().map(|&(_, _, policy)| policy))
+            }
         };
-        let vm_type = caps
-            .require(flavor)
-            .map_err(|source| VmError::Flavor { flavor, source })?
-            .vm_type
-            .unwrap_or(0);
+        let support = supported(flavor);
+        let vm_type = match (support.vm_type, support.missing.first()) {
+            (Some(vm_type), None) => vm_type,
+            (_, missing) => {
+                let capability = missing
+                    .cloned()
+                    .unwrap_or_else(|| format!("support for {flavor}"));
+                return Err(VmError::Flavor {
+                    flavor,
+                    source: CapsError::Missing { flavor, capability },
+                });
+            }
+        };
         let vm = Arc::new(
             kvm.create_vm_with_type(vm_type.into())
                 .map_err(|source| VmError::CreateVm { vm_type, source })?,
         );
+        launch.init(&kvm, &vm).map_err(launch_error)?;
 
         // The VM is both where guest_memfds come from and whose attributes conversions
         // set: each region's flavor takes what it needs.
@@ -141,6 +246,9 @@ impl VmBuilder {
         // KVM refuses that, forever). On error nothing stays registered.
         unsafe { memory.register_memslots(&vm, 0) }.map_err(VmError::Memslot)?;
         // From here on `Vm::drop` removes the slots.
+        let private_at_launch = self
+            .private_at_launch
+            .unwrap_or_else(|| launch.private_at_launch());
         let built = Vm {
             kvm,
             vm,
@@ -148,6 +256,8 @@ impl VmBuilder {
             memory,
             caps,
             flavor,
+            launch,
+            private_at_launch,
         };
         if built.caps.map_gpa_range_exits() {
             enable_conversion_exits(&built.vm).map_err(VmError::ConversionExits)?;
@@ -182,7 +292,6 @@ fn default_flavor(
 /// Dropping it deletes the memory slots, so KVM never reaches the memory after veil
 /// unmaps it, even where vCPU file descriptors outlive the `Vm`. Stop the vCPUs first:
 /// after the drop their guest finds no memory.
-#[derive(Debug)]
 pub struct Vm {
     kvm: Kvm,
     vm: Arc<VmFd>,
@@ -190,6 +299,30 @@ pub struct Vm {
     exits: Arc<MemoryExits>,
     caps: HostCaps,
     flavor: Flavor,
+    launch: Arc<dyn Launch>,
+    private_at_launch: bool,
+}
+
+impl std::fmt::Debug for Vm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vm")
+            .field("flavor", &self.flavor)
+            .field("launch", &self.launch.name())
+            .field("memory", &self.memory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Vm::launch`] made: the loaded boot image, the vCPUs set up to run it, and the
+/// RAM that stayed shared although all of it was to be private.
+#[derive(Debug)]
+pub struct Launched {
+    /// Where everything is, how it was populated, what was measured.
+    pub loaded: Loaded,
+    /// The vCPUs, by id: the boot vCPU first, the others waiting for their start-up IPI.
+    pub vcpus: Vec<Vcpu>,
+    /// Ranges that stayed shared under [`VmBuilder::private_at_launch`], each with why.
+    pub shared: Vec<(ByteRange, &'static str)>,
 }
 
 impl Vm {
@@ -228,6 +361,11 @@ impl Vm {
         self.flavor
     }
 
+    /// The technology the VM is launched with.
+    pub fn launch_technology(&self) -> &dyn Launch {
+        self.launch.as_ref()
+    }
+
     /// Whether KVM forwards `KVM_HC_MAP_GPA_RANGE` to userspace (enabled where the host
     /// offers it). veil's port-I/O hypercall works either way.
     pub fn conversion_exits(&self) -> bool {
@@ -241,9 +379,9 @@ impl Vm {
     }
 
     /// Creates vCPU `id` and sets it up to enter the kernel veil-loader placed: `entry` is
-    /// the `entry` of a `veil_loader::Loaded` (or of a `BootPlan`), written by veil-vcpu's
-    /// `setup_entry` with `id` as the APIC id (CPUID, MSRs, FPU, segments, control and
-    /// general registers).
+    /// the `entry` of a `veil_loader::Loaded` (or of a `BootPlan`), set up the launch
+    /// technology's way (for plain KVM veil-vcpu's `setup_entry`, with `id` as the APIC
+    /// id: CPUID, MSRs, FPU, segments, control and general registers).
     ///
     /// An entry state that contradicts itself is refused before the vCPU is created, so
     /// the id stays free. KVM cannot destroy a vCPU: if an ioctl fails after creation,
@@ -252,13 +390,162 @@ impl Vm {
         let refused = |source| VmError::Entry { id, source };
         entry.validate().map_err(|e| refused(e.into()))?;
         let vcpu = self.create_vcpu(u64::from(id))?;
-        setup_entry(&self.kvm, vcpu.fd(), id, entry).map_err(refused)?;
+        self.setup_vcpu(&[], &vcpu, id, Some(entry))?;
         Ok(vcpu)
     }
 
+    fn context<'a>(&'a self, vcpus: &'a [&'a VcpuFd]) -> LaunchVm<'a> {
+        LaunchVm {
+            kvm: &self.kvm,
+            vm: &self.vm,
+            memory: &self.memory,
+            vcpus,
+        }
+    }
+
+    fn launch_error(&self) -> impl Fn(LaunchError) -> VmError + '_ {
+        |source| VmError::Launch {
+            technology: self.launch.name(),
+            source,
+        }
+    }
+
+    fn setup_vcpu(
+        &self,
+        created: &[&VcpuFd],
+        vcpu: &Vcpu,
+        id: u32,
+        entry: Option<&EntryRegisters>,
+    ) -> Result<(), VmError> {
+        let ctx = self.context(created);
+        match self.launch.setup_vcpu(&ctx, vcpu.fd(), id, entry) {
+            Ok(()) => Ok(()),
+            // veil-vcpu's own setup failing is the entry's error, as callers expect.
+            Err(LaunchError::Step {
+                technology,
+                step,
+                source,
+            }) => match source.downcast::<X86Error>() {
+                Ok(x86) => Err(VmError::Entry { id, source: *x86 }),
+                Err(source) => Err(self.launch_error()(LaunchError::Step {
+                    technology,
+                    step,
+                    source,
+                })),
+            },
+            Err(e) => Err(self.launch_error()(e)),
+        }
+    }
+
+    /// Loads `source` into this VM's memory the launch technology's way: through
+    /// [`Launch::populate`] where it populates private memory itself, the memory's own
+    /// way otherwise (see `veil_loader::load`). vCPUs created so far are not known to the
+    /// technology here; [`launch`](Self::launch) orders everything.
+    pub fn load(&self, source: &BootSource<'_>) -> Result<Loaded, VmError> {
+        self.place(&self.plan(source)?, &[])
+    }
+
+    fn plan<'a>(&self, source: &BootSource<'a>) -> Result<BootPlan<'a>, VmError> {
+        let ram = veil_loader::ConvertPrivate::ram(self.memory.as_ref())
+            .map_err(|e| VmError::Load(e.into()))?;
+        veil_loader::plan(source, &ram).map_err(VmError::Load)
+    }
+
+    fn place(&self, plan: &BootPlan<'_>, vcpus: &[&VcpuFd]) -> Result<Loaded, VmError> {
+        if self.launch.populates() {
+            let ctx = self.context(vcpus);
+            plan.place(&LaunchPopulate::new(self.launch.as_ref(), &ctx))
+        } else {
+            plan.place(self.memory.as_ref())
+        }
+        .map_err(VmError::Load)
+    }
+
+    /// Launches `source` on `vcpus` vCPUs, in the order every technology needs: the boot
+    /// vCPU (id 0) set up at the kernel's entry and the others to wait for their start-up
+    /// IPI ([`Launch::setup_vcpu`]), the boot image placed ([`Launch::populate`] or the
+    /// memory's own way), all RAM made private where [`VmBuilder::private_at_launch`]
+    /// asks, and the launch finalised ([`Launch::finalize`]). Then [`run`](Self::run) the
+    /// vCPUs.
+    pub fn launch(&self, source: &BootSource<'_>, vcpus: u32) -> Result<Launched, VmError> {
+        let plan = self.plan(source)?;
+        plan.entry.validate().map_err(|e| VmError::Entry {
+            id: 0,
+            source: e.into(),
+        })?;
+        let mut created: Vec<Vcpu> = Vec::new();
+        for id in 0..vcpus.max(1) {
+            let vcpu = self.create_vcpu(u64::from(id))?;
+            let fds: Vec<&VcpuFd> = created.iter().map(Vcpu::fd).collect();
+            let entry = (id == 0).then_some(&plan.entry);
+            self.setup_vcpu(&fds, &vcpu, id, entry)?;
+            created.push(vcpu);
+        }
+        let fds: Vec<&VcpuFd> = created.iter().map(Vcpu::fd).collect();
+        let loaded = self.place(&plan, &fds)?;
+        let shared = if self.private_at_launch {
+            self.make_ram_private(&loaded)?
+        } else {
+            Vec::new()
+        };
+        self.launch
+            .finalize(&self.context(&fds))
+            .map_err(self.launch_error())?;
+        drop(fds);
+        Ok(Launched {
+            loaded,
+            vcpus: created,
+            shared,
+        })
+    }
+
+    /// Converts every region to private, except boot data the memory could only place
+    /// shared; returns what stayed shared and why.
+    fn make_ram_private(&self, loaded: &Loaded) -> Result<Vec<(ByteRange, &'static str)>, VmError> {
+        let keep: Vec<ByteRange> = match loaded.populated.way {
+            PopulateWay::SharedOnly => loaded.populated.ranges(),
+            _ => Vec::new(),
+        };
+        let mut private = Vec::new();
+        for region in self.memory.regions() {
+            let mut at = region.base();
+            let end = region.base() + region.size();
+            for k in &keep {
+                if k.start().0 >= end || k.end() <= at {
+                    continue;
+                }
+                if k.start().0 > at {
+                    private.push((at, k.start().0 - at));
+                }
+                at = at.max(k.end());
+            }
+            if at < end {
+                private.push((at, end - at));
+            }
+        }
+        let frames: Vec<FrameRange> = private
+            .iter()
+            .filter_map(|&(gpa, size)| FrameRange::from_gpa(gpa, size).ok())
+            .collect();
+        self.memory
+            .convert_ranges(&frames, Attributes::PRIVATE)
+            .map_err(VmError::PrivateAtLaunch)?;
+        Ok(keep
+            .into_iter()
+            .map(|r| {
+                (
+                    r,
+                    "boot data: this memory's flavor cannot put contents into private memory \
+                     and no launch technology copies them there",
+                )
+            })
+            .collect())
+    }
+
     /// Runs `vcpus` (registers already set), one thread each, with this VM's memory
-    /// answering memory exits, `io` answering port and MMIO accesses, and memory faults
-    /// handled as `policy` says.
+    /// answering memory exits, `io` answering port and MMIO accesses, memory faults
+    /// handled as `policy` says, and the launch technology's hypercall ABIs and exit hook
+    /// routed.
     pub fn run<I>(
         &self,
         vcpus: Vec<Vcpu>,
@@ -268,7 +555,8 @@ impl Vm {
     where
         I: IoHandler + ?Sized + 'static,
     {
-        VcpuSet::spawn(vcpus, self.exits.clone(), io, policy).map_err(VmError::Vcpu)
+        let routing = self.launch.exit_routing(ExitRouting::default());
+        VcpuSet::spawn_routed(vcpus, self.exits.clone(), io, policy, routing).map_err(VmError::Vcpu)
     }
 }
 
