@@ -186,7 +186,7 @@ pub enum ImageError {
     },
 }
 
-/// The two kernel formats veil loads.
+/// The kernel formats veil loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum KernelFormat {
@@ -195,6 +195,38 @@ pub enum KernelFormat {
     PvhElf,
     /// A bzImage: entered at its 64-bit entry with `boot_params` in `rsi`.
     BzImage,
+    /// A flat binary of 64-bit code, placed at `load` and entered there in long mode on
+    /// identity page tables, with the same `hvm_start_info` as a PVH kernel in `rbx`.
+    /// It has no magic number: it is only ever loaded when asked for.
+    Flat64 {
+        /// The guest-physical address of its first byte, and its entry point (4 KiB
+        /// aligned, below 4 GiB).
+        load: u64,
+    },
+}
+
+/// A flat 64-bit image: its bytes and where they go.
+#[derive(Debug, Clone)]
+pub struct FlatImage<'a> {
+    bytes: &'a [u8],
+    range: ByteRange,
+}
+
+impl<'a> FlatImage<'a> {
+    /// Its bytes.
+    pub fn bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Where it goes.
+    pub fn range(&self) -> ByteRange {
+        self.range
+    }
+
+    /// Its entry point: its first byte.
+    pub fn entry(&self) -> u64 {
+        self.range.start().0
+    }
 }
 
 /// A loadable ELF segment, checked to lie inside the file.
@@ -317,6 +349,8 @@ pub enum KernelImage<'a> {
     PvhElf(PvhElf<'a>),
     /// A bzImage.
     BzImage(BzImage<'a>),
+    /// A flat 64-bit binary.
+    Flat(FlatImage<'a>),
 }
 
 /// Copies a plain-data structure out of `bytes` at `offset`, or `None` if it does not fit.
@@ -354,6 +388,7 @@ impl<'a> KernelImage<'a> {
         match format {
             KernelFormat::PvhElf => Self::parse_elf(bytes),
             KernelFormat::BzImage => Self::parse_bzimage(bytes),
+            KernelFormat::Flat64 { load } => Self::parse_flat(bytes, load),
         }
     }
 
@@ -362,7 +397,31 @@ impl<'a> KernelImage<'a> {
         match self {
             KernelImage::PvhElf(_) => KernelFormat::PvhElf,
             KernelImage::BzImage(_) => KernelFormat::BzImage,
+            KernelImage::Flat(f) => KernelFormat::Flat64 {
+                load: f.range.start().0,
+            },
         }
+    }
+
+    /// Takes `bytes` as a flat 64-bit image at `load`: refused if it is empty, if `load`
+    /// is not 4 KiB aligned, or if the image does not end below 4 GiB (the identity page
+    /// tables' reach, and the start info's 32-bit fields').
+    pub fn parse_flat(bytes: &'a [u8], load: u64) -> Result<Self, ImageError> {
+        let field = |reason| ImageError::FieldOutOfRange {
+            field: "flat image load address",
+            value: load,
+            reason,
+        };
+        if bytes.is_empty() {
+            return Err(truncated("a flat image", 1, bytes));
+        }
+        if !load.is_multiple_of(crate::PAGE_SIZE) {
+            return Err(field("it is not 4 KiB aligned"));
+        }
+        let range = ByteRange::new(load, bytes.len() as u64)
+            .filter(|r| r.end() <= 1 << 32)
+            .ok_or(field("the image does not end below 4 GiB"))?;
+        Ok(KernelImage::Flat(FlatImage { bytes, range }))
     }
 
     /// Parses an ELF kernel with a PVH entry note.
@@ -620,6 +679,8 @@ impl<'a> KernelImage<'a> {
     /// bzImage goes; ELF segments go to their own addresses.
     pub fn cross_check(&self, load: GuestAddress) -> Result<(), ImageError> {
         match self {
+            // linux-loader has no reading of a flat image to compare with.
+            KernelImage::Flat(_) => Ok(()),
             KernelImage::PvhElf(elf) => {
                 // linux-loader copies p_filesz bytes of each segment with file bytes.
                 let ranges: Vec<ByteRange> = elf

@@ -187,6 +187,7 @@ impl Layout {
                 .iter()
                 .fold(0u64, |a, s| a.saturating_add(s.range.len())),
             KernelImage::BzImage(bz) => bz.memory_needed(),
+            KernelImage::Flat(f) => f.range().len(),
         };
         if kernel_size > total {
             return Err(larger("kernel", kernel_size));
@@ -200,24 +201,25 @@ impl Layout {
         // Pages already taken, page-rounded.
         let mut taken: Vec<ByteRange> = Vec::new();
         let mut kernel_placements = Vec::new();
-        if let KernelImage::PvhElf(elf) = image {
-            for s in elf.segments() {
-                if !ram.holds(&s.range) {
-                    return Err(LayoutError::OutsideRam {
-                        kind: ObjectKind::KernelSegment,
-                        range: s.range,
-                    });
-                }
-                taken.extend(s.range.page_aligned());
-                kernel_placements.push(Placement {
-                    kind: ObjectKind::KernelSegment,
-                    range: s.range,
-                });
+        let fixed: Vec<(ObjectKind, ByteRange)> = match image {
+            KernelImage::PvhElf(elf) => elf
+                .segments()
+                .iter()
+                .map(|s| (ObjectKind::KernelSegment, s.range))
+                .collect(),
+            KernelImage::Flat(f) => vec![(ObjectKind::Kernel, f.range())],
+            KernelImage::BzImage(_) => Vec::new(),
+        };
+        for (kind, range) in fixed {
+            if !ram.holds(&range) {
+                return Err(LayoutError::OutsideRam { kind, range });
             }
+            taken.extend(range.page_aligned());
+            kernel_placements.push(Placement { kind, range });
         }
 
         // Boot data: one block, objects page-aligned inside it.
-        let sixty_four = matches!(image, KernelImage::BzImage(_));
+        let sixty_four = matches!(image, KernelImage::BzImage(_) | KernelImage::Flat(_));
         let pages = |len: u64| len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pt_len = if sixty_four {
             PAGE_TABLE_PAGES * PAGE_SIZE
@@ -256,6 +258,7 @@ impl Layout {
         // The bzImage.
         let kernel_reserved = match image {
             KernelImage::PvhElf(elf) => elf.span(),
+            KernelImage::Flat(f) => f.range(),
             KernelImage::BzImage(bz) => {
                 let need = pages(bz.memory_needed());
                 let fits = |addr: u64| {
@@ -318,7 +321,7 @@ impl Layout {
                     KernelImage::BzImage(bz) => {
                         bz.initrd_addr_max().saturating_add(1).min(LOW_LIMIT)
                     }
-                    KernelImage::PvhElf(_) => LOW_LIMIT,
+                    KernelImage::PvhElf(_) | KernelImage::Flat(_) => LOW_LIMIT,
                 };
                 let addr = find_highest(ram, &taken, pages(len), PAGE_SIZE, limit).ok_or(
                     LayoutError::NoRoom {

@@ -22,8 +22,8 @@ use crate::measure::MeasurementLog;
 use crate::populate::{PageRun, PageType, Populate, PopulateError, PopulateWay, write_zeros};
 use crate::ram::{ByteRange, GuestRam};
 use crate::x86::{
-    BootDataError, identity_page_tables, linux_boot_params, linux64_entry, pvh_boot_data,
-    pvh_boot_data_size, pvh_entry,
+    BootDataError, flat64_entry, identity_page_tables, linux_boot_params, linux64_entry,
+    pvh_boot_data, pvh_boot_data_size, pvh_entry,
 };
 
 /// The longest PVH command line veil places, without its NUL: one page with the NUL.
@@ -71,6 +71,12 @@ impl<'a> BootSource<'a> {
     pub fn format(mut self, format: KernelFormat) -> Self {
         self.format = Some(format);
         self
+    }
+
+    /// A flat binary of 64-bit code to place at `load` and enter there in long mode
+    /// ([`KernelFormat::Flat64`]), with no initrd and an empty command line.
+    pub fn flat(code: &'a [u8], load: u64) -> Self {
+        BootSource::new(code).format(KernelFormat::Flat64 { load })
     }
 }
 
@@ -219,7 +225,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
     }
     let max = match &image {
         KernelImage::BzImage(bz) => bz.cmdline_max(),
-        KernelImage::PvhElf(_) => PVH_CMDLINE_MAX,
+        KernelImage::PvhElf(_) | KernelImage::Flat(_) => PVH_CMDLINE_MAX,
     };
     let len = source.cmdline.len() as u64;
     if len > max {
@@ -232,7 +238,9 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
     let initrd_len = source.initrd.map(|i| i.len() as u64).filter(|&n| n > 0);
     let boot_params_len = match &image {
         KernelImage::BzImage(_) => size_of::<boot_params>() as u64,
-        KernelImage::PvhElf(_) => pvh_boot_data_size(ram, initrd_len.is_some()),
+        KernelImage::PvhElf(_) | KernelImage::Flat(_) => {
+            pvh_boot_data_size(ram, initrd_len.is_some())
+        }
     };
     let layout = Layout::compute(
         &image,
@@ -243,6 +251,15 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
     )?;
     image.cross_check(GuestAddress(layout.kernel_load))?;
 
+    // PVH kernels and flat images get an `hvm_start_info`.
+    let start_info = || {
+        pvh_boot_data(
+            layout.boot_params.start().0,
+            layout.cmdline,
+            layout.initrd,
+            ram,
+        )
+    };
     let (boot_params, entry): (Vec<u8>, EntryRegisters) = match &image {
         KernelImage::BzImage(bz) => {
             let params =
@@ -256,20 +273,23 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             );
             (params.as_slice().to_vec(), entry)
         }
-        KernelImage::PvhElf(elf) => {
-            let data = pvh_boot_data(
-                layout.boot_params.start().0,
-                layout.cmdline,
-                layout.initrd,
-                ram,
-            );
-            let entry = pvh_entry(
+        KernelImage::PvhElf(elf) => (
+            start_info(),
+            pvh_entry(
                 elf.entry(),
                 layout.boot_params.start().0,
                 layout.gdt.start().0,
-            );
-            (data, entry)
-        }
+            ),
+        ),
+        KernelImage::Flat(f) => (
+            start_info(),
+            flat64_entry(
+                f.entry(),
+                layout.boot_params.start().0,
+                layout.page_tables.map(|r| r.start().0).unwrap_or_default(),
+                layout.gdt.start().0,
+            ),
+        ),
     };
 
     // Each object with its own range, in the order Layout::compute places them.
@@ -284,17 +304,8 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
                 page_type: PageType::Normal,
             })
             .collect(),
-        KernelImage::BzImage(bz) => layout
-            .placements
-            .iter()
-            .filter(|p| p.kind == ObjectKind::Kernel)
-            .map(|p| PlannedObject {
-                kind: p.kind,
-                range: p.range,
-                bytes: Cow::Borrowed(bz.payload()),
-                page_type: PageType::Normal,
-            })
-            .collect(),
+        KernelImage::BzImage(bz) => kernel_objects(&layout, bz.payload()),
+        KernelImage::Flat(f) => kernel_objects(&layout, f.bytes()),
     };
     let generated = [
         layout
@@ -362,6 +373,21 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         objects,
         log,
     })
+}
+
+/// The objects of the kernel placements of `layout`, all holding `bytes`.
+fn kernel_objects<'a>(layout: &Layout, bytes: &'a [u8]) -> Vec<PlannedObject<'a>> {
+    layout
+        .placements
+        .iter()
+        .filter(|p| p.kind == ObjectKind::Kernel)
+        .map(|p| PlannedObject {
+            kind: p.kind,
+            range: p.range,
+            bytes: Cow::Borrowed(bytes),
+            page_type: PageType::Normal,
+        })
+        .collect()
 }
 
 /// The measurement log of `source` for a guest with `ram`, computed without a VM. It is

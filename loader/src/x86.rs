@@ -48,6 +48,20 @@ pub fn linux64_entry(load: u64, zero_page: u64, page_tables: u64, gdt_base: u64)
     r
 }
 
+/// The entry of a flat 64-bit image: long mode at `entry` on the identity page tables at
+/// `page_tables`, `rbx` = the `hvm_start_info` at `start_info` (as for PVH), from
+/// [`BOOT_GDT`](veil_abi::x86_64::BOOT_GDT) at `gdt_base`. The image sets up its own stack.
+pub fn flat64_entry(
+    entry: u64,
+    start_info: u64,
+    page_tables: u64,
+    gdt_base: u64,
+) -> EntryRegisters {
+    let mut r = EntryRegisters::long_mode(entry, page_tables, gdt_base);
+    r.regs.rbx = start_info;
+    r
+}
+
 /// Page tables identity-mapping the first 4 GiB with 2 MiB pages, for a root at `base`
 /// (PML4 at `base`, PDPT at `base + 4 KiB`, page directories after it).
 pub fn identity_page_tables(base: u64) -> Vec<u8> {

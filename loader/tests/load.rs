@@ -11,8 +11,8 @@ use veil_loader::veil_abi::x86_64::{
     BOOT_CODE32, BOOT_CODE64, BOOT_DATA, BOOT_GDT, BOOT_TSS, CpuMode,
 };
 use veil_loader::{
-    BootSource, ByteRange, GuestRam, KernelFormat, KernelImage, LoadError, ObjectKind, PageType,
-    PopulateError, PopulateWay, SharedOnly, WriteThenConvert, load, measure, plan,
+    BootSource, ByteRange, GuestRam, ImageError, KernelFormat, KernelImage, LoadError, ObjectKind,
+    PageType, PopulateError, PopulateWay, SharedOnly, WriteThenConvert, load, measure, plan,
 };
 
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
@@ -519,4 +519,60 @@ fn loader_values_replace_the_images_ramdisk_fields() {
     .unwrap();
     let bp = read(&mem, loaded.layout.boot_params.start().0, 4096);
     assert_eq!((u32_at(&bp, 0x218), u32_at(&bp, 0x21c)), (0, 0));
+}
+
+#[test]
+fn flat_image_loads_at_its_address_with_a_start_info() {
+    let code: Vec<u8> = (0..5000u32).map(|i| (i * 13) as u8).collect();
+    let source = BootSource::flat(&code, 0x20_0000).cmdline("flat=1");
+    let mem = memory(RAM);
+    let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
+    let l = &loaded.layout;
+    assert_eq!(l.kernel_load, 0x20_0000);
+    assert_eq!(read(&mem, 0x20_0000, code.len()), code);
+    // Long mode at the first byte, on identity page tables, the start info in rbx.
+    let e = loaded.entry;
+    e.validate().unwrap();
+    assert_eq!(e.mode, CpuMode::Long64);
+    assert_eq!(e.regs.rip, 0x20_0000);
+    assert_eq!(e.regs.rbx, l.boot_params.start().0);
+    assert_eq!(e.cr3, l.page_tables.unwrap().start().0);
+    assert_eq!(e.code.selector, BOOT_CODE64);
+    let info = read(&mem, l.boot_params.start().0, 48);
+    assert_eq!(
+        u32::from_le_bytes(info[0..4].try_into().unwrap()),
+        PVH_START_MAGIC
+    );
+    let cmdline_at = u64::from_le_bytes(info[24..32].try_into().unwrap());
+    assert_eq!(read(&mem, cmdline_at, 7), b"flat=1\0");
+    use ObjectKind::*;
+    let kinds: Vec<ObjectKind> = l.placements.iter().map(|p| p.kind).collect();
+    assert_eq!(kinds, [Kernel, CommandLine, BootParams, PageTables, Gdt]);
+    // Measured like any kernel: the same log without a VM.
+    let ram = GuestRam::new(RAM).unwrap();
+    assert_eq!(measure(&source, &ram).unwrap(), loaded.log);
+}
+
+#[test]
+fn flat_images_that_cannot_be_placed_are_refused() {
+    let code = [0xf4u8]; // hlt
+    let ram = GuestRam::new(RAM).unwrap();
+    for (load, why) in [
+        (0x20_0800, "not 4 KiB aligned"),
+        (0xffff_f000, "beyond RAM"),
+        (0x1_0000_0000, "above 4 GiB"),
+    ] {
+        let err = plan(&BootSource::flat(&code, load), &ram).unwrap_err();
+        assert!(
+            matches!(err, LoadError::Image(_) | LoadError::Layout(_)),
+            "{why}: {err}"
+        );
+    }
+    assert!(matches!(
+        plan(&BootSource::flat(&[], 0x20_0000), &ram),
+        Err(LoadError::Image(ImageError::Truncated { .. }))
+    ));
+    // The boot data moves out of its way.
+    let low = plan(&BootSource::flat(&code, 0x1000), &ram).unwrap();
+    assert!(low.layout.gdt.start().0 >= 0x2000);
 }
