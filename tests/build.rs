@@ -21,6 +21,7 @@ const GUESTS: &[(&str, &str, u64)] = &[
     ("vmm_convert.S", "VMM_CONVERT", 0x18000),
     ("entry32.S", "ENTRY32", 0x1a000),
     ("entry64.S", "ENTRY64", 0x1c000),
+    ("pkvm_share.S", "PKVM_SHARE", 0x20_0000),
 ];
 
 fn run(cmd: &mut Command, what: &str) {

@@ -54,16 +54,39 @@ pub trait MemoryHandler: Send + Sync {
 
 /// Port and MMIO accesses the kernel did not handle.
 ///
-/// An `Err` from any method stops the VM with that error.
+/// An `Err` from any method stops the VM with that error. Every method refuses by
+/// default (a VM with no device there), so a handler implements only what it serves.
 pub trait IoHandler: Send + Sync {
     /// `in` from `port`: fill `data` (`size * count` bytes).
-    fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<(), BoxError>;
+    fn pio_read(&self, port: u16, data: &mut [u8]) -> Result<(), BoxError> {
+        Err(NoDevice::new(format!("port read of {} bytes at {port:#x}", data.len())).into())
+    }
     /// `out` to `port` of `data`.
-    fn pio_write(&self, port: u16, data: &[u8]) -> Result<(), BoxError>;
+    fn pio_write(&self, port: u16, data: &[u8]) -> Result<(), BoxError> {
+        Err(NoDevice::new(format!("port write of {} bytes at {port:#x}", data.len())).into())
+    }
     /// A read of `data.len()` (1 to 8) bytes at guest-physical `addr`: fill `data`.
-    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), BoxError>;
+    fn mmio_read(&self, addr: u64, data: &mut [u8]) -> Result<(), BoxError> {
+        Err(NoDevice::new(format!("MMIO read of {} bytes at {addr:#x}", data.len())).into())
+    }
     /// A write of `data` at guest-physical `addr`.
-    fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), BoxError>;
+    fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), BoxError> {
+        Err(NoDevice::new(format!("MMIO write of {} bytes at {addr:#x}", data.len())).into())
+    }
+}
+
+/// An access no device answers: what [`IoHandler`]'s default methods return.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no device serves the {access}")]
+pub struct NoDevice {
+    /// The access, in words.
+    pub access: String,
+}
+
+impl NoDevice {
+    fn new(access: String) -> Self {
+        NoDevice { access }
+    }
 }
 
 /// What to do when the guest accesses memory in the state it is not in

@@ -26,7 +26,7 @@ pub use exit::{
     Access, Exit, ExitData, ExitError, KvmExit, MemoryFault, MmioData, PioData, RunOutcome,
     SystemEventKind, decode, decode_kvm,
 };
-pub use handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler, RequestOutcome};
+pub use handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler, NoDevice, RequestOutcome};
 pub use hypercall::{
     AbiRequest, Hypercall, HypercallAbi, Hypercalls, MapGpaRangeAbi, Refusal, Transport, Unclaimed,
 };

@@ -14,3 +14,13 @@ pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
 pub use populate::LaunchPopulate;
 pub use report::caps_table;
 pub use vm::{Launched, Vm, VmBuilder, VmError};
+
+// The crates veil-vmm wires, re-exported so that one dependency is enough and users name
+// the same versions veil builds with.
+pub use kvm_bindings;
+pub use kvm_ioctls;
+pub use veil_abi;
+pub use veil_attrs;
+pub use veil_loader;
+pub use veil_memory;
+pub use veil_vcpu;

@@ -468,11 +468,31 @@ impl Vm {
     /// asks, and the launch finalised ([`Launch::finalize`]). Then [`run`](Self::run) the
     /// vCPUs.
     pub fn launch(&self, source: &BootSource<'_>, vcpus: u32) -> Result<Launched, VmError> {
-        let plan = self.plan(source)?;
+        self.launch_plan(&self.plan(source)?, vcpus)
+    }
+
+    /// [`launch`](Self::launch) of a plan made for this VM's RAM (`veil_loader::plan`),
+    /// which the caller may have changed first: a launch technology's page types for
+    /// some objects, say.
+    pub fn launch_plan(&self, plan: &BootPlan<'_>, vcpus: u32) -> Result<Launched, VmError> {
+        // Everything that can be refused is, before a vCPU exists (KVM cannot destroy one).
         plan.entry.validate().map_err(|e| VmError::Entry {
             id: 0,
             source: e.into(),
         })?;
+        let runs = plan.page_runs().map_err(VmError::Load)?;
+        if self.launch.populates() {
+            if let Some(run) = runs.iter().find(|r| !self.launch.accepts(r.page_type)) {
+                return Err(self.launch_error()(LaunchError::PageType {
+                    technology: self.launch.name(),
+                    page_type: run.page_type,
+                    range: run.range,
+                }));
+            }
+        } else {
+            veil_loader::check_plain(&runs, veil_loader::Populate::way(self.memory.as_ref()))
+                .map_err(|e| VmError::Load(e.into()))?;
+        }
         let mut created: Vec<Vcpu> = Vec::new();
         for id in 0..vcpus.max(1) {
             let vcpu = self.create_vcpu(u64::from(id))?;
@@ -482,7 +502,7 @@ impl Vm {
             created.push(vcpu);
         }
         let fds: Vec<&VcpuFd> = created.iter().map(Vcpu::fd).collect();
-        let loaded = self.place(&plan, &fds)?;
+        let loaded = self.place(plan, &fds)?;
         let shared = if self.private_at_launch {
             self.make_ram_private(&loaded)?
         } else {
