@@ -26,6 +26,7 @@ use crate::image::KernelImage;
 use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
 use veil_abi::x86_64::BOOT_GDT_LIMIT;
 
+use crate::measure::ObjectKind;
 use crate::x86::PAGE_TABLE_PAGES;
 
 /// Size of the GDT in bytes.
@@ -38,46 +39,6 @@ pub const KERNEL_MIN_ADDR: u64 = 0x10_0000;
 /// Boot data, the initrd and a bzImage stay below 4 GiB: PVH starts with paging off and
 /// the boot protocol's 32-bit fields are the ones every kernel reads.
 pub const LOW_LIMIT: u64 = 1 << 32;
-
-/// What an object of the boot image is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ObjectKind {
-    /// The whole kernel file. Measured, never placed: it makes the bytes no placement
-    /// covers (a bzImage's real-mode setup code, an ELF's headers) count too.
-    KernelImage,
-    /// One loadable segment of an ELF kernel.
-    KernelSegment,
-    /// A bzImage's protected-mode kernel.
-    Kernel,
-    /// The initial ramdisk.
-    Initrd,
-    /// The kernel command line, with its terminating NUL.
-    CommandLine,
-    /// The boot parameters: Linux's zero page, or PVH's `hvm_start_info` with its module
-    /// list and memory map.
-    BootParams,
-    /// Identity-mapped page tables for a 64-bit entry.
-    PageTables,
-    /// The global descriptor table.
-    Gdt,
-}
-
-impl ObjectKind {
-    /// The kind's name as it appears in the measurement log.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ObjectKind::KernelImage => "kernel-image",
-            ObjectKind::KernelSegment => "kernel-segment",
-            ObjectKind::Kernel => "kernel",
-            ObjectKind::Initrd => "initrd",
-            ObjectKind::CommandLine => "command-line",
-            ObjectKind::BootParams => "boot-params",
-            ObjectKind::PageTables => "page-tables",
-            ObjectKind::Gdt => "gdt",
-        }
-    }
-}
 
 /// One object's place in guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

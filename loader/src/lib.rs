@@ -4,25 +4,35 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+// The boot protocols veil loads (PVH, the Linux x86 boot protocol, flat 64-bit code) are
+// x86-64's; what follows them (populating, page types, RAM, measurement) is not.
+#[cfg(target_arch = "x86_64")]
 mod image;
+#[cfg(target_arch = "x86_64")]
 mod layout;
+#[cfg(target_arch = "x86_64")]
 mod load;
 mod measure;
 mod populate;
 mod ram;
 #[cfg(feature = "veil-memory")]
 mod veil_memory;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(target_arch = "x86_64")]
 pub use image::{
-    BzImage, ElfSegment, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL, PvhElf,
+    BzImage, ElfSegment, FlatImage, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL,
+    PvhElf,
 };
-pub use layout::{Layout, LayoutError, ObjectKind, Placement, merge_pages};
+#[cfg(target_arch = "x86_64")]
+pub use layout::{Layout, LayoutError, Placement, merge_pages};
+#[cfg(target_arch = "x86_64")]
 pub use load::{
     BootPlan, BootSource, LoadError, Loaded, PVH_CMDLINE_MAX, PlannedObject, Populated, load,
     measure, plan,
 };
-pub use measure::{Digest, LOG_VERSION, MeasuredObject, MeasurementLog, extend};
+pub use measure::{Digest, LOG_VERSION, MeasuredObject, MeasurementLog, ObjectKind, extend};
 pub use populate::{
     BoxError, ConvertPrivate, PageRun, PageType, Populate, PopulateError, PopulateWay, SharedOnly,
     WriteThenConvert, check_plain, check_writable, ram_of, ranges_of, write_zeros,
@@ -31,7 +41,8 @@ pub use ram::{ByteRange, GuestRam, PAGE_SIZE, RamError};
 #[cfg(feature = "veil-memory")]
 pub use veil_memory::populate_way;
 
-/// x86 boot data: GDT, page tables, boot parameters and the vCPU entry state.
+/// x86 boot data: page tables, boot parameters and the vCPU entry state.
+#[cfg(target_arch = "x86_64")]
 pub mod boot {
     pub use crate::x86::*;
 }

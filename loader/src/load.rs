@@ -17,8 +17,9 @@ use veil_abi::x86_64::{EntryRegisters, boot_gdt_bytes};
 use vm_memory::{ByteValued, GuestAddress};
 
 use crate::image::{ImageError, KernelFormat, KernelImage};
-use crate::layout::{Layout, LayoutError, ObjectKind};
+use crate::layout::{Layout, LayoutError};
 use crate::measure::MeasurementLog;
+use crate::measure::ObjectKind;
 use crate::populate::{PageRun, PageType, Populate, PopulateError, PopulateWay, write_zeros};
 use crate::ram::{ByteRange, GuestRam};
 use crate::x86::{

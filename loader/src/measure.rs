@@ -25,7 +25,45 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
-use crate::layout::ObjectKind;
+/// What an object of the boot image is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ObjectKind {
+    /// The whole kernel file. Measured, never placed: it makes the bytes no placement
+    /// covers (a bzImage's real-mode setup code, an ELF's headers) count too.
+    KernelImage,
+    /// One loadable segment of an ELF kernel.
+    KernelSegment,
+    /// A bzImage's protected-mode kernel.
+    Kernel,
+    /// The initial ramdisk.
+    Initrd,
+    /// The kernel command line, with its terminating NUL.
+    CommandLine,
+    /// The boot parameters: Linux's zero page, or PVH's `hvm_start_info` with its module
+    /// list and memory map.
+    BootParams,
+    /// Identity-mapped page tables for a 64-bit entry.
+    PageTables,
+    /// The global descriptor table.
+    Gdt,
+}
+
+impl ObjectKind {
+    /// The kind's name as it appears in the measurement log.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ObjectKind::KernelImage => "kernel-image",
+            ObjectKind::KernelSegment => "kernel-segment",
+            ObjectKind::Kernel => "kernel",
+            ObjectKind::Initrd => "initrd",
+            ObjectKind::CommandLine => "command-line",
+            ObjectKind::BootParams => "boot-params",
+            ObjectKind::PageTables => "page-tables",
+            ObjectKind::Gdt => "gdt",
+        }
+    }
+}
 
 /// Version of the log's format and digest rule, recorded in the JSON.
 pub const LOG_VERSION: u32 = 1;

@@ -47,37 +47,3 @@ pub const MAP_GPA_RANGE_RESERVED_MASK: u64 =
 /// word. 0x5e lies in the 0x44-0x5f block that PC chipsets leave unassigned (the PIT
 /// decodes 0x40-0x43; Super I/O configuration sits at 0x2e/0x2f or 0x4e/0x4f).
 pub const HYPERCALL_PORT: u16 = 0x5e;
-
-/// Architectural MSR indices used for the boot MSRs.
-///
-/// Source: `arch/x86/include/asm/msr-index.h`.
-pub mod msr {
-    /// `MSR_IA32_SYSENTER_CS`.
-    pub const IA32_SYSENTER_CS: u32 = 0x174;
-    /// `MSR_IA32_SYSENTER_ESP`.
-    pub const IA32_SYSENTER_ESP: u32 = 0x175;
-    /// `MSR_IA32_SYSENTER_EIP`.
-    pub const IA32_SYSENTER_EIP: u32 = 0x176;
-    /// `MSR_IA32_TSC`.
-    pub const IA32_TSC: u32 = 0x10;
-    /// `MSR_IA32_MISC_ENABLE`.
-    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
-    /// `MSR_IA32_MISC_ENABLE_FAST_STRING` (bit 0 of `MSR_IA32_MISC_ENABLE`).
-    pub const IA32_MISC_ENABLE_FAST_STRING: u64 = 1 << 0;
-    /// `MSR_MTRRdefType`.
-    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
-    /// `MTRR_DEF_TYPE_E` (bit 11 of `MSR_MTRRdefType`): MTRRs enabled.
-    pub const MTRR_DEF_TYPE_ENABLE: u64 = 1 << 11;
-    /// `MTRR_TYPE_WRBACK`: write-back memory type.
-    pub const MTRR_TYPE_WRBACK: u64 = 6;
-    /// `MSR_STAR`.
-    pub const STAR: u32 = 0xc000_0081;
-    /// `MSR_LSTAR`.
-    pub const LSTAR: u32 = 0xc000_0082;
-    /// `MSR_CSTAR`.
-    pub const CSTAR: u32 = 0xc000_0083;
-    /// `MSR_SYSCALL_MASK`.
-    pub const SYSCALL_MASK: u32 = 0xc000_0084;
-    /// `MSR_KERNEL_GS_BASE`.
-    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
-}

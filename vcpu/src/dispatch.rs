@@ -69,6 +69,9 @@ pub enum RunError {
         #[source]
         source: BoxError,
     },
+    /// A port-I/O hypercall on an architecture without port I/O.
+    #[error("the port-I/O hypercall exists on x86-64 only")]
+    NoPortTransport,
     /// A backend's hook failed on an exit reason veil does not decode.
     #[error("the hook for exit reason {reason} failed")]
     UnknownExit {

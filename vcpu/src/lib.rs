@@ -9,16 +9,18 @@ mod dispatch;
 mod exit;
 mod handler;
 mod hypercall;
+mod port;
 mod ratelimit;
 mod request;
 mod runner;
 mod stats;
+#[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 
 pub use abi::{
     HYPERCALL_PORT, KVM_EXIT_HYPERCALL_LONG_MODE, KVM_HC_MAP_GPA_RANGE,
     KVM_MAP_GPA_RANGE_ENCRYPTED, KVM_MAP_GPA_RANGE_PAGE_SZ_1G, KVM_MAP_GPA_RANGE_PAGE_SZ_2M,
-    KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK, MAP_GPA_RANGE_RESERVED_MASK, msr,
+    KVM_MAP_GPA_RANGE_PAGE_SZ_4K, MAP_GPA_RANGE_PAGE_SIZE_MASK, MAP_GPA_RANGE_RESERVED_MASK,
 };
 pub use caps::{CapError, enable_conversion_exits};
 pub use dispatch::{IoAccess, RunError};
@@ -30,11 +32,15 @@ pub use handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler, NoDevice, Req
 pub use hypercall::{
     AbiRequest, Hypercall, HypercallAbi, Hypercalls, MapGpaRangeAbi, Refusal, Transport, Unclaimed,
 };
+#[cfg(target_arch = "x86_64")]
+pub use port::port_hypercall;
 pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
 };
 pub use runner::{
     ExitRouting, KICK_SIGNAL_OFFSET, RunnerError, StopReason, UnknownExitHandler, Vcpu, VcpuEnd,
-    VcpuReport, VcpuSet, VmReport, port_hypercall,
+    VcpuReport, VcpuSet, VmReport,
 };
 pub use stats::{ExitKind, ExitStats};
+#[cfg(target_arch = "x86_64")]
+pub use x86_64::msr;

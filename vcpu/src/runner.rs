@@ -15,17 +15,17 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
 
-use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
+use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
-use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
+use crate::dispatch::{Dispatcher, Next, PioWindow, RunError, WriteBack};
 use crate::exit::{ExitData, ExitError, KvmExit, SystemEventKind, decode_kvm};
 use crate::handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler};
-use crate::hypercall::{Hypercall, Hypercalls, Transport};
+use crate::hypercall::Hypercalls;
+use crate::port::{PortRegisters, SavedRegisters};
 use crate::ratelimit::RateLimiter;
 use crate::stats::{ExitCounters, ExitKind, ExitStats};
-use veil_abi::x86_64::EFER_LMA;
 
 /// The kick signal is `SIGRTMIN() + KICK_SIGNAL_OFFSET`.
 ///
@@ -328,18 +328,6 @@ impl Drop for ImmediateExit {
     }
 }
 
-/// A port-I/O hypercall, from the registers at the `out`: `rax` = number, `rbx`, `rcx`,
-/// `rdx`, `rsi` = the first four arguments (for MAP_GPA_RANGE: gpa, pages, attributes),
-/// 64-bit when `EFER.LMA` and `CS.L`.
-pub fn port_hypercall(regs: &kvm_regs, sregs: &kvm_sregs) -> Hypercall {
-    Hypercall {
-        nr: regs.rax,
-        args: [regs.rbx, regs.rcx, regs.rdx, regs.rsi, 0, 0],
-        long_mode: sregs.efer & EFER_LMA != 0 && sregs.cs.l != 0,
-        transport: Transport::Port,
-    }
-}
-
 /// What a VM's vCPUs route exits to besides the memory and I/O handlers: the hypercall
 /// ABIs, and a hook for exit reasons veil does not decode.
 ///
@@ -385,27 +373,6 @@ fn unknown_exit(
     }
 }
 
-struct Registers<'a> {
-    fd: &'a VcpuFd,
-    regs: Option<kvm_regs>,
-}
-
-impl HypercallRegisters for Registers<'_> {
-    fn port_hypercall(&mut self) -> Result<Hypercall, RunError> {
-        let regs = self.fd.get_regs().map_err(|source| RunError::Kvm {
-            op: "KVM_GET_REGS",
-            source,
-        })?;
-        let sregs = self.fd.get_sregs().map_err(|source| RunError::Kvm {
-            op: "KVM_GET_SREGS",
-            source,
-        })?;
-        self.regs = Some(regs);
-        Ok(port_hypercall(&regs, &sregs))
-    }
-}
-
-/// Runs `vcpu` until it halts, the VM ends, or a stop is requested.
 /// What one vCPU thread works with.
 struct Handlers<'a, M: ?Sized, I: ?Sized> {
     memory: &'a M,
@@ -414,6 +381,7 @@ struct Handlers<'a, M: ?Sized, I: ?Sized> {
     policy: FaultPolicy,
 }
 
+/// Runs `vcpu` until it halts, the VM ends, or a stop is requested.
 fn run_loop<M, I>(
     vcpu: &mut Vcpu,
     index: usize,
@@ -488,15 +456,12 @@ where
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(start, vcpu.map_len.saturating_sub(base)) };
         let mut pio = PioWindow { base, bytes };
-        let mut regs = Registers {
-            fd: &vcpu.fd,
-            regs: None,
-        };
+        let mut regs = PortRegisters::new(&vcpu.fd);
         let handled = dispatcher.handle(exit, &mut pio, &mut regs);
-        let saved_regs = regs.regs;
+        let regs = regs.into_saved();
 
         if let Some(write) = handled.write
-            && let Err(e) = write_back(vcpu, write, saved_regs)
+            && let Err(e) = write_back(vcpu, write, regs)
         {
             return VcpuEnd::Failed(Arc::new(e));
         }
@@ -530,25 +495,11 @@ fn write_run(run: &mut kvm_run, write: WriteBack) -> Option<u64> {
     None
 }
 
-fn write_back(vcpu: &mut Vcpu, write: WriteBack, regs: Option<kvm_regs>) -> Result<(), RunError> {
+fn write_back(vcpu: &mut Vcpu, write: WriteBack, regs: SavedRegisters) -> Result<(), RunError> {
     match write_run(vcpu.fd.get_kvm_run(), write) {
-        None => {}
-        Some(rax) => {
-            // The registers were read to decode the request, so they are there.
-            let Some(mut regs) = regs else {
-                return Err(RunError::Kvm {
-                    op: "KVM_GET_REGS",
-                    source: vmm_sys_util::errno::Error::new(libc::EINVAL),
-                });
-            };
-            regs.rax = rax;
-            vcpu.fd.set_regs(&regs).map_err(|source| RunError::Kvm {
-                op: "KVM_SET_REGS",
-                source,
-            })?;
-        }
+        None => Ok(()),
+        Some(rax) => regs.set_result(&vcpu.fd, rax),
     }
-    Ok(())
 }
 
 /// Waits while the VM is paused.
@@ -831,31 +782,6 @@ impl Drop for VcpuSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn port_hypercall_registers() {
-        let regs = kvm_regs {
-            rax: 12,
-            rbx: 0x1000,
-            rcx: 3,
-            rdx: 0x10,
-            rsi: 7,
-            rdi: 9,
-            ..Default::default()
-        };
-        let mut sregs = kvm_sregs::default();
-        let a = port_hypercall(&regs, &sregs);
-        assert_eq!((a.nr, a.args), (12, [0x1000, 3, 0x10, 7, 0, 0]));
-        assert_eq!(a.transport, Transport::Port);
-        assert!(!a.long_mode, "real mode");
-        sregs.efer = EFER_LMA;
-        assert!(
-            !port_hypercall(&regs, &sregs).long_mode,
-            "compatibility mode"
-        );
-        sregs.cs.l = 1;
-        assert!(port_hypercall(&regs, &sregs).long_mode);
-    }
 
     /// A hook that handles reason 40 and declines the rest, or fails on everything.
     struct Hook(bool);

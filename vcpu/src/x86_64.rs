@@ -23,8 +23,6 @@ pub use veil_abi::x86_64::{
     boot_gdt_bytes, boot_segment, gdt_entry, segment_from_gdt,
 };
 
-use crate::abi::msr;
-
 /// CPUID leaf 1 ECX bit 31: running under a hypervisor.
 const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
 /// `KVM_CPUID_SIGNATURE` and `KVM_CPUID_FEATURES`. Source:
@@ -33,6 +31,40 @@ const KVM_CPUID_SIGNATURE: u32 = 0x4000_0000;
 const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 /// "KVMKVMKVM\0\0\0" as EBX, ECX, EDX.
 const KVM_SIGNATURE: [u32; 3] = [0x4b4d_564b, 0x564b_4d56, 0x0000_004d];
+
+/// Architectural MSR indices used for the boot MSRs.
+///
+/// Source: `arch/x86/include/asm/msr-index.h`.
+pub mod msr {
+    /// `MSR_IA32_SYSENTER_CS`.
+    pub const IA32_SYSENTER_CS: u32 = 0x174;
+    /// `MSR_IA32_SYSENTER_ESP`.
+    pub const IA32_SYSENTER_ESP: u32 = 0x175;
+    /// `MSR_IA32_SYSENTER_EIP`.
+    pub const IA32_SYSENTER_EIP: u32 = 0x176;
+    /// `MSR_IA32_TSC`.
+    pub const IA32_TSC: u32 = 0x10;
+    /// `MSR_IA32_MISC_ENABLE`.
+    pub const IA32_MISC_ENABLE: u32 = 0x1a0;
+    /// `MSR_IA32_MISC_ENABLE_FAST_STRING` (bit 0 of `MSR_IA32_MISC_ENABLE`).
+    pub const IA32_MISC_ENABLE_FAST_STRING: u64 = 1 << 0;
+    /// `MSR_MTRRdefType`.
+    pub const MTRR_DEF_TYPE: u32 = 0x2ff;
+    /// `MTRR_DEF_TYPE_E` (bit 11 of `MSR_MTRRdefType`): MTRRs enabled.
+    pub const MTRR_DEF_TYPE_ENABLE: u64 = 1 << 11;
+    /// `MTRR_TYPE_WRBACK`: write-back memory type.
+    pub const MTRR_TYPE_WRBACK: u64 = 6;
+    /// `MSR_STAR`.
+    pub const STAR: u32 = 0xc000_0081;
+    /// `MSR_LSTAR`.
+    pub const LSTAR: u32 = 0xc000_0082;
+    /// `MSR_CSTAR`.
+    pub const CSTAR: u32 = 0xc000_0083;
+    /// `MSR_SYSCALL_MASK`.
+    pub const SYSCALL_MASK: u32 = 0xc000_0084;
+    /// `MSR_KERNEL_GS_BASE`.
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+}
 
 /// Errors setting up a vCPU.
 #[derive(Debug, thiserror::Error)]

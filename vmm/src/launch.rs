@@ -15,9 +15,9 @@
 use std::fmt;
 
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use veil_abi::arch::EntryRegisters;
 use veil_loader::{ByteRange, PageType};
 use veil_memory::HostSafeMemory;
-use veil_vcpu::x86_64::{EntryRegisters, setup_cpu, setup_entry};
 use veil_vcpu::{BoxError, ExitRouting};
 
 /// The VM and what has been made of it so far, as a [`Launch`] hook sees it.
@@ -191,16 +191,30 @@ pub fn plain_setup(
     id: u32,
     entry: Option<&EntryRegisters>,
 ) -> Result<(), LaunchError> {
-    let step = |step| {
-        move |source: veil_vcpu::x86_64::X86Error| LaunchError::Step {
-            technology,
-            step,
-            source: Box::new(source),
+    #[cfg(target_arch = "x86_64")]
+    {
+        use veil_vcpu::x86_64::{X86Error, setup_cpu, setup_entry};
+        let step = |step| {
+            move |source: X86Error| LaunchError::Step {
+                technology,
+                step,
+                source: Box::new(source),
+            }
+        };
+        match entry {
+            Some(entry) => {
+                setup_entry(kvm, vcpu, id, entry).map_err(step("setting up the boot vCPU"))
+            }
+            None => setup_cpu(kvm, vcpu, id).map_err(step("setting up a vCPU")),
         }
-    };
-    match entry {
-        Some(entry) => setup_entry(kvm, vcpu, id, entry).map_err(step("setting up the boot vCPU")),
-        None => setup_cpu(kvm, vcpu, id).map_err(step("setting up a vCPU")),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (kvm, vcpu, id, entry);
+        Err(LaunchError::Unsupported {
+            technology,
+            missing: "veil's vCPU setup for this architecture".into(),
+        })
     }
 }
 

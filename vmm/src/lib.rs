@@ -3,17 +3,21 @@
 
 #![doc = include_str!("../README.md")]
 
+#[cfg(target_arch = "x86_64")]
+mod boot;
 mod exits;
 pub mod launch;
 mod populate;
 mod report;
 mod vm;
 
+#[cfg(target_arch = "x86_64")]
+pub use boot::Launched;
 pub use exits::{MemoryExitError, MemoryExits, answer_request};
 pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
 pub use populate::LaunchPopulate;
 pub use report::caps_table;
-pub use vm::{Launched, Vm, VmBuilder, VmError};
+pub use vm::{Vm, VmBuilder, VmError};
 
 // The crates veil-vmm wires, re-exported so that one dependency is enough and users name
 // the same versions veil builds with.
