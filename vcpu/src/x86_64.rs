@@ -277,7 +277,7 @@ pub fn setup_long_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvm_bindings::{kvm_dtable, kvm_regs, kvm_segment};
+    use kvm_bindings::kvm_segment;
     use veil_abi::x86_64::{CR0_ET, CR0_NE, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 
     fn entry() -> LongModeEntry {
@@ -313,37 +313,11 @@ mod tests {
         assert_eq!(s.apic_base, 0xfee0_0900, "fields KVM filled in are kept");
     }
 
-    /// A PVH-style entry: flat 32-bit code 0x08, data 0x10, a busy 32-bit TSS 0x18 with
-    /// limit 0x67, paging off.
+    /// A PVH-style entry: 32-bit protected mode on the boot GDT, paging off.
     fn protected32() -> EntryRegisters {
-        let gdt = [
-            0,
-            gdt_entry(0xc09b, 0, 0xfffff),
-            gdt_entry(0xc093, 0, 0xfffff),
-            gdt_entry(0x008b, 0, 0x67),
-        ];
-        EntryRegisters {
-            mode: CpuMode::Protected32,
-            regs: kvm_regs {
-                rip: 0x10_0000,
-                rbx: 0x6000,
-                rflags: 2,
-                ..Default::default()
-            },
-            cr0: CR0_PE | CR0_ET,
-            cr3: 0,
-            cr4: 0,
-            efer: 0,
-            gdt: kvm_dtable {
-                base: 0x500,
-                limit: 31,
-                ..Default::default()
-            },
-            idt: kvm_dtable::default(),
-            code: segment_from_gdt(gdt[1], 0x08),
-            data: segment_from_gdt(gdt[2], 0x10),
-            tss: segment_from_gdt(gdt[3], 0x18),
-        }
+        let mut e = EntryRegisters::protected32(0x10_0000, 0x500);
+        e.regs.rbx = 0x6000;
+        e
     }
 
     #[test]
