@@ -142,9 +142,18 @@ impl ConvertError {
     }
 }
 
-/// System calls issued by conversions so far, by kind.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What conversions have done so far: how many changed something, the pages they moved
+/// each way, and the system calls they issued, by kind.
+///
+/// `Display` gives one line, as a VMM logs it at exit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ConversionStats {
+    /// Conversions that changed the state of at least one page.
+    pub conversions: u64,
+    /// Pages made private.
+    pub pages_to_private: u64,
+    /// Pages made shared.
+    pub pages_to_shared: u64,
     /// `KVM_SET_MEMORY_ATTRIBUTES` calls.
     pub set_memory_attributes: u64,
     /// `mprotect` calls on the host view.
@@ -154,14 +163,17 @@ pub struct ConversionStats {
 }
 
 impl ConversionStats {
-    /// All calls.
+    /// All system calls.
     pub fn total(&self) -> u64 {
         self.set_memory_attributes + self.protections + self.discards
     }
 
-    /// The calls made since `earlier`.
+    /// What happened since `earlier`.
     pub fn since(&self, earlier: &ConversionStats) -> ConversionStats {
         ConversionStats {
+            conversions: self.conversions - earlier.conversions,
+            pages_to_private: self.pages_to_private - earlier.pages_to_private,
+            pages_to_shared: self.pages_to_shared - earlier.pages_to_shared,
             set_memory_attributes: self.set_memory_attributes - earlier.set_memory_attributes,
             protections: self.protections - earlier.protections,
             discards: self.discards - earlier.discards,
@@ -169,8 +181,28 @@ impl ConversionStats {
     }
 }
 
+impl std::fmt::Display for ConversionStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} conversions, {} pages to private, {} to shared; {} system calls \
+             ({} KVM_SET_MEMORY_ATTRIBUTES, {} mprotect, {} discard)",
+            self.conversions,
+            self.pages_to_private,
+            self.pages_to_shared,
+            self.total(),
+            self.set_memory_attributes,
+            self.protections,
+            self.discards
+        )
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
+    conversions: AtomicU64,
+    pages_to_private: AtomicU64,
+    pages_to_shared: AtomicU64,
     set_memory_attributes: AtomicU64,
     protections: AtomicU64,
     discards: AtomicU64,
@@ -188,8 +220,25 @@ impl Counters {
             StepKind::Protect { .. } => &self.protections,
             StepKind::Discard(_) => &self.discards,
         };
-        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        add(counter, 1);
     }
+
+    /// Counts a conversion to `to` that moved `pages` pages across (the same writer rule
+    /// as [`bump`](Self::bump)).
+    fn converted(&self, pages: u64, to: Attributes, _writer: &AttrMapWriter<'_>) {
+        add(&self.conversions, 1);
+        let side = if to.is_private() {
+            &self.pages_to_private
+        } else {
+            &self.pages_to_shared
+        };
+        add(side, pages);
+    }
+}
+
+/// Adds to a counter only one thread writes at a time.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 /// The subscribed listeners.
@@ -261,9 +310,13 @@ impl HostSafeMemory {
         list.len() != before
     }
 
-    /// The system calls conversions have issued so far.
+    /// What conversions have done so far: pages each way and system calls.
     pub fn stats(&self) -> ConversionStats {
+        let s = &self.stats;
         ConversionStats {
+            conversions: s.conversions.load(Ordering::Relaxed),
+            pages_to_private: s.pages_to_private.load(Ordering::Relaxed),
+            pages_to_shared: s.pages_to_shared.load(Ordering::Relaxed),
             set_memory_attributes: self.stats.set_memory_attributes.load(Ordering::Relaxed),
             protections: self.stats.protections.load(Ordering::Relaxed),
             discards: self.stats.discards.load(Ordering::Relaxed),
@@ -347,6 +400,12 @@ impl HostSafeMemory {
                 restore(map, &changes);
                 return Err(e);
             }
+            let crossed = changes
+                .iter()
+                .filter(|c| c.old.attributes.is_private() != to.is_private())
+                .map(|c| c.range.pages())
+                .sum();
+            self.stats.converted(crossed, to, map);
             let conversion = Conversion {
                 pages_changed: changes.iter().map(|c| c.range.pages()).sum(),
                 bytes_discarded: plan.bytes_discarded,

@@ -330,6 +330,33 @@ fn discard_zeroes_converted_pages_only_and_preserve_keeps() {
 }
 
 #[test]
+fn stats_count_pages_each_way_and_read_as_one_line() {
+    let mem = emulated();
+    // Four pages to private, two of them back, then all four (only two cross again).
+    mem.convert(fr(0x100, 4), PRIVATE).unwrap();
+    mem.convert(fr(0x101, 2), SHARED).unwrap();
+    mem.convert(fr(0x100, 4), PRIVATE).unwrap();
+    let s = mem.stats();
+    assert_eq!(
+        (s.conversions, s.pages_to_private, s.pages_to_shared),
+        (3, 6, 2)
+    );
+    assert_eq!(s.total(), s.protections + s.discards);
+    assert_eq!(
+        s.to_string(),
+        format!(
+            "3 conversions, 6 pages to private, 2 to shared; {} system calls \
+             (0 KVM_SET_MEMORY_ATTRIBUTES, {} mprotect, {} discard)",
+            s.total(),
+            s.protections,
+            s.discards
+        )
+    );
+    let json = serde_json::to_value(s).unwrap();
+    assert_eq!(json["pages_to_private"], 6);
+}
+
+#[test]
 fn converting_to_the_current_state_costs_nothing() {
     let mem = emulated();
     let before = mem.stats();
@@ -479,6 +506,9 @@ fn attributes_flavor_sets_kvm_attributes_then_discards() {
     assert_eq!(
         mem.stats(),
         ConversionStats {
+            conversions: 1,
+            pages_to_private: 2,
+            pages_to_shared: 0,
             set_memory_attributes: 1,
             protections: 0,
             discards: 1
@@ -562,6 +592,9 @@ fn attributes_flavor_retaining_discards_nothing() {
     assert_eq!(
         mem.stats(),
         ConversionStats {
+            conversions: 2,
+            pages_to_private: 2,
+            pages_to_shared: 2,
             set_memory_attributes: 2,
             protections: 0,
             discards: 0
