@@ -68,12 +68,14 @@ pub fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// Waits for the VM to end by itself; stops it and fails the test if it has not after
 /// `limit` (a guest that runs away must not hang the test suite).
 pub fn wait_for_end(set: VcpuSet, limit: Duration) -> VmReport {
-    if !eventually(limit, || set.is_finished()) {
-        set.stop();
-        let report = set.wait();
-        panic!("the guest did not finish within {limit:?}: {report:#?}");
+    match set.wait_timeout(limit) {
+        Ok(report) => report,
+        Err(set) => {
+            set.stop();
+            let report = set.wait();
+            panic!("the guest did not finish within {limit:?}: {report:#?}");
+        }
     }
-    set.wait()
 }
 
 /// Boot data for the 64-bit test guests: page tables that identity-map the first 1 GiB

@@ -55,11 +55,20 @@ fn two_vcpus_paused_resumed_and_stopped_from_another_thread() {
         );
     }
 
+    // Spinning guests never end by themselves: a bounded wait hands the set back.
+    let started = std::time::Instant::now();
+    let set = set
+        .wait_timeout(Duration::from_millis(200))
+        .expect_err("spinning vCPUs are still running");
+    assert!(started.elapsed() >= Duration::from_millis(200));
     let controller = std::thread::spawn(move || {
         set.stop();
-        set.wait()
+        set.wait_timeout(LIMIT)
     });
-    let report = controller.join().unwrap();
+    let report = controller
+        .join()
+        .unwrap()
+        .expect("a stopped set ends within the limit");
     assert!(
         matches!(report.reason, StopReason::Requested),
         "{:?}",

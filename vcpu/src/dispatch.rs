@@ -301,6 +301,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
 
     /// Logs a refused hypercall, at a limited rate.
     fn refused(&mut self, call: &Hypercall, abi: &str, why: &dyn std::error::Error) {
+        self.counters.count_refused();
         if let Some(suppressed) = self.log_limit.check(Instant::now()) {
             log::warn!(
                 "vcpu {}: refused hypercall {:#x} ({abi}; arguments {:#x}, {:#x}, {:#x}, \
@@ -639,6 +640,7 @@ pub(crate) mod tests {
             assert!(matches!(h.next, Next::Continue), "{a:x?}");
         }
         assert_nothing_changed(&f);
+        assert_eq!(f.counters.snapshot().refused(), BAD.len() as u64);
     }
 
     #[test]
@@ -668,6 +670,7 @@ pub(crate) mod tests {
         run.__bindgen_anon_1.hypercall.nr = 5;
         assert_eq!(ret(&f.turn(&run, FaultPolicy::ConvertImplicitly)), 22);
         assert_eq!(f.memory.calls(), 0);
+        assert_eq!(f.counters.snapshot().refused(), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
@@ -750,6 +751,30 @@ impl VcpuSet {
             .clone()
             .unwrap_or(StopReason::AllHalted);
         VmReport { reason, vcpus }
+    }
+
+    /// [`wait`](Self::wait), for at most `timeout`: the set comes back as the error if a
+    /// vCPU thread is still running then, to [`stop`](Self::stop) and wait for, or to
+    /// wait on. A VMM that must not hang on a guest that never halts uses this.
+    pub fn wait_timeout(self, timeout: Duration) -> Result<VmReport, VcpuSet> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut inner = self.control.lock();
+        while inner.active > 0 {
+            let left = match deadline {
+                Some(deadline) => deadline.saturating_duration_since(Instant::now()),
+                None => Duration::MAX,
+            };
+            if left.is_zero() {
+                drop(inner);
+                return Err(self);
+            }
+            inner = match self.control.changed.wait_timeout(inner, left) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        drop(inner);
+        Ok(self.wait())
     }
 
     fn join_all(&mut self) -> Vec<VcpuReport> {

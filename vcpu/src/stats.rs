@@ -117,6 +117,7 @@ const KINDS: usize = ExitKind::ALL.len();
 pub(crate) struct ExitCounters {
     counts: [AtomicU64; KINDS],
     handler_nanos: [AtomicU64; KINDS],
+    refused: AtomicU64,
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
@@ -139,9 +140,18 @@ impl ExitCounters {
         bump(&self.handler_nanos[kind.index()], nanos);
     }
 
+    /// Counts a hypercall refused before any handler saw it. Call from the vCPU's
+    /// thread only.
+    pub fn count_refused(&self) {
+        bump(&self.refused, 1);
+    }
+
     /// A consistent-enough copy of the counters.
     pub fn snapshot(&self) -> ExitStats {
-        let mut stats = ExitStats::default();
+        let mut stats = ExitStats {
+            refused: self.refused.load(Ordering::Relaxed),
+            ..ExitStats::default()
+        };
         for kind in ExitKind::ALL {
             stats.counts[kind.index()] = self.counts[kind.index()].load(Ordering::Relaxed);
             stats.handler_nanos[kind.index()] =
@@ -156,6 +166,7 @@ impl ExitCounters {
 pub struct ExitStats {
     counts: [u64; KINDS],
     handler_nanos: [u64; KINDS],
+    refused: u64,
 }
 
 impl ExitStats {
@@ -167,6 +178,13 @@ impl ExitStats {
     /// Time spent in handlers for exits of `kind`.
     pub fn handler_time(&self, kind: ExitKind) -> Duration {
         Duration::from_nanos(self.handler_nanos[kind.index()])
+    }
+
+    /// Hypercalls refused before any handler saw them: no ABI claimed the number, or
+    /// the claiming ABI found the arguments invalid (a range outside guest memory, an
+    /// unknown attribute bit). The guest read the ABI's error code and went on.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     /// Exits of every kind.
@@ -186,6 +204,7 @@ impl ExitStats {
     /// The sum of two sets of statistics (for example, of all vCPUs).
     pub fn merged(&self, other: &ExitStats) -> ExitStats {
         let mut out = *self;
+        out.refused = out.refused.saturating_add(other.refused);
         for i in 0..KINDS {
             out.counts[i] = out.counts[i].saturating_add(other.counts[i]);
             out.handler_nanos[i] = out.handler_nanos[i].saturating_add(other.handler_nanos[i]);
@@ -212,7 +231,33 @@ impl fmt::Display for ExitStats {
         if first {
             f.write_str("no exits")?;
         }
+        if self.refused > 0 {
+            write!(f, "; {} hypercalls refused", self.refused)?;
+        }
         Ok(())
+    }
+}
+
+impl serde::Serialize for ExitStats {
+    /// A map from kind name to `{count, handler_ns}` for each kind that occurred, plus
+    /// `refused_hypercalls`.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        #[derive(serde::Serialize)]
+        struct Kind {
+            count: u64,
+            handler_ns: u64,
+        }
+        let mut map = serializer.serialize_map(None)?;
+        for kind in ExitKind::ALL {
+            let count = self.count(kind);
+            if count > 0 {
+                let handler_ns = self.handler_nanos[kind.index()];
+                map.serialize_entry(kind.name(), &Kind { count, handler_ns })?;
+            }
+        }
+        map.serialize_entry("refused_hypercalls", &self.refused)?;
+        map.end()
     }
 }
 
@@ -238,6 +283,16 @@ mod tests {
         let m = s.merged(&s);
         assert_eq!(m.count(ExitKind::PioOut), 4);
         assert_eq!(ExitStats::default().to_string(), "no exits");
+        c.count_refused();
+        let s = c.snapshot();
+        assert_eq!(s.refused(), 1);
+        assert_eq!(s.merged(&s).refused(), 2);
+        assert!(s.to_string().ends_with("; 1 hypercalls refused"), "{s}");
+        let json = serde_json::to_value(s).unwrap();
+        assert_eq!(json["pio-out"]["count"], 2);
+        assert_eq!(json["pio-out"]["handler_ns"], 1500);
+        assert_eq!(json["refused_hypercalls"], 1);
+        assert!(json.get("mmio-read").is_none());
     }
 
     #[test]
