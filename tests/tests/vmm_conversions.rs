@@ -26,7 +26,7 @@ use veil_vcpu::x86_64::setup_long_mode;
 use veil_vcpu::{
     BoxError, ExitKind, FaultPolicy, IoHandler, StopReason, Vcpu, VcpuEnd, VcpuSet, VmReport,
 };
-use veil_vmm::{Vm, VmError};
+use veil_vmm::{MemoryExitStats, Vm, VmError};
 
 const MIB: u64 = 1 << 20;
 /// Guest memory: [0, 2) MiB keeps contents on conversion, [2, 4) MiB discards them.
@@ -303,6 +303,20 @@ fn round_trips_and_refusals(test: &str, flavor: Flavor) {
     expected.extend([22, 22, 22, 22]);
     let reports = host.reports.lock().unwrap().clone();
     assert_eq!(reports, expected, "{reports:#x?}");
+    // The round trips reached veil-vmm's memory exits; veil-vcpu refused the bad
+    // requests before they did.
+    assert_eq!(
+        vm.stats().requests,
+        MemoryExitStats {
+            requests: 4,
+            pages_to_private: 2,
+            pages_to_shared: 2,
+            ..MemoryExitStats::default()
+        },
+        "{}",
+        vm.stats()
+    );
+    assert_eq!(report.stats().refused(), 4, "{}", report.stats());
 
     // While private, the host could not read or write the page (through veil's own
     // accessors or vm-memory's) and the guest still read its pattern; once shared
@@ -329,6 +343,9 @@ fn round_trips_and_refusals(test: &str, flavor: Flavor) {
     assert_eq!(
         memory.stats().since(&before),
         ConversionStats {
+            conversions: 4,
+            pages_to_private: 2,
+            pages_to_shared: 2,
             set_memory_attributes: 0,
             protections: 4,
             discards: 2,

@@ -9,6 +9,7 @@
 //! [`HostSafeMemory::convert`], and veil-memory's error becomes the answer the guest reads.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use veil_attrs::{Attributes, FrameRange};
 use veil_memory::{ConvertError, HostSafeMemory, Region};
@@ -50,18 +51,118 @@ pub enum MemoryExitError {
 pub struct MemoryExits {
     memory: Arc<HostSafeMemory>,
     layout: GuestLayout,
+    counters: Counters,
+}
+
+/// What the guest's conversion requests and memory faults came to, as [`MemoryExits`]
+/// answered them.
+///
+/// Requests that veil-vcpu refused before they got here (outside guest memory, unknown
+/// attribute bits, a number no ABI claims) are counted in its exit statistics
+/// (`ExitStats::refused`); a request converting pages that are already in the state asked
+/// for is done and moves no page.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryExitStats {
+    /// Conversion requests handled.
+    pub requests: u64,
+    /// Of those, refused because the memory cannot convert the range as asked (the guest
+    /// read `EINVAL`).
+    pub refused: u64,
+    /// Of those, answered "retry" (`EAGAIN`).
+    pub retried: u64,
+    /// Of those, failed on the host's side; the VM stopped.
+    pub failed: u64,
+    /// Memory faults converted implicitly.
+    pub faults: u64,
+    /// Pages made private by requests and faults.
+    pub pages_to_private: u64,
+    /// Pages made shared by requests and faults.
+    pub pages_to_shared: u64,
+}
+
+impl std::fmt::Display for MemoryExitStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} conversion requests ({} refused, {} retried, {} failed), {} memory faults; \
+             {} pages to private, {} to shared",
+            self.requests,
+            self.refused,
+            self.retried,
+            self.failed,
+            self.faults,
+            self.pages_to_private,
+            self.pages_to_shared
+        )
+    }
+}
+
+/// The live counters behind [`MemoryExitStats`]; every vCPU thread adds to them.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    refused: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    faults: AtomicU64,
+    pages_to_private: AtomicU64,
+    pages_to_shared: AtomicU64,
+}
+
+impl Counters {
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts the pages a successful conversion to `to` moved across.
+    fn moved(&self, done: &veil_memory::Conversion, to: Attributes) {
+        let crossed: u64 = done
+            .changes
+            .iter()
+            .filter(|c| c.old.attributes.is_private() != to.is_private())
+            .map(|c| c.range.pages())
+            .sum();
+        let side = if to.is_private() {
+            &self.pages_to_private
+        } else {
+            &self.pages_to_shared
+        };
+        Self::add(side, crossed);
+    }
+
+    fn snapshot(&self) -> MemoryExitStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        MemoryExitStats {
+            requests: get(&self.requests),
+            refused: get(&self.refused),
+            retried: get(&self.retried),
+            failed: get(&self.failed),
+            faults: get(&self.faults),
+            pages_to_private: get(&self.pages_to_private),
+            pages_to_shared: get(&self.pages_to_shared),
+        }
+    }
 }
 
 impl MemoryExits {
     /// Answers memory exits with `memory`.
     pub fn new(memory: Arc<HostSafeMemory>) -> Self {
         let layout = GuestLayout::new(memory.regions().iter().map(Region::range));
-        MemoryExits { memory, layout }
+        MemoryExits {
+            memory,
+            layout,
+            counters: Counters::default(),
+        }
     }
 
     /// The guest memory conversions act on.
     pub fn memory(&self) -> &Arc<HostSafeMemory> {
         &self.memory
+    }
+
+    /// What the guest's requests and faults came to so far.
+    pub fn stats(&self) -> MemoryExitStats {
+        self.counters.snapshot()
     }
 }
 
@@ -111,12 +212,21 @@ impl MemoryHandler for MemoryExits {
 
     fn map_gpa_range(&self, request: &MapGpaRange) -> Result<RequestOutcome, BoxError> {
         let (range, to) = (request.range(), request.to());
+        let c = &self.counters;
+        Counters::add(&c.requests, 1);
         let result = self.memory.convert(range, to);
-        if let Err(e) = &result {
-            log::debug!("{request}: {e}");
+        match &result {
+            Ok(done) => c.moved(done, to),
+            Err(e) => log::debug!("{request}: {e}"),
         }
-        answer_request(result)
-            .map_err(|source| MemoryExitError::Convert { range, to, source }.into())
+        let answer = answer_request(result);
+        match &answer {
+            Ok(RequestOutcome::Refused) => Counters::add(&c.refused, 1),
+            Ok(RequestOutcome::Retry) => Counters::add(&c.retried, 1),
+            Ok(_) => {}
+            Err(_) => Counters::add(&c.failed, 1),
+        }
+        answer.map_err(|source| MemoryExitError::Convert { range, to, source }.into())
     }
 
     fn memory_fault(&self, fault: &MemoryFault, range: FrameRange) -> Result<u64, BoxError> {
@@ -127,7 +237,11 @@ impl MemoryHandler for MemoryExits {
             return Ok(0);
         }
         match self.memory.convert(range, to) {
-            Ok(done) => Ok(done.pages_changed),
+            Ok(done) => {
+                Counters::add(&self.counters.faults, 1);
+                self.counters.moved(&done, to);
+                Ok(done.pages_changed)
+            }
             Err(source) => Err(MemoryExitError::Convert { range, to, source }.into()),
         }
     }
@@ -235,6 +349,23 @@ mod tests {
         mem.host_read(0xf_fffb, &mut buf).unwrap();
         assert_eq!(&buf, b"guest\0\0\0\0\0");
         assert_eq!(mem.attributes().run_count(), 1);
+
+        // Three requests, the repeated one moving no page.
+        let stats = e.stats();
+        assert_eq!(
+            stats,
+            MemoryExitStats {
+                requests: 3,
+                pages_to_private: 2,
+                pages_to_shared: 2,
+                ..MemoryExitStats::default()
+            }
+        );
+        assert_eq!(
+            stats.to_string(),
+            "3 conversion requests (0 refused, 0 retried, 0 failed), 0 memory faults; \
+             2 pages to private, 2 to shared"
+        );
     }
 
     #[test]
@@ -352,6 +483,9 @@ mod tests {
         // A private access to the same pages makes them private again.
         let f = fault(0x10_1000, 0x2000, true);
         assert_eq!(e.memory_fault(&f, range).unwrap(), 2);
+        let stats = e.stats();
+        assert_eq!((stats.requests, stats.faults), (1, 2));
+        assert_eq!((stats.pages_to_private, stats.pages_to_shared), (6, 2));
         assert!(
             mem.attributes()
                 .range_is(fr(0x100, 4), Attributes::PRIVATE)

@@ -13,11 +13,11 @@ mod vm;
 
 #[cfg(target_arch = "x86_64")]
 pub use boot::Launched;
-pub use exits::{MemoryExitError, MemoryExits, answer_request};
+pub use exits::{MemoryExitError, MemoryExitStats, MemoryExits, answer_request};
 pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
 pub use populate::LaunchPopulate;
 pub use report::caps_table;
-pub use vm::{Vm, VmBuilder, VmError};
+pub use vm::{Vm, VmBuilder, VmError, VmStats};
 
 // The crates veil-vmm wires, re-exported so that one dependency is enough and users name
 // the same versions veil builds with.

@@ -19,8 +19,8 @@ use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 #[cfg(target_arch = "x86_64")]
 use veil_loader::LoadError;
 use veil_memory::{
-    BuildError, CapsError, ContentPolicy, ConvertError, Flavor, FlavorSupport, HostCaps,
-    HostSafeMemory, MemslotError, RegionSpec, vm_type_name,
+    BuildError, CapsError, ContentPolicy, ConversionStats, ConvertError, Flavor, FlavorSupport,
+    HostCaps, HostSafeMemory, MemslotError, RegionSpec, vm_type_name,
 };
 #[cfg(target_arch = "x86_64")]
 use veil_vcpu::x86_64::X86Error;
@@ -29,7 +29,7 @@ use veil_vcpu::{
     enable_conversion_exits,
 };
 
-use crate::exits::MemoryExits;
+use crate::exits::{MemoryExitStats, MemoryExits};
 use crate::launch::{Launch, LaunchError, LaunchVm, PlainKvm};
 
 /// Why a [`Vm`] could not be built or could not start its vCPUs. Nothing built so far is
@@ -119,6 +119,21 @@ impl VmError {
             cur = e.source();
         }
         None
+    }
+}
+
+/// A [`Vm`]'s memory statistics; see [`Vm::stats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct VmStats {
+    /// The guest's conversion requests and memory faults, as answered.
+    pub requests: MemoryExitStats,
+    /// Every conversion of this VM's memory: pages each way and system calls.
+    pub conversions: ConversionStats,
+}
+
+impl std::fmt::Display for VmStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "guest: {}; memory: {}", self.requests, self.conversions)
     }
 }
 
@@ -339,6 +354,16 @@ impl Vm {
     /// The memory as veil-vcpu's memory handler, as [`run`](Self::run) passes it.
     pub fn exits(&self) -> &Arc<MemoryExits> {
         &self.exits
+    }
+
+    /// What the guest's requests came to and what conversions did so far (conversions
+    /// made by the host, at launch for example, included). The vCPUs' exit statistics
+    /// come from their [`VcpuSet`].
+    pub fn stats(&self) -> VmStats {
+        VmStats {
+            requests: self.exits.stats(),
+            conversions: self.memory.stats(),
+        }
     }
 
     /// The host's capabilities, as probed when the VM was built.
