@@ -129,6 +129,16 @@ impl Region {
         self.backing.shared_memfd()
     }
 
+    /// The address of the host view: where [`HostSafeMemory`](crate::HostSafeMemory)'s
+    /// checked accessors read and write this region's shared pages.
+    ///
+    /// For code that must show what an unchecked access does (a demonstration or a test
+    /// that a private page faults in flavors that protect the view); reading through it
+    /// bypasses every check veil makes and is the caller's `unsafe` to justify.
+    pub fn host_view_addr(&self) -> u64 {
+        self.view_addr
+    }
+
     /// The host address KVM is given as `userspace_addr`: the host view, the mapping of
     /// its own the backing asked for, or 0 when KVM maps the guest_memfd itself.
     pub fn kvm_userspace_addr(&self) -> u64 {
