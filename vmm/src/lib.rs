@@ -8,6 +8,8 @@ mod boot;
 mod exits;
 pub mod launch;
 mod populate;
+#[cfg(target_arch = "x86_64")]
+mod reach;
 mod report;
 mod vm;
 
@@ -16,6 +18,8 @@ pub use boot::Launched;
 pub use exits::{MemoryExitError, MemoryExitStats, MemoryExits, answer_request};
 pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
 pub use populate::LaunchPopulate;
+#[cfg(target_arch = "x86_64")]
+pub use reach::{GuestHypercallProbe, HypercallInstruction, HypercallReach, probe_guest_hypercall};
 pub use report::caps_table;
 pub use vm::{Vm, VmBuilder, VmError, VmStats};
 
