@@ -79,7 +79,10 @@ impl Vm {
         self.place(&self.plan(source)?, &[])
     }
 
-    fn plan<'a>(&self, source: &BootSource<'a>) -> Result<BootPlan<'a>, VmError> {
+    /// Plans `source` for this VM's RAM, for a caller to change before
+    /// [`launch_plan`](Self::launch_plan): entry registers for its own guest, a launch
+    /// technology's page types.
+    pub fn plan<'a>(&self, source: &BootSource<'a>) -> Result<BootPlan<'a>, VmError> {
         let ram = veil_loader::ConvertPrivate::ram(self.memory.as_ref())
             .map_err(|e| VmError::Load(e.into()))?;
         veil_loader::plan(source, &ram).map_err(VmError::Load)

@@ -10,7 +10,6 @@ pub mod launch;
 mod populate;
 #[cfg(target_arch = "x86_64")]
 mod reach;
-mod report;
 mod vm;
 
 #[cfg(target_arch = "x86_64")]
@@ -20,7 +19,6 @@ pub use launch::{Launch, LaunchError, LaunchRun, LaunchVm, PlainKvm};
 pub use populate::LaunchPopulate;
 #[cfg(target_arch = "x86_64")]
 pub use reach::{GuestHypercallProbe, HypercallInstruction, HypercallReach, probe_guest_hypercall};
-pub use report::caps_table;
 pub use vm::{Vm, VmBuilder, VmError, VmStats};
 
 // The crates veil-vmm wires, re-exported so that one dependency is enough and users name

@@ -1,14 +1,126 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The host capability report of the `veil` binary, formatted for people.
+//! `veil caps`: what the host's KVM offers for guest-private memory, whether a guest's
+//! hypercall reaches veil, and which flavors and backends run here.
 
 use std::fmt::Write;
+use std::time::Duration;
 
-use veil_memory::{
+use veil_vmm::kvm_bindings;
+use veil_vmm::veil_memory::{
     GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, GUEST_MEMFD_KNOWN_FLAGS, HostCaps,
     KvmSideMapping, vm_type_name,
 };
+use veil_vmm::{GuestHypercallProbe, Launch, PlainKvm, VmError, probe_guest_hypercall};
+
+use crate::failure::Failure;
+
+/// How long the hypercall probe waits for its guest: a guest that makes one request
+/// and halts takes well under a millisecond where the call works, even emulated.
+pub const HYPERCALL_PROBE_DEADLINE: Duration = Duration::from_millis(300);
+
+/// Everything `veil caps` reports.
+#[derive(Debug, serde::Serialize)]
+pub struct Report {
+    /// veil's version.
+    pub veil: &'static str,
+    /// What KVM offers, and which flavors run.
+    pub host: HostCaps,
+    /// Whether a guest's `vmcall`/`vmmcall` reaches veil.
+    pub guest_hypercall: GuestHypercallProbe,
+    /// The launch backends veil has, and whether each runs here.
+    pub backends: Vec<Backend>,
+}
+
+/// A launch backend and whether this host runs it.
+#[derive(Debug, serde::Serialize)]
+pub struct Backend {
+    /// Its name.
+    pub name: &'static str,
+    /// The VM types it creates.
+    pub vm_types: Vec<String>,
+    /// Whether the host creates one of them.
+    pub runs: bool,
+    /// What is missing where it does not.
+    pub missing: Option<String>,
+}
+
+/// The launch backends the `veil` binary offers.
+pub fn backends() -> Vec<Box<dyn Launch>> {
+    vec![Box::new(PlainKvm)]
+}
+
+/// Probes the host: KVM's capabilities and a guest's hypercall.
+pub fn probe() -> Result<Report, Failure> {
+    let kvm = veil_vmm::kvm_ioctls::Kvm::new()
+        .map_err(|e| Failure::vm("probing KVM", &VmError::OpenKvm(e)))?;
+    let host =
+        HostCaps::probe_with(&kvm).map_err(|e| Failure::vm("probing KVM", &VmError::Probe(e)))?;
+    let guest_hypercall = probe_guest_hypercall(HYPERCALL_PROBE_DEADLINE)
+        .map_err(|e| Failure::vm("running the hypercall probe guest", &e))?;
+    let backends = backends()
+        .iter()
+        .map(|b| {
+            let usable: Vec<u32> = host
+                .probe
+                .only_vm_types(b.vm_types())
+                .usable_vm_types()
+                .map(|t| t.vm_type)
+                .collect();
+            let vm_types: Vec<String> = b.vm_types().iter().map(|&t| vm_type_name(t)).collect();
+            Backend {
+                name: b.name(),
+                runs: !usable.is_empty(),
+                missing: usable
+                    .is_empty()
+                    .then(|| format!("VM type {}", vm_types.join(" or "))),
+                vm_types,
+            }
+        })
+        .collect();
+    Ok(Report {
+        veil: env!("CARGO_PKG_VERSION"),
+        host,
+        guest_hypercall,
+        backends,
+    })
+}
+
+/// The whole report as text for people.
+pub fn text(report: &Report) -> String {
+    let mut out = format!("veil {}: {}", report.veil, caps_table(&report.host));
+    let probe = &report.guest_hypercall;
+    let _ = writeln!(out, "\n  guest hypercall: {probe}");
+    let _ = writeln!(
+        out,
+        "    so guests convert memory through {}",
+        match probe.transport() {
+            veil_vmm::veil_vcpu::Transport::Exit => format!(
+                "{} (KVM_HC_MAP_GPA_RANGE as KVM_EXIT_HYPERCALL) or veil's port-I/O hypercall",
+                probe.instruction.name()
+            ),
+            veil_vmm::veil_vcpu::Transport::Port =>
+                "veil's port-I/O hypercall (out to port 0x5e; docs/guest-abi.md)".to_string(),
+        }
+    );
+    let _ = writeln!(
+        out,
+        "\n  {:<12} {:<10} {:<36} missing",
+        "backend", "runs here", "VM types"
+    );
+    for b in &report.backends {
+        let _ = writeln!(
+            out,
+            "  {:<12} {:<10} {:<36} {}",
+            b.name,
+            yes(b.runs),
+            b.vm_types.join(", "),
+            b.missing.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
@@ -47,8 +159,8 @@ fn attributes(bits: u64) -> String {
     }
 }
 
-/// The capability report as a table for people.
-pub fn caps_table(caps: &HostCaps) -> String {
+/// KVM's capabilities and the flavors, as a table for people.
+fn caps_table(caps: &HostCaps) -> String {
     let mut out = String::new();
     let types: Vec<String> = caps
         .probe
@@ -74,7 +186,7 @@ pub fn caps_table(caps: &HostCaps) -> String {
         (
             "hypercall exits (KVM_CAP_EXIT_HYPERCALL)",
             format!(
-                "{:#x} (MAP_GPA_RANGE: {})",
+                "{:#x} (MAP_GPA_RANGE offered: {})",
                 caps.probe.exit_hypercall_mask,
                 yes(caps.map_gpa_range_exits())
             ),
@@ -141,7 +253,7 @@ pub fn caps_table(caps: &HostCaps) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use veil_memory::{Flavor, RawProbe, VmTypeCaps};
+    use veil_vmm::veil_memory::{Flavor, RawProbe, VmTypeCaps};
 
     fn pvm() -> HostCaps {
         HostCaps::from_probe(RawProbe {
@@ -168,7 +280,7 @@ mod tests {
         let t = caps_table(&pvm());
         assert!(t.contains("KVM API version"), "{t}");
         assert!(t.contains("0x3 (MMAP|INIT_SHARED)"), "{t}");
-        assert!(t.contains("0x1000 (MAP_GPA_RANGE: yes)"), "{t}");
+        assert!(t.contains("0x1000 (MAP_GPA_RANGE offered: yes)"), "{t}");
         assert!(t.contains("KVM-side mapping: separate"), "{t}");
         let line = |flavor: Flavor| {
             t.lines()
