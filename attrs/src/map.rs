@@ -32,6 +32,16 @@ pub struct Change {
 pub struct Changes(SmallVec<[Change; 2]>);
 
 impl Changes {
+    /// The change of `range` from `previous`, if there was one, alone.
+    #[inline]
+    fn of(range: FrameRange, previous: Option<PageState>) -> Changes {
+        let mut changes = Changes::default();
+        if let Some(previous) = previous {
+            changes.0.push(Change { range, previous });
+        }
+        changes
+    }
+
     /// The total number of frames that changed.
     pub fn pages(&self) -> u64 {
         self.0.iter().map(|c| c.range.pages()).sum()
@@ -177,12 +187,27 @@ impl AttrMap {
         range: FrameRange,
         state: PageState,
     ) -> Result<Changes, RangeError> {
+        // The common scattered conversion first, kept short; then everything else.
+        if range.pages() == 1
+            && range.end().0 <= self.frames
+            && let Some(previous) = self.tree.set_dense_frame(range.start().0, state)
+        {
+            return Ok(Changes::of(range, previous));
+        }
+        self.set_other(range, state)
+    }
+
+    /// [`set_state`](AttrMap::set_state) for all but a frame of a dense bitmap.
+    #[inline(never)]
+    fn set_other(&mut self, range: FrameRange, state: PageState) -> Result<Changes, RangeError> {
         let range = self.check(range)?;
         let (a, b) = (range.start().0, range.end().0);
-        let mut changes = Changes::default();
-        if b - a == 1 && self.tree.set_frame(a, state, &mut changes).is_some() {
-            return Ok(changes);
+        if b - a == 1
+            && let Some(previous) = self.tree.set_frame(a, state)
+        {
+            return Ok(Changes::of(range, previous));
         }
+        let mut changes = Changes::default();
         // Leave a range already in that state untouched: a set that changes nothing
         // copies no node a snapshot shares.
         let unchanged = if self.tree.get(a) != state {
@@ -566,6 +591,52 @@ mod tests {
         m.set(fr(3, 1), Attributes::PRIVATE).unwrap();
         m.check_invariants().unwrap();
         assert_eq!(m.get(Gfn(3)).unwrap(), PageState::PRIVATE);
+    }
+
+    #[test]
+    fn single_pages_at_word_edges_of_a_dense_bitmap() {
+        let half = crate::tree::DENSE_MIN_BOUNDARIES / 2;
+        let mut m = scattered(half);
+        assert_eq!(m.forms()[DENSE], 1);
+        let mut model: Vec<bool> = (0..(1u64 << 18))
+            .map(|g| m.get(Gfn(g)).unwrap().is_private())
+            .collect();
+        // Frames at either edge of a word, beside a private page or not, and the
+        // region's first and last frame.
+        let edges = [63, 64, 127, 128, 959, 960, 1023, 1024, 0, (1 << 18) - 1];
+        for &g in edges.iter().chain(&edges) {
+            let to = !model[g as usize];
+            let c = m.set(fr(g, 1), attrs(to)).unwrap();
+            assert_eq!(
+                &c[..],
+                &[Change {
+                    range: fr(g, 1),
+                    previous: PageState::new(attrs(!to))
+                }]
+            );
+            assert!(m.set(fr(g, 1), attrs(to)).unwrap().is_empty());
+            model[g as usize] = to;
+            m.check_invariants().unwrap();
+        }
+        let boundaries = model.windows(2).filter(|w| w[0] != w[1]).count();
+        // The region and the shared one after it, and one more if the last frame is private.
+        let across = usize::from(model[model.len() - 1]);
+        assert_eq!(m.run_count(), boundaries + across + 1);
+        for (g, &private) in model.iter().enumerate() {
+            assert_eq!(
+                m.get(Gfn(g as u64)).unwrap().is_private(),
+                private,
+                "frame {g}"
+            );
+        }
+    }
+
+    fn attrs(private: bool) -> Attributes {
+        if private {
+            Attributes::PRIVATE
+        } else {
+            Attributes::empty()
+        }
     }
 
     #[test]

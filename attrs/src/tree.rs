@@ -95,15 +95,10 @@ pub(crate) fn height_for(frames: u64) -> u32 {
     height
 }
 
-/// The bitmap form of a state, if it has one.
+/// The bitmap form of a state, if it has one: untagged states, private or shared.
 fn bit_of(state: PageState) -> Option<bool> {
-    if state == PageState::SHARED {
-        Some(false)
-    } else if state == PageState::PRIVATE {
-        Some(true)
-    } else {
-        None
-    }
+    // Attributes hold no bit but the private one (unknown bits are rejected).
+    state.tag.is_none().then_some(state.attributes.is_private())
 }
 
 fn state_of(bit: bool) -> PageState {
@@ -470,33 +465,52 @@ impl<const W: usize> Bitmap<W> {
     }
 }
 
+/// What setting one frame of a bitmap would do.
+enum Flip {
+    /// The frame already has that state.
+    Same,
+    /// It is the bitmap's first or last frame, whose outer neighbour the bitmap lacks.
+    Edge,
+    /// It would change, and the boundary count by this much.
+    Delta(i64),
+}
+
 impl<const W: usize> Bitmap<W> {
-    /// For setting frame `i` (not the first or last) to `bit` in place: `None` when it
-    /// already has it, else the change in the boundary count.
-    fn flip_delta(&self, i: u64, bit: bool) -> Option<i64> {
-        let old = self.bit(i);
-        if old == bit {
-            return None;
+    /// What setting frame `i` to `bit` in place would do, from the frame's word (and
+    /// the one beside it when the frame is at the word's edge).
+    #[inline]
+    fn flip_delta(&self, i: u64, bit: bool) -> Flip {
+        let i = i & (Self::FRAMES - 1);
+        let (w, b) = ((i / 64) as usize, i % 64);
+        let word = self.word(w);
+        let old = (word >> b) & 1;
+        if old == u64::from(bit) {
+            return Flip::Same;
         }
-        let (before, after) = (self.bit(i - 1), self.bit(i + 1));
+        if i == 0 || i == Self::FRAMES - 1 {
+            return Flip::Edge;
+        }
+        let before = if b > 0 {
+            (word >> (b - 1)) & 1
+        } else {
+            self.word(w - 1) >> 63
+        };
+        let after = if b < 63 {
+            (word >> (b + 1)) & 1
+        } else {
+            self.word(w + 1) & 1
+        };
         // Flipping i toggles both pairs it is in: each difference becomes a match and back.
-        let was = i64::from(before != old) + i64::from(old != after);
-        Some(2 - 2 * was)
+        let was = (before ^ old) + (old ^ after);
+        Flip::Delta(2 - 2 * was as i64)
     }
 
-    /// Sets frame `i` to `bit`, whose count change `flip_delta` gave.
-    fn flip(&self, i: u64, bit: bool, delta: i64) {
+    /// Flips frame `i`, whose count change `flip_delta` gave.
+    #[inline]
+    fn flip(&self, i: u64, delta: i64) {
         let i = i & (Self::FRAMES - 1);
         let w = (i / 64) as usize;
-        let word = self.word(w);
-        self.set_word(
-            w,
-            if bit {
-                word | 1 << (i % 64)
-            } else {
-                word & !(1 << (i % 64))
-            },
-        );
+        self.set_word(w, self.word(w) ^ (1 << (i % 64)));
         let boundaries = (i64::from(self.boundaries()) + delta).max(0);
         self.boundaries.store(
             u32::try_from(boundaries).unwrap_or(u32::MAX),
@@ -950,50 +964,99 @@ impl Tree {
     /// Sets one frame to an untagged state in place, when all that changes is one bit of
     /// a bitmap this tree owns and the counts on its path (the frame is not at the
     /// bitmap's edge and no slot changes form), or one untagged leaf and the counts on
-    /// its path (no node changes form). Returns `None`, having changed nothing,
-    /// when that does not hold, and otherwise whether the frame changed (the change is
-    /// in `out`).
+    /// its path (no node changes form). Returns `None`, having changed nothing, when that
+    /// does not hold; otherwise the frame's previous state if it changed, `Some(None)` if
+    /// it already had `state`.
     ///
-    /// This is the common single-page conversion: one read of the bit, then a walk
-    /// down that adds the same count change to every node on the way.
-    pub(crate) fn set_frame(
+    /// This is the common single-page conversion: one read of the bit's word, then a
+    /// walk down that adds the same count change to every node on the way.
+    pub(crate) fn set_frame(&mut self, gfn: u64, state: PageState) -> Option<Option<PageState>> {
+        let bit = bit_of(state)?;
+        self.set_frame_walk(gfn, state, bit)
+    }
+
+    /// [`set_frame`](Tree::set_frame) for a frame of a dense bitmap right under the root,
+    /// where scattered conversions in a guest up to 64 GiB end up, with both neighbours
+    /// in the frame's word: that word, the bitmap's count and the root's, and nothing
+    /// else. `None` if the frame is elsewhere or the bitmap cannot change in place (then
+    /// [`set_frame`](Tree::set_frame) may still).
+    #[inline]
+    pub(crate) fn set_dense_frame(
         &mut self,
         gfn: u64,
         state: PageState,
-        out: &mut Changes,
-    ) -> Option<bool> {
+    ) -> Option<Option<PageState>> {
         let bit = bit_of(state)?;
+        // As in `get_dense`: only a tree of height 2 has dense bitmaps in its root, and
+        // there the root's slots are level-1 slots.
+        let Slot::Dense(d) = &self.root.slots[((gfn >> span_shift(1)) as usize) & (FANOUT - 1)]
+        else {
+            return None;
+        };
+        let i = gfn & (Dense::FRAMES - 1);
+        let (w, b) = ((i / 64) as usize, i % 64);
+        let word = d.word(w);
+        if (word >> b) & 1 == u64::from(bit) {
+            return Some(None);
+        }
+        if b == 0 || b == 63 || d.owner != *self.generation.get_mut() {
+            return None;
+        }
+        // Frames i - 1, i, i + 1: flipping i turns each of its two pairs from equal to
+        // different or back.
+        let three = word >> (b - 1);
+        let was = ((three ^ (three >> 1)) & 1) + (((three >> 1) ^ (three >> 2)) & 1);
+        let delta = 2 - 2 * was as i64;
+        let boundaries = i64::from(d.boundaries()) + delta;
+        if boundaries < DENSE_MIN_BOUNDARIES as i64 {
+            return None;
+        }
+        d.set_word(w, word ^ (1 << b));
+        d.boundaries.store(boundaries as u32, Ordering::Relaxed);
+        self.root.boundaries = self.root.boundaries.wrapping_add_signed(delta);
+        Some(Some(state_of(!bit)))
+    }
+
+    /// [`set_frame`](Tree::set_frame) anywhere in the tree.
+    fn set_frame_walk(
+        &mut self,
+        gfn: u64,
+        state: PageState,
+        bit: bool,
+    ) -> Option<Option<PageState>> {
         let owner = *self.generation.get_mut();
         // Read: find the bitmap and the count change, and check nothing changes form.
         let mut node = &self.root;
-        let mut level = self.height;
+        let mut shift = self.root_shift;
         let delta = loop {
-            level = level.saturating_sub(1);
-            let shift = span_shift(level);
             let offset = gfn & ((1 << shift) - 1);
             match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = n,
+                Slot::Node(n) => {
+                    node = n;
+                    shift = shift.saturating_sub(FANOUT_SHIFT);
+                }
                 Slot::Dense(d) => {
-                    if d.owner != owner || offset == 0 || offset == Dense::FRAMES - 1 {
-                        return None;
-                    }
-                    let Some(delta) = d.flip_delta(offset, bit) else {
-                        return Some(false);
+                    let delta = match d.flip_delta(offset, bit) {
+                        Flip::Same => return Some(None),
+                        Flip::Edge => return None,
+                        Flip::Delta(delta) => delta,
                     };
-                    if i64::from(d.boundaries()) + delta < DENSE_MIN_BOUNDARIES as i64 {
+                    if d.owner != owner
+                        || i64::from(d.boundaries()) + delta < DENSE_MIN_BOUNDARIES as i64
+                    {
                         return None;
                     }
                     break delta;
                 }
                 Slot::Bits(l) => {
-                    if l.owner != owner || offset == 0 || offset == LEAF_FRAMES - 1 {
-                        return None;
-                    }
-                    let Some(delta) = l.flip_delta(offset, bit) else {
-                        return Some(false);
+                    let delta = match l.flip_delta(offset, bit) {
+                        Flip::Same => return Some(None),
+                        Flip::Edge => return None,
+                        Flip::Delta(delta) => delta,
                     };
                     // The leaf must stay a bitmap, its level-1 node a node.
-                    if i64::from(l.boundaries()) + delta < RUN_LEAF_MAX as i64
+                    if l.owner != owner
+                        || i64::from(l.boundaries()) + delta < RUN_LEAF_MAX as i64
                         || (node.tagged == 0
                             && node.boundaries as i64 + delta >= DENSE_MIN_BOUNDARIES as i64)
                     {
@@ -1001,36 +1064,37 @@ impl Tree {
                     }
                     break delta;
                 }
-                Slot::Uniform(s) if *s == state => return Some(false),
-                Slot::Runs(l) if l.state_at(gfn) == state => return Some(false),
-                Slot::Uniform(_) | Slot::Runs(_) if level == 0 => {
-                    return self.set_leaf_frame(gfn, state, out);
+                Slot::Uniform(s) if *s == state => return Some(None),
+                Slot::Runs(l) if l.state_at(gfn) == state => return Some(None),
+                Slot::Uniform(_) | Slot::Runs(_) if shift == LEAF_SHIFT => {
+                    return self.set_leaf_frame(gfn, state);
                 }
                 Slot::Uniform(_) | Slot::Runs(_) => return None,
             }
         };
         // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
         let mut node = &mut self.root;
-        let mut level = self.height;
+        let mut shift = self.root_shift;
         loop {
             node.boundaries = node.boundaries.saturating_add_signed(delta);
-            level = level.saturating_sub(1);
-            match &mut node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = Arc::make_mut(n),
+            match &mut node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) => {
+                    node = Arc::make_mut(n);
+                    shift = shift.saturating_sub(FANOUT_SHIFT);
+                }
                 Slot::Dense(d) => {
-                    d.flip(gfn, bit, delta);
+                    d.flip(gfn, delta);
                     break;
                 }
                 Slot::Bits(l) => {
-                    l.flip(gfn, bit, delta);
+                    l.flip(gfn, delta);
                     break;
                 }
                 // The read above found a bitmap on this path.
                 Slot::Uniform(_) | Slot::Runs(_) => break,
             }
         }
-        out.push_piece(gfn, gfn + 1, state_of(!bit));
-        Some(true)
+        Some(Some(state_of(!bit)))
     }
 
     /// [`set_frame`](Tree::set_frame) for a frame of an untagged leaf held as one state
@@ -1040,7 +1104,7 @@ impl Tree {
     /// adds the change of the two frame pairs the frame is in (those within its span).
     /// Returns `None`, having changed nothing, when a node would have to change form
     /// (become uniform or a dense bitmap).
-    fn set_leaf_frame(&mut self, gfn: u64, state: PageState, out: &mut Changes) -> Option<bool> {
+    fn set_leaf_frame(&mut self, gfn: u64, state: PageState) -> Option<Option<PageState>> {
         let owner = *self.generation.get_mut();
         let offset = gfn & (LEAF_FRAMES - 1);
         // Read: the leaf, the frame's neighbours, and the count change on every node.
@@ -1065,7 +1129,7 @@ impl Tree {
             }
         };
         if old == state {
-            return Some(false);
+            return Some(None);
         }
         // Neighbours outside the leaf (the frames past the guest's end are shared).
         let left = left.or_else(|| gfn.checked_sub(1).map(|g| self.get(g)));
@@ -1098,7 +1162,6 @@ impl Tree {
             }
         }
         // Write: nothing can fail from here on.
-        out.push_piece(gfn, gfn + 1, old);
         let slot = leaf.into_slot(owner);
         let mut node = &mut self.root;
         let mut level = self.height;
@@ -1124,7 +1187,7 @@ impl Tree {
                 _ => break,
             }
         }
-        Some(true)
+        Some(Some(old))
     }
 
     /// Heap bytes held by the tree (the root lives in the map), counting nodes a clone
