@@ -225,14 +225,7 @@ impl Node {
     /// The level-1 node holding the same frames as `dense`, its leaves owned by `owner`.
     fn from_dense(dense: &Dense, owner: u64) -> Node {
         Node {
-            slots: std::array::from_fn(|k| {
-                let leaf = BitLeaf::zeroed(owner);
-                for (w, word) in leaf.words.iter().enumerate() {
-                    word.store(dense.word(k * LEAF_WORDS + w), Ordering::Relaxed);
-                }
-                leaf.recount();
-                leaf_slot(leaf)
-            }),
+            slots: std::array::from_fn(|k| leaf_of(dense, k as u64 * LEAF_FRAMES, owner)),
             boundaries: u64::from(dense.boundaries()),
             tagged: 0,
             first: dense.state_at(0),
@@ -241,35 +234,38 @@ impl Node {
     }
 
     /// The bitmap of this level-1 node, owned by `owner`, if no frame in it is tagged.
-    fn to_dense(&self, owner: u64) -> Option<Dense> {
-        let dense = Dense::zeroed(owner);
+    ///
+    /// Filled in its own allocation, not built on the stack and copied there.
+    fn to_dense(&self, owner: u64) -> Option<Arc<Dense>> {
+        if self.tagged > 0 {
+            return None;
+        }
+        let boundaries = u32::try_from(self.boundaries).ok()?;
+        let dense = Dense::new(owner);
         for (k, slot) in self.slots.iter().enumerate() {
-            let words = &dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS];
+            let base = k as u64 * LEAF_FRAMES;
             match slot {
                 Slot::Uniform(s) => {
                     if bit_of(*s)? {
-                        words
-                            .iter()
-                            .for_each(|w| w.store(u64::MAX, Ordering::Relaxed));
+                        dense.fill(base, base + LEAF_FRAMES);
                     }
                 }
                 Slot::Bits(l) => {
-                    for (to, from) in words.iter().zip(&l.words) {
-                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    for (w, word) in l.words.iter().enumerate() {
+                        dense.set_word(k * LEAF_WORDS + w, word.load(Ordering::Relaxed));
                     }
                 }
                 Slot::Runs(l) => {
-                    let leaf = BitLeaf::from_runs(&l.runs, owner)?;
-                    for (to, from) in words.iter().zip(&leaf.words) {
-                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    for (i, run) in l.runs.iter().enumerate() {
+                        if bit_of(run.state)? {
+                            dense.fill(base + u64::from(run.start), base + l.end(i));
+                        }
                     }
                 }
                 Slot::Node(_) | Slot::Dense(_) => return None,
             }
         }
-        dense
-            .boundaries
-            .store(u32::try_from(self.boundaries).ok()?, Ordering::Relaxed);
+        dense.boundaries.store(boundaries, Ordering::Relaxed);
         Some(dense)
     }
 
@@ -351,9 +347,14 @@ impl<const W: usize> Bitmap<W> {
         }
     }
 
+    /// An empty bitmap in its own allocation, for the map of generation `owner` to fill.
+    fn new(owner: u64) -> Arc<Self> {
+        Arc::new(Bitmap::zeroed(owner))
+    }
+
     /// A copy that the map of generation `owner` may change.
-    fn copy_for(&self, owner: u64) -> Self {
-        let copy = Bitmap::zeroed(owner);
+    fn copy_for(&self, owner: u64) -> Arc<Self> {
+        let copy = Bitmap::new(owner);
         for (to, from) in copy.words.iter().zip(&self.words) {
             to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -371,12 +372,6 @@ impl<const W: usize> Bitmap<W> {
 
     fn set_word(&self, w: usize, value: u64) {
         self.words[w].store(value, Ordering::Relaxed);
-    }
-
-    /// Counts the boundaries from scratch (after filling words directly).
-    fn recount(&self) {
-        self.boundaries
-            .store(self.transitions(0, Self::FRAMES - 1), Ordering::Relaxed);
     }
 
     fn bit(&self, i: u64) -> bool {
@@ -540,11 +535,15 @@ impl<const W: usize> fmt::Debug for Bitmap<W> {
 }
 
 impl BitLeaf {
-    fn from_runs(runs: &[LeafRun], owner: u64) -> Option<BitLeaf> {
-        let leaf = BitLeaf::zeroed(owner);
+    /// The bitmap of a leaf of `runs`, owned by `owner`, if none is tagged.
+    fn from_runs(runs: &[LeafRun], owner: u64) -> Option<Arc<BitLeaf>> {
+        if runs.iter().any(|r| bit_of(r.state).is_none()) {
+            return None;
+        }
+        let leaf = BitLeaf::new(owner);
         for (k, run) in runs.iter().enumerate() {
             let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
-            if bit_of(run.state)? {
+            if run.state.is_private() {
                 leaf.fill(u64::from(run.start), end);
             }
         }
@@ -567,16 +566,33 @@ impl BitLeaf {
     }
 }
 
-/// The canonical slot for a leaf of untagged frames.
-fn leaf_slot(leaf: BitLeaf) -> Slot {
-    let boundaries = leaf.boundaries();
+/// The canonical slot for the leaf of frames `base..base + LEAF_FRAMES` of `dense`, a
+/// bitmap leaf owned by `owner` if it comes to that.
+fn leaf_of(dense: &Dense, base: u64, owner: u64) -> Slot {
+    let end = base + LEAF_FRAMES;
+    let boundaries = dense.transitions(base, end - 1);
     if boundaries == 0 {
-        Slot::Uniform(leaf.state_at(0))
-    } else if (boundaries as usize) < RUN_LEAF_MAX {
-        Slot::Runs(Arc::new(leaf.to_runs()))
-    } else {
-        Slot::Bits(Arc::new(leaf))
+        return Slot::Uniform(dense.state_at(base));
     }
+    if (boundaries as usize) < RUN_LEAF_MAX {
+        let mut runs = SmallVec::new();
+        let mut p = base;
+        while p < end {
+            runs.push(LeafRun {
+                start: (p - base) as u16,
+                state: dense.state_at(p),
+            });
+            p = dense.run_end(p).min(end);
+        }
+        return Slot::Runs(Arc::new(RunLeaf { runs }));
+    }
+    let leaf = BitLeaf::new(owner);
+    let first = (base / 64) as usize;
+    for (w, word) in leaf.words.iter().enumerate() {
+        word.store(dense.word(first + w), Ordering::Relaxed);
+    }
+    leaf.boundaries.store(boundaries, Ordering::Relaxed);
+    Slot::Bits(leaf)
 }
 
 /// For setting frame `i` of a leaf of untagged `runs` to `state`: the leaf's new runs
@@ -712,7 +728,7 @@ impl RunLeaf {
             return Some(Slot::Uniform(self.state(0)));
         }
         if self.runs.len() > RUN_LEAF_MAX {
-            return BitLeaf::from_runs(&self.runs, owner).map(|bits| Slot::Bits(Arc::new(bits)));
+            return BitLeaf::from_runs(&self.runs, owner).map(Slot::Bits);
         }
         None
     }
@@ -774,7 +790,7 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
         Slot::Dense(arc) => match bit_of(state) {
             Some(bit) => {
                 if arc.owner != set.owner {
-                    *arc = Arc::new(arc.copy_for(set.owner));
+                    *arc = arc.copy_for(set.owner);
                 }
                 arc.set(base, lo, hi, bit, set.out);
                 let boundaries = u64::from(arc.boundaries());
@@ -798,7 +814,7 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
         Slot::Bits(arc) => match bit_of(state) {
             Some(bit) => {
                 if arc.owner != set.owner {
-                    *arc = Arc::new(arc.copy_for(set.owner));
+                    *arc = arc.copy_for(set.owner);
                 }
                 arc.set(base, lo, hi, bit, set.out);
                 let boundaries = arc.boundaries() as usize;
@@ -833,9 +849,7 @@ fn node_form(node: &Node, level: u32, owner: u64) -> Option<Slot> {
         return Some(Slot::Uniform(node.first));
     }
     if level == 1 && node.tagged == 0 && node.boundaries >= DENSE_MIN_BOUNDARIES {
-        return node
-            .to_dense(owner)
-            .map(|dense| Slot::Dense(Arc::new(dense)));
+        return node.to_dense(owner).map(Slot::Dense);
     }
     None
 }
