@@ -16,9 +16,10 @@
 //!   is untagged and the region has at least [`DENSE_MIN_BOUNDARIES`] run boundaries:
 //!   densely converted memory costs what a plain bitmap costs, one hot root lookup and
 //!   one word;
-//! - at level 0 (a leaf of 4096 frames), [`Slot::Bits`], one bit per frame, when every
-//!   frame is untagged and the leaf has more than [`RUN_LEAF_MAX`] runs, or
-//!   [`Slot::Runs`], a sorted run list, when it has fewer runs or any tag;
+//! - at level 0 (a leaf of 4096 frames), when every frame is untagged, [`Slot::Edges`],
+//!   the leaf's first state and where its runs start, held in the slot itself, when it
+//!   has at most [`RUN_LEAF_MAX`] runs, and [`Slot::Bits`], one bit per frame, when it
+//!   has more; [`Slot::Runs`], a sorted run list, when a frame is tagged;
 //! - otherwise [`Slot::Node`].
 //!
 //! Equal page states therefore always give equal trees, whatever sequence of sets
@@ -34,6 +35,8 @@
 //! path it changes while a clone still holds it (path copying): nodes and run lists
 //! through [`Arc::make_mut`], bitmaps by their owner generation (see [`Bitmap`]), which
 //! lets the map that owns a bitmap flip its bits without touching a reference count.
+//! Edges are values in their slot: a leaf of scattered pages costs no allocation, and
+//! changing one writes the slot, in its node's memory.
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -54,20 +57,25 @@ const LEAF_WORDS: usize = (LEAF_FRAMES / 64) as usize;
 pub(crate) const FANOUT_SHIFT: u32 = 6;
 /// Slots per interior node.
 pub(crate) const FANOUT: usize = 1 << FANOUT_SHIFT;
-/// An untagged leaf with at most this many runs is a run list, with more a bitmap.
+/// An untagged leaf with at most this many runs is held as [`Edges`] in its slot, with
+/// more as a bitmap.
 ///
-/// A range conversion leaves at most one edge in a leaf, two runs, which a run list
-/// holds in a few bytes. Scattered pages make a bitmap, which a single-page conversion
-/// changes in place without copying the leaf.
-pub(crate) const RUN_LEAF_MAX: usize = 2;
+/// A range conversion leaves at most two edges in a leaf, three runs; up to three
+/// scattered pages make seven. Held in the slot, they cost no allocation and no cache
+/// line beyond the node's, where a bitmap leaf takes a 544-byte allocation, nine lines
+/// to fill. Busier leaves are bitmaps, which a single-page conversion changes in place.
+pub(crate) const RUN_LEAF_MAX: usize = EDGES_MAX + 1;
+/// The most run starts after the first that [`Edges`] hold: what fits in a slot.
+const EDGES_MAX: usize = 6;
 /// Runs a run list holds without a separate allocation (tagged leaves may have more).
-const RUN_LEAF_INLINE: usize = 4;
+const RUN_LEAF_INLINE: usize = 8;
 /// An untagged level-1 region with at least this many run boundaries is one bitmap.
 ///
-/// That is two per leaf on average. Scattered pages have by then made most leaves
-/// bitmaps, so the 32 KiB region bitmap costs at most about 1.4 times the tree's
-/// memory (and never more than a plain bitmap of the region), while every lookup and
-/// conversion in it is one step shorter and allocates nothing.
+/// That is two per leaf on average, about one scattered page per leaf. The 32 KiB
+/// region bitmap never costs more than a plain bitmap of the region (the node it
+/// replaces takes about 1 KiB when its leaves hold their runs in its slots, up to
+/// 36 KiB when they are bitmaps), while every lookup and conversion in it is one step
+/// shorter and allocates nothing.
 pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 128;
 const DENSE_FRAMES: u64 = 1 << span_shift(1);
 const DENSE_WORDS: usize = (DENSE_FRAMES / 64) as usize;
@@ -126,9 +134,16 @@ pub(crate) enum Slot {
     Dense(Arc<Dense>),
     /// A leaf of untagged frames, one bit per frame (level 0).
     Bits(Arc<BitLeaf>),
-    /// A leaf as a run list (level 0).
+    /// A leaf of a few runs of untagged frames, held in the slot (level 0).
+    Edges(Edges),
+    /// A leaf as a run list, with a tagged frame (level 0).
     Runs(Arc<RunLeaf>),
 }
+
+const _: () = assert!(
+    size_of::<Slot>() == 16,
+    "edges fit in a slot beside its tag"
+);
 
 impl Slot {
     /// The number of adjacent frame pairs in the slot whose states differ.
@@ -138,6 +153,7 @@ impl Slot {
             Slot::Node(n) => n.boundaries,
             Slot::Dense(d) => u64::from(d.boundaries()),
             Slot::Bits(l) => u64::from(l.boundaries()),
+            Slot::Edges(e) => e.boundaries(),
             Slot::Runs(l) => l.runs.len().saturating_sub(1) as u64,
         }
     }
@@ -148,6 +164,7 @@ impl Slot {
             Slot::Node(n) => n.first,
             Slot::Dense(d) => d.state_at(0),
             Slot::Bits(l) => l.state_at(0),
+            Slot::Edges(e) => e.state_at(0),
             Slot::Runs(l) => l.state(0),
         }
     }
@@ -158,6 +175,7 @@ impl Slot {
             Slot::Node(n) => n.last,
             Slot::Dense(d) => d.state_at(Dense::FRAMES - 1),
             Slot::Bits(l) => l.state_at(LEAF_FRAMES - 1),
+            Slot::Edges(e) => e.state_at(LEAF_FRAMES - 1),
             Slot::Runs(l) => l.state(l.runs.len().saturating_sub(1)),
         }
     }
@@ -167,7 +185,7 @@ impl Slot {
         match self {
             Slot::Uniform(s) => s.tag.is_some(),
             Slot::Node(n) => n.tagged > 0,
-            Slot::Dense(_) | Slot::Bits(_) => false,
+            Slot::Dense(_) | Slot::Bits(_) | Slot::Edges(_) => false,
             Slot::Runs(l) => l.runs.iter().any(|r| r.state.tag.is_some()),
         }
     }
@@ -175,7 +193,7 @@ impl Slot {
     /// Heap bytes held by this slot and everything below it.
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            Slot::Uniform(_) => 0,
+            Slot::Uniform(_) | Slot::Edges(_) => 0,
             Slot::Node(n) => {
                 ARC_HEADER + size_of::<Node>() + n.slots.iter().map(Slot::heap_bytes).sum::<usize>()
             }
@@ -253,6 +271,13 @@ impl Node {
                 Slot::Bits(l) => {
                     for (w, word) in l.words.iter().enumerate() {
                         dense.set_word(k * LEAF_WORDS + w, word.load(Ordering::Relaxed));
+                    }
+                }
+                Slot::Edges(e) => {
+                    for (start, end, private) in e.runs() {
+                        if private {
+                            dense.fill(base + start, base + end);
+                        }
                     }
                 }
                 Slot::Runs(l) => {
@@ -535,23 +560,6 @@ impl<const W: usize> fmt::Debug for Bitmap<W> {
 }
 
 impl BitLeaf {
-    /// The bitmap of a leaf of `runs`, owned by `owner`, if none is tagged.
-    fn from_runs(runs: &[LeafRun], owner: u64) -> Option<Arc<BitLeaf>> {
-        if runs.iter().any(|r| bit_of(r.state).is_none()) {
-            return None;
-        }
-        let leaf = BitLeaf::new(owner);
-        for (k, run) in runs.iter().enumerate() {
-            let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
-            if run.state.is_private() {
-                leaf.fill(u64::from(run.start), end);
-            }
-        }
-        leaf.boundaries
-            .store(runs.len().saturating_sub(1) as u32, Ordering::Relaxed);
-        Some(leaf)
-    }
-
     fn to_runs(&self) -> RunLeaf {
         let mut runs = SmallVec::new();
         let mut p = 0;
@@ -575,16 +583,15 @@ fn leaf_of(dense: &Dense, base: u64, owner: u64) -> Slot {
         return Slot::Uniform(dense.state_at(base));
     }
     if (boundaries as usize) < RUN_LEAF_MAX {
-        let mut runs = SmallVec::new();
-        let mut p = base;
+        let mut starts = SmallVec::<[u64; RUN_LEAF_MAX]>::new();
+        let mut p = dense.run_end(base).min(end);
         while p < end {
-            runs.push(LeafRun {
-                start: (p - base) as u16,
-                state: dense.state_at(p),
-            });
+            starts.push(p - base);
             p = dense.run_end(p).min(end);
         }
-        return Slot::Runs(Arc::new(RunLeaf { runs }));
+        if let Some(edges) = Edges::new(dense.bit(base), &starts) {
+            return Slot::Edges(edges);
+        }
     }
     let leaf = BitLeaf::new(owner);
     let first = (base / 64) as usize;
@@ -595,52 +602,136 @@ fn leaf_of(dense: &Dense, base: u64, owner: u64) -> Slot {
     Slot::Bits(leaf)
 }
 
-/// For setting frame `i` of a leaf of untagged `runs` to `state`: the leaf's new runs
-/// and the states of frames `i - 1`, `i` and `i + 1` within the leaf (none past its
-/// edges), in one pass. `None` if a run is tagged.
-fn leaf_with_frame(
-    runs: &[LeafRun],
-    i: u64,
-    state: PageState,
-) -> Option<(RunLeaf, Option<PageState>, PageState, Option<PageState>)> {
-    let mut leaf = RunLeaf {
-        runs: SmallVec::new(),
-    };
-    let mut push = |start: u64, state: PageState| {
-        if leaf.runs.last().map(|r| r.state) != Some(state) {
-            leaf.runs.push(LeafRun {
-                start: start as u16,
-                state,
-            });
-        }
-    };
-    let (mut left, mut old, mut right) = (None, PageState::SHARED, None);
-    for (k, run) in runs.iter().enumerate() {
-        if run.state.tag.is_some() {
+/// A leaf of untagged frames with at most [`RUN_LEAF_MAX`] runs, held in its slot:
+/// whether its first frame is private, and the offsets in the leaf where the others
+/// start (where the state flips), in increasing order.
+///
+/// Unused offsets hold `u16::MAX`, so equal leaves have equal edges and a lookup counts
+/// the offsets up to the frame without reading the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edges {
+    first: bool,
+    len: u8,
+    at: [u16; EDGES_MAX],
+}
+
+impl Edges {
+    /// The leaf whose first frame is private if `first`, flipping at each of `starts`
+    /// (increasing, within `1..LEAF_FRAMES`); `None` for more than [`EDGES_MAX`].
+    fn new(first: bool, starts: &[u64]) -> Option<Edges> {
+        if starts.len() > EDGES_MAX {
             return None;
         }
-        let start = u64::from(run.start);
-        let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
-        if start < i && i <= end {
-            left = Some(run.state);
+        let mut at = [u16::MAX; EDGES_MAX];
+        for (to, &from) in at.iter_mut().zip(starts) {
+            *to = from as u16;
         }
-        if start <= i + 1 && i + 1 < end {
-            right = Some(run.state);
-        }
-        if i < start || i >= end {
-            push(start, run.state);
-            continue;
-        }
-        old = run.state;
-        if start < i {
-            push(start, run.state);
-        }
-        push(i, state);
-        if i + 1 < end {
-            push(i + 1, run.state);
+        Some(Edges {
+            first,
+            len: starts.len() as u8,
+            at,
+        })
+    }
+
+    fn starts(&self) -> &[u16] {
+        &self.at[..usize::from(self.len).min(EDGES_MAX)]
+    }
+
+    fn boundaries(&self) -> u64 {
+        u64::from(self.len)
+    }
+
+    /// Whether frame `i` of the leaf is private.
+    #[inline]
+    fn bit(&self, i: u64) -> bool {
+        let i = i & (LEAF_FRAMES - 1);
+        let flips = self.at.iter().filter(|&&a| u64::from(a) <= i).count();
+        self.first ^ (flips % 2 == 1)
+    }
+
+    fn state_at(&self, i: u64) -> PageState {
+        state_of(self.bit(i))
+    }
+
+    /// One past the last frame of the run that holds frame `i`.
+    fn run_end(&self, i: u64) -> u64 {
+        let i = i & (LEAF_FRAMES - 1);
+        self.starts()
+            .iter()
+            .map(|&a| u64::from(a))
+            .find(|&a| a > i)
+            .unwrap_or(LEAF_FRAMES)
+    }
+
+    /// The leaf's runs as `(start, end, private)`, in order.
+    fn runs(&self) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+        let starts = self.starts();
+        (0..=starts.len()).map(move |k| {
+            let start = if k == 0 { 0 } else { u64::from(starts[k - 1]) };
+            let end = starts.get(k).map_or(LEAF_FRAMES, |&a| u64::from(a));
+            (start, end, self.first ^ (k % 2 == 1))
+        })
+    }
+
+    fn to_runs(self) -> RunLeaf {
+        RunLeaf {
+            runs: self
+                .runs()
+                .map(|(start, _, private)| LeafRun {
+                    start: start as u16,
+                    state: state_of(private),
+                })
+                .collect(),
         }
     }
-    Some((leaf, left, old, right))
+
+    /// The starts after frame `i` flips: those of this leaf, with `i` and `i + 1` (where
+    /// inside the leaf) added where they were missing and dropped where they were there.
+    /// The first frame's state flips with frame 0.
+    fn flipped(&self, i: u64) -> (bool, SmallVec<[u64; RUN_LEAF_MAX + 2]>) {
+        let mut out = SmallVec::new();
+        let mut toggles = [i, i + 1].into_iter().filter(|&t| t > 0 && t < LEAF_FRAMES);
+        let mut next = toggles.next();
+        for a in self.starts().iter().map(|&a| u64::from(a)) {
+            while let Some(t) = next.filter(|&t| t < a) {
+                out.push(t);
+                next = toggles.next();
+            }
+            if next == Some(a) {
+                next = toggles.next();
+            } else {
+                out.push(a);
+            }
+        }
+        while let Some(t) = next {
+            out.push(t);
+            next = toggles.next();
+        }
+        (self.first ^ (i == 0), out)
+    }
+}
+
+/// The canonical slot for a leaf of untagged frames whose first frame is private if
+/// `first` and whose state flips at each of `starts`; a bitmap leaf is owned by `owner`.
+fn untagged_leaf(first: bool, starts: &[u64], owner: u64) -> Slot {
+    if starts.is_empty() {
+        return Slot::Uniform(state_of(first));
+    }
+    if let Some(edges) = Edges::new(first, starts) {
+        return Slot::Edges(edges);
+    }
+    let leaf = BitLeaf::new(owner);
+    let mut private = first;
+    let mut from = 0;
+    for &start in starts.iter().chain(&[LEAF_FRAMES]) {
+        if private {
+            leaf.fill(from, start);
+        }
+        (from, private) = (start, !private);
+    }
+    leaf.boundaries
+        .store(starts.len() as u32, Ordering::Relaxed);
+    Slot::Bits(leaf)
 }
 
 /// One run of a [`RunLeaf`]: from `start` to the next run's start (or the leaf's end).
@@ -722,15 +813,22 @@ impl RunLeaf {
         self.runs = runs;
     }
 
-    /// The slot a changed run leaf must become, if it is no longer canonical as one.
+    /// The slot a changed run leaf must become, if it is no longer canonical as one:
+    /// anything but a leaf with a tagged frame.
     fn other_form(&self, owner: u64) -> Option<Slot> {
         if self.runs.len() <= 1 {
             return Some(Slot::Uniform(self.state(0)));
         }
-        if self.runs.len() > RUN_LEAF_MAX {
-            return BitLeaf::from_runs(&self.runs, owner).map(Slot::Bits);
+        let mut first = None;
+        let mut starts = SmallVec::<[u64; RUN_LEAF_MAX]>::new();
+        for run in &self.runs {
+            let bit = bit_of(run.state)?;
+            first.get_or_insert(bit);
+            if run.start > 0 {
+                starts.push(u64::from(run.start));
+            }
         }
-        None
+        Some(untagged_leaf(first?, &starts, owner))
     }
 
     /// The canonical slot for this leaf's content.
@@ -821,7 +919,7 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
                 if boundaries == 0 {
                     Some(Slot::Uniform(arc.state_at(0)))
                 } else if boundaries < RUN_LEAF_MAX {
-                    Some(Slot::Runs(Arc::new(arc.to_runs())))
+                    Some(arc.to_runs().into_slot(set.owner))
                 } else {
                     None
                 }
@@ -832,6 +930,11 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
                 Some(runs.into_slot(set.owner))
             }
         },
+        Slot::Edges(edges) => {
+            let mut runs = edges.to_runs();
+            runs.set(base, lo, hi, state, set.out);
+            Some(runs.into_slot(set.owner))
+        }
         Slot::Runs(arc) => {
             let runs = Arc::make_mut(arc);
             runs.set(base, lo, hi, state, set.out);
@@ -927,6 +1030,7 @@ impl Tree {
                 Slot::Uniform(s) => return *s,
                 Slot::Dense(d) => return d.state_at(gfn),
                 Slot::Bits(l) => return l.state_at(gfn),
+                Slot::Edges(e) => return e.state_at(gfn),
                 Slot::Runs(l) => return l.state_at(gfn),
             }
         }
@@ -947,6 +1051,7 @@ impl Tree {
                 Slot::Uniform(s) => return (*s, base + (1 << shift)),
                 Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
                 Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
+                Slot::Edges(e) => return (e.state_at(gfn), base + e.run_end(gfn)),
                 Slot::Runs(l) => {
                     let index = l.index_of(gfn);
                     return (l.state(index), base + l.end(index));
@@ -1079,11 +1184,12 @@ impl Tree {
                     break delta;
                 }
                 Slot::Uniform(s) if *s == state => return Some(None),
+                Slot::Edges(e) if e.bit(gfn) == bit => return Some(None),
                 Slot::Runs(l) if l.state_at(gfn) == state => return Some(None),
-                Slot::Uniform(_) | Slot::Runs(_) if shift == LEAF_SHIFT => {
-                    return self.set_leaf_frame(gfn, state);
+                Slot::Uniform(_) | Slot::Edges(_) if shift == LEAF_SHIFT => {
+                    return self.set_leaf_frame(gfn, bit);
                 }
-                Slot::Uniform(_) | Slot::Runs(_) => return None,
+                Slot::Uniform(_) | Slot::Edges(_) | Slot::Runs(_) => return None,
             }
         };
         // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
@@ -1105,49 +1211,52 @@ impl Tree {
                     break;
                 }
                 // The read above found a bitmap on this path.
-                Slot::Uniform(_) | Slot::Runs(_) => break,
+                Slot::Uniform(_) | Slot::Edges(_) | Slot::Runs(_) => break,
             }
         }
         Some(Some(state_of(!bit)))
     }
 
     /// [`set_frame`](Tree::set_frame) for a frame of an untagged leaf held as one state
-    /// or as a run list, which the new state (untagged, different) keeps untagged.
+    /// or as edges, set to the untagged state of `bit`.
     ///
     /// The leaf becomes the canonical slot for its new runs, and every node on the path
     /// adds the change of the two frame pairs the frame is in (those within its span).
     /// Returns `None`, having changed nothing, when a node would have to change form
     /// (become uniform or a dense bitmap).
-    fn set_leaf_frame(&mut self, gfn: u64, state: PageState) -> Option<Option<PageState>> {
+    fn set_leaf_frame(&mut self, gfn: u64, bit: bool) -> Option<Option<PageState>> {
         let owner = *self.generation.get_mut();
         let offset = gfn & (LEAF_FRAMES - 1);
         // Read: the leaf, the frame's neighbours, and the count change on every node.
         let mut node = &self.root;
         let mut level = self.height;
-        let (leaf, left, old, right) = loop {
+        let leaf = loop {
             level = level.saturating_sub(1);
             match &node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
                 Slot::Node(n) if level > 0 => node = n,
                 Slot::Uniform(s) if level == 0 => {
-                    break leaf_with_frame(
-                        &[LeafRun {
-                            start: 0,
-                            state: *s,
-                        }],
-                        offset,
-                        state,
-                    )?;
+                    break Edges::new(bit_of(*s)?, &[])?;
                 }
-                Slot::Runs(l) if level == 0 => break leaf_with_frame(&l.runs, offset, state)?,
+                Slot::Edges(e) if level == 0 => break *e,
                 _ => return None,
             }
         };
-        if old == state {
+        if leaf.bit(offset) == bit {
             return Some(None);
         }
-        // Neighbours outside the leaf (the frames past the guest's end are shared).
-        let left = left.or_else(|| gfn.checked_sub(1).map(|g| self.get(g)));
-        let right = right.or_else(|| (gfn + 1 < self.capacity()).then(|| self.get(gfn + 1)));
+        let (state, old) = (state_of(bit), state_of(!bit));
+        // Neighbours inside the leaf from its edges, outside from the tree (the frames
+        // past the guest's end are shared).
+        let left = if offset > 0 {
+            Some(leaf.state_at(offset - 1))
+        } else {
+            gfn.checked_sub(1).map(|g| self.get(g))
+        };
+        let right = if offset + 1 < LEAF_FRAMES {
+            Some(leaf.state_at(offset + 1))
+        } else {
+            (gfn + 1 < self.capacity()).then(|| self.get(gfn + 1))
+        };
         let pair =
             |n: Option<PageState>| n.map_or(0, |n| i64::from(n != state) - i64::from(n != old));
         let (dl, dr) = (pair(left), pair(right));
@@ -1176,7 +1285,6 @@ impl Tree {
             }
         }
         // Write: nothing can fail from here on.
-        let slot = leaf.into_slot(owner);
         let mut node = &mut self.root;
         let mut level = self.height;
         loop {
@@ -1192,7 +1300,8 @@ impl Tree {
             level -= 1;
             let index = ((gfn >> span_shift(level)) as usize) & (FANOUT - 1);
             if level == 0 {
-                node.slots[index] = slot;
+                let (first, starts) = leaf.flipped(offset);
+                node.slots[index] = untagged_leaf(first, &starts, owner);
                 break;
             }
             match &mut node.slots[index] {
@@ -1210,7 +1319,8 @@ impl Tree {
         self.root.slots.iter().map(Slot::heap_bytes).sum::<usize>()
     }
 
-    /// How many slots of each form the tree holds: uniform, node, dense, bits, runs.
+    /// How many slots of each form the tree holds: uniform, node, dense, bits, runs (run
+    /// lists held as edges or behind a pointer).
     #[cfg(test)]
     pub(crate) fn forms(&self) -> [usize; 5] {
         fn count(slot: &Slot, forms: &mut [usize; 5]) {
@@ -1222,7 +1332,7 @@ impl Tree {
                 }
                 Slot::Dense(_) => 2,
                 Slot::Bits(_) => 3,
-                Slot::Runs(_) => 4,
+                Slot::Edges(_) | Slot::Runs(_) => 4,
             };
             forms[k] += 1;
         }
@@ -1299,6 +1409,15 @@ where
         Slot::Node(n) => visit_node(n, level, base, lo, hi, f),
         Slot::Dense(d) => visit_bits(d, base, lo, hi, f),
         Slot::Bits(l) => visit_bits(l, base, lo, hi, f),
+        Slot::Edges(e) => {
+            let mut p = lo;
+            while p < hi {
+                let end = (base + e.run_end(p - base)).min(hi);
+                f(p, end, e.state_at(p - base))?;
+                p = end;
+            }
+            ControlFlow::Continue(())
+        }
         Slot::Runs(l) => {
             let mut index = l.index_of(lo - base);
             let mut p = lo;
@@ -1424,6 +1543,28 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                 l.state_at(LEAF_FRAMES - 1),
             ))
         }
+        Slot::Edges(e) => {
+            if level != 0 {
+                return Err(format!("edges at level {level}"));
+            }
+            let starts = e.starts();
+            let len = usize::from(e.len);
+            if len == 0 || len > EDGES_MAX || e.at[len..].iter().any(|&a| a != u16::MAX) {
+                return Err(format!("edges {e:?} are uniform or not canonical"));
+            }
+            if starts[0] == 0
+                || u64::from(starts[len - 1]) >= LEAF_FRAMES
+                || starts.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(format!("edges {e:?} are not increasing within the leaf"));
+            }
+            Ok((
+                e.boundaries(),
+                false,
+                e.state_at(0),
+                e.state_at(LEAF_FRAMES - 1),
+            ))
+        }
         Slot::Runs(l) => {
             if level != 0 {
                 return Err(format!("run leaf at level {level}"));
@@ -1439,11 +1580,13 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                     return Err(format!("run leaf {runs:?} is not sorted and maximal"));
                 }
             }
-            let untagged = runs.iter().all(|r| bit_of(r.state).is_some());
-            if untagged && runs.len() > RUN_LEAF_MAX {
-                return Err(format!("untagged run leaf with {} runs", runs.len()));
-            }
             let tagged = runs.iter().any(|r| r.state.tag.is_some());
+            if !tagged {
+                return Err(format!(
+                    "untagged run leaf with {} runs behind a pointer",
+                    runs.len()
+                ));
+            }
             Ok((
                 runs.len() as u64 - 1,
                 tagged,
@@ -1451,5 +1594,106 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                 runs[runs.len() - 1].state,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The leaf's frames, one bit each, read through the edges.
+    fn frames(edges: &Edges) -> Vec<bool> {
+        (0..LEAF_FRAMES).map(|i| edges.bit(i)).collect()
+    }
+
+    /// Where the state flips in `frames`.
+    fn starts_of(frames: &[bool]) -> Vec<u64> {
+        (1..frames.len())
+            .filter(|&i| frames[i] != frames[i - 1])
+            .map(|i| i as u64)
+            .collect()
+    }
+
+    /// Edges and a frame to flip, the frame often at or beside a start or a leaf edge.
+    fn edges_and_frame() -> impl Strategy<Value = (Edges, u64)> {
+        let starts = prop::collection::btree_set(1..LEAF_FRAMES, 0..=EDGES_MAX);
+        (
+            any::<bool>(),
+            starts,
+            any::<prop::sample::Index>(),
+            0..4u8,
+            0..LEAF_FRAMES,
+        )
+            .prop_map(|(first, starts, pick, how, anywhere)| {
+                let starts: Vec<u64> = starts.into_iter().collect();
+                let edges = Edges::new(first, &starts).unwrap();
+                let near = starts.get(pick.index(starts.len().max(1))).copied();
+                let i = match (how, near) {
+                    (0, Some(s)) => s,
+                    (1, Some(s)) => s - 1,
+                    (2, _) => [0, 1, LEAF_FRAMES - 2, LEAF_FRAMES - 1][pick.index(4)],
+                    _ => anywhere,
+                };
+                (edges, i)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Lookups, run ends and runs of edges agree with the frames they stand for, and
+        /// flipping a frame gives the starts of the frames with that one flipped.
+        #[test]
+        fn edges_match_their_frames((edges, i) in edges_and_frame()) {
+            let bits = frames(&edges);
+            prop_assert_eq!(starts_of(&bits), edges.starts().iter().map(|&a| u64::from(a)).collect::<Vec<_>>());
+            prop_assert_eq!(edges.boundaries(), edges.starts().len() as u64);
+            let end = (i as usize + 1..bits.len()).find(|&k| bits[k] != bits[i as usize]);
+            prop_assert_eq!(edges.run_end(i), end.map_or(LEAF_FRAMES, |k| k as u64));
+            let mut covered = 0;
+            for (start, end, private) in edges.runs() {
+                prop_assert_eq!(start, covered);
+                prop_assert!(start < end);
+                prop_assert!(bits[start as usize..end as usize].iter().all(|&b| b == private));
+                covered = end;
+            }
+            prop_assert_eq!(covered, LEAF_FRAMES);
+
+            let mut flipped = bits.clone();
+            flipped[i as usize] = !flipped[i as usize];
+            let (first, starts) = edges.flipped(i);
+            prop_assert_eq!(first, flipped[0]);
+            prop_assert_eq!(starts.to_vec(), starts_of(&flipped));
+            // And the slot for them is the canonical one for those frames.
+            match untagged_leaf(first, &starts, 7) {
+                Slot::Uniform(s) => prop_assert!(starts.is_empty() && s == state_of(first)),
+                Slot::Edges(e) => prop_assert_eq!(frames(&e), flipped),
+                Slot::Bits(l) => {
+                    prop_assert!(starts.len() > EDGES_MAX);
+                    prop_assert_eq!(u64::from(l.boundaries()), starts.len() as u64);
+                    prop_assert_eq!((0..LEAF_FRAMES).map(|k| l.bit(k)).collect::<Vec<_>>(), flipped);
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn edges_compare_by_content() {
+        let a = Edges::new(true, &[5, 9]).unwrap();
+        let b = Edges::new(true, &[5, 9]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, Edges::new(false, &[5, 9]).unwrap());
+        assert_ne!(a, Edges::new(true, &[5, 10]).unwrap());
+        assert!(Edges::new(false, &[1, 2, 3, 4, 5, 6]).is_some());
+        assert!(Edges::new(false, &[1, 2, 3, 4, 5, 6, 7]).is_none());
+        // Unused offsets are all the same, whatever the edges were built from.
+        let (first, starts) = Edges::new(false, &[3, 4, 8]).unwrap().flipped(3);
+        assert_eq!(
+            Edges::new(first, &starts).unwrap(),
+            Edges::new(false, &[8]).unwrap()
+        );
     }
 }
