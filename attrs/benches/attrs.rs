@@ -32,9 +32,15 @@
 //!
 //! Memory is heap bytes held: `AttrMap::heap_bytes` for veil, the word vector for the
 //! bitmap, and for the pagemap an estimate from its entry count (see `pagemap_bytes`).
+//!
+//! The header names the data caches of the CPU the benchmark starts on, from
+//! `/sys/devices/system/cpu/cpu0/cache/`: the scattered workloads touch a random word of
+//! a 2 MiB bitmap per operation, so how they compare depends on what fits in L2.
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::hint::black_box;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use veil_attrs::{AttrMap, Attributes, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState};
@@ -573,12 +579,63 @@ fn lookups(t: &mut Targets) {
     );
 }
 
+/// The data and unified caches of CPU 0, as `L1d 48K 12-way; L2 1024K 16-way; ...`,
+/// or why they are unknown.
+fn caches() -> String {
+    let dir = Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return format!("unknown ({} unreadable)", dir.display());
+    };
+    let read = |index: &Path, name: &str| {
+        std::fs::read_to_string(index.join(name))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut caches: Vec<(String, String)> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("index"))
+        })
+        .filter(|p| read(p, "type") != "Instruction")
+        .map(|p| {
+            let level = read(&p, "level");
+            let name = if read(&p, "type") == "Data" {
+                format!("L{level}d")
+            } else {
+                format!("L{level}")
+            };
+            let mut what = read(&p, "size");
+            let ways = read(&p, "ways_of_associativity");
+            if !ways.is_empty() {
+                let _ = write!(what, " {ways}-way");
+            }
+            let shared = read(&p, "shared_cpu_list");
+            if !shared.is_empty() && shared != "0" {
+                let _ = write!(what, " shared by CPUs {shared}");
+            }
+            (name, what)
+        })
+        .collect();
+    if caches.is_empty() {
+        return format!("unknown (nothing in {})", dir.display());
+    }
+    caches.sort();
+    caches
+        .iter()
+        .map(|(name, what)| format!("{name} {what}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn main() {
     // `cargo test --benches` runs this with --bench absent; only a bench run measures.
     if !std::env::args().any(|a| a == "--bench") {
         println!("attrs-bench: skipped (run with `cargo bench`)");
         return;
     }
+    println!("attrs-bench: caches of cpu0: {}", caches());
     // `cargo bench -p veil-attrs -- random` runs one workload.
     let only: Vec<String> = std::env::args()
         .skip(1)

@@ -54,9 +54,9 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// Measured on a shared 2-core machine (`cargo bench -p veil-attrs -- concurrent`), in
 /// the benchmark's 64 GiB guest after 100,000 scattered conversions (every 1 GiB region
 /// a 32 KiB bitmap), with one thread: a single-page set at a random place costs about
-/// 40 ns plain and 155 ns published (3.8 us when a write published a clone and copied
-/// the region's bitmap), one page set back and forth 86 ns published, and an aligned
-/// 1 GiB set about 150 ns plain and 320 ns published. veil-memory's 4 KiB round trip,
+/// 11 ns plain and 135 ns published (3.8 us when a write published a clone and copied
+/// the region's bitmap), one page set back and forth 120 ns published, and an aligned
+/// 1 GiB set about 113 ns plain and 240 ns published. veil-memory's 4 KiB round trip,
 /// two published writes and everything else two conversions do, takes about 3,100
 /// user-space instructions. [`update`](ConcurrentAttrMap::update) publishes once for
 /// all the sets it makes: batch where you can.

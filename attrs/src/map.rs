@@ -32,6 +32,16 @@ pub struct Change {
 pub struct Changes(SmallVec<[Change; 2]>);
 
 impl Changes {
+    /// The change of `range` from `previous`, if there was one, alone.
+    #[inline]
+    fn of(range: FrameRange, previous: Option<PageState>) -> Changes {
+        let mut changes = Changes::default();
+        if let Some(previous) = previous {
+            changes.0.push(Change { range, previous });
+        }
+        changes
+    }
+
     /// The total number of frames that changed.
     pub fn pages(&self) -> u64 {
         self.0.iter().map(|c| c.range.pages()).sum()
@@ -102,9 +112,10 @@ pub struct Run {
 /// 2^52 frames): interior nodes of 64 slots, leaves of 4096 frames. A slot whose frames
 /// all have one state is stored as that state alone, at any level, so converting an
 /// aligned range costs O(height) whatever its size, and an untouched guest holds no
-/// heap. A leaf with a few runs or with tags is a short run list; an untagged leaf with
-/// many runs is a 4096-bit bitmap (512 bytes), so scattered 4 KiB conversions cost about
-/// what a bitmap costs and never more memory than a bitmap plus its bookkeeping.
+/// heap. A leaf of untagged frames with a few runs holds them in its slot, no
+/// allocation; one with more runs is a 4096-bit bitmap (512 bytes), and one with tags a
+/// run list. A busy 1 GiB region is one bitmap, so scattered 4 KiB conversions cost
+/// about what a bitmap costs and never more memory than a bitmap plus its bookkeeping.
 ///
 /// `get` is O(height). `set` is O(height + the runs it changes). [`run_count`] is
 /// O(height): every node keeps its count of run boundaries up to date. `clone` is O(1):
@@ -177,12 +188,27 @@ impl AttrMap {
         range: FrameRange,
         state: PageState,
     ) -> Result<Changes, RangeError> {
+        // The common scattered conversion first, kept short; then everything else.
+        if range.pages() == 1
+            && range.end().0 <= self.frames
+            && let Some(previous) = self.tree.set_dense_frame(range.start().0, state)
+        {
+            return Ok(Changes::of(range, previous));
+        }
+        self.set_other(range, state)
+    }
+
+    /// [`set_state`](AttrMap::set_state) for all but a frame of a dense bitmap.
+    #[inline(never)]
+    fn set_other(&mut self, range: FrameRange, state: PageState) -> Result<Changes, RangeError> {
         let range = self.check(range)?;
         let (a, b) = (range.start().0, range.end().0);
-        let mut changes = Changes::default();
-        if b - a == 1 && self.tree.set_frame(a, state, &mut changes).is_some() {
-            return Ok(changes);
+        if b - a == 1
+            && let Some(previous) = self.tree.set_frame(a, state)
+        {
+            return Ok(Changes::of(range, previous));
         }
+        let mut changes = Changes::default();
         // Leave a range already in that state untouched: a set that changes nothing
         // copies no node a snapshot shares.
         let unchanged = if self.tree.get(a) != state {
@@ -566,6 +592,123 @@ mod tests {
         m.set(fr(3, 1), Attributes::PRIVATE).unwrap();
         m.check_invariants().unwrap();
         assert_eq!(m.get(Gfn(3)).unwrap(), PageState::PRIVATE);
+    }
+
+    #[test]
+    fn scattered_pages_in_their_own_leaves_cost_no_heap() {
+        // A page in each of 60 leaves of one region: 120 boundaries, short of a bitmap.
+        let mut m = AttrMap::new(2 * GIB).unwrap();
+        m.set(fr(5000, 1), Attributes::PRIVATE).unwrap();
+        let one = m.heap_bytes();
+        for k in 1..60 {
+            m.set(fr(5000 + k * 4096, 1), Attributes::PRIVATE).unwrap();
+        }
+        m.check_invariants().unwrap();
+        assert_eq!(m.forms()[RUNS], 60);
+        assert_eq!(m.forms()[BITS], 0);
+        // The leaves live in their node's slots: the node is all the heap there is.
+        assert_eq!(m.heap_bytes(), one);
+        assert_eq!(m.run_count(), 121);
+        for k in 0..60 {
+            assert_eq!(m.get(Gfn(5000 + k * 4096)).unwrap(), PageState::PRIVATE);
+            assert_eq!(m.get(Gfn(5001 + k * 4096)).unwrap(), PageState::SHARED);
+        }
+    }
+
+    #[test]
+    fn a_leaf_of_few_runs_becomes_a_bitmap_and_back() {
+        let build = |pages: &[u64]| {
+            let mut m = AttrMap::new(GIB).unwrap();
+            for &g in pages {
+                m.set(fr(g, 1), Attributes::PRIVATE).unwrap();
+            }
+            m.check_invariants().unwrap();
+            m
+        };
+        // Three isolated pages make seven runs, held in the slot.
+        let mut m = build(&[10, 20, 30]);
+        assert_eq!((m.forms()[BITS], m.forms()[RUNS]), (0, 1));
+        let heap = m.heap_bytes();
+        // A fourth makes nine: a bitmap leaf.
+        let c = m.set(fr(40, 1), Attributes::PRIVATE).unwrap();
+        assert_eq!(
+            &c[..],
+            &[Change {
+                range: fr(40, 1),
+                previous: PageState::SHARED
+            }]
+        );
+        m.check_invariants().unwrap();
+        assert_eq!((m.forms()[BITS], m.forms()[RUNS]), (1, 0));
+        assert!(m.heap_bytes() > heap);
+        assert_eq!(m, build(&[10, 20, 30, 40]));
+        // Joining two of them (10 to 20) leaves seven runs: back in the slot.
+        for g in 11..20 {
+            m.set(fr(g, 1), Attributes::PRIVATE).unwrap();
+        }
+        m.check_invariants().unwrap();
+        assert_eq!((m.forms()[BITS], m.forms()[RUNS]), (0, 1));
+        assert_eq!(m.heap_bytes(), heap);
+        assert_eq!(m.run_count(), 7);
+        let mut want = build(&[30, 40]);
+        want.set(fr(10, 11), Attributes::PRIVATE).unwrap();
+        assert_eq!(m, want);
+        // A tag needs a run list behind a pointer, and clearing it returns to edges.
+        let t = Tag::new(4).unwrap();
+        m.set_state(fr(30, 1), PageState::tagged(Attributes::PRIVATE, t))
+            .unwrap();
+        m.check_invariants().unwrap();
+        assert!(m.heap_bytes() > heap);
+        assert_eq!(m.get(Gfn(30)).unwrap().tag, Some(t));
+        m.set(fr(30, 1), Attributes::PRIVATE).unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(m, want);
+    }
+
+    #[test]
+    fn single_pages_at_word_edges_of_a_dense_bitmap() {
+        let half = crate::tree::DENSE_MIN_BOUNDARIES / 2;
+        let mut m = scattered(half);
+        assert_eq!(m.forms()[DENSE], 1);
+        let mut model: Vec<bool> = (0..(1u64 << 18))
+            .map(|g| m.get(Gfn(g)).unwrap().is_private())
+            .collect();
+        // Frames at either edge of a word, beside a private page or not, and the
+        // region's first and last frame.
+        let edges = [63, 64, 127, 128, 959, 960, 1023, 1024, 0, (1 << 18) - 1];
+        for &g in edges.iter().chain(&edges) {
+            let to = !model[g as usize];
+            let c = m.set(fr(g, 1), attrs(to)).unwrap();
+            assert_eq!(
+                &c[..],
+                &[Change {
+                    range: fr(g, 1),
+                    previous: PageState::new(attrs(!to))
+                }]
+            );
+            assert!(m.set(fr(g, 1), attrs(to)).unwrap().is_empty());
+            model[g as usize] = to;
+            m.check_invariants().unwrap();
+        }
+        let boundaries = model.windows(2).filter(|w| w[0] != w[1]).count();
+        // The region and the shared one after it, and one more if the last frame is private.
+        let across = usize::from(model[model.len() - 1]);
+        assert_eq!(m.run_count(), boundaries + across + 1);
+        for (g, &private) in model.iter().enumerate() {
+            assert_eq!(
+                m.get(Gfn(g as u64)).unwrap().is_private(),
+                private,
+                "frame {g}"
+            );
+        }
+    }
+
+    fn attrs(private: bool) -> Attributes {
+        if private {
+            Attributes::PRIVATE
+        } else {
+            Attributes::empty()
+        }
     }
 
     #[test]

@@ -16,9 +16,10 @@
 //!   is untagged and the region has at least [`DENSE_MIN_BOUNDARIES`] run boundaries:
 //!   densely converted memory costs what a plain bitmap costs, one hot root lookup and
 //!   one word;
-//! - at level 0 (a leaf of 4096 frames), [`Slot::Bits`], one bit per frame, when every
-//!   frame is untagged and the leaf has more than [`RUN_LEAF_MAX`] runs, or
-//!   [`Slot::Runs`], a sorted run list, when it has fewer runs or any tag;
+//! - at level 0 (a leaf of 4096 frames), when every frame is untagged, [`Slot::Edges`],
+//!   the leaf's first state and where its runs start, held in the slot itself, when it
+//!   has at most [`RUN_LEAF_MAX`] runs, and [`Slot::Bits`], one bit per frame, when it
+//!   has more; [`Slot::Runs`], a sorted run list, when a frame is tagged;
 //! - otherwise [`Slot::Node`].
 //!
 //! Equal page states therefore always give equal trees, whatever sequence of sets
@@ -34,6 +35,8 @@
 //! path it changes while a clone still holds it (path copying): nodes and run lists
 //! through [`Arc::make_mut`], bitmaps by their owner generation (see [`Bitmap`]), which
 //! lets the map that owns a bitmap flip its bits without touching a reference count.
+//! Edges are values in their slot: a leaf of scattered pages costs no allocation, and
+//! changing one writes the slot, in its node's memory.
 
 use std::fmt;
 use std::ops::ControlFlow;
@@ -54,20 +57,25 @@ const LEAF_WORDS: usize = (LEAF_FRAMES / 64) as usize;
 pub(crate) const FANOUT_SHIFT: u32 = 6;
 /// Slots per interior node.
 pub(crate) const FANOUT: usize = 1 << FANOUT_SHIFT;
-/// An untagged leaf with at most this many runs is a run list, with more a bitmap.
+/// An untagged leaf with at most this many runs is held as [`Edges`] in its slot, with
+/// more as a bitmap.
 ///
-/// A range conversion leaves at most one edge in a leaf, two runs, which a run list
-/// holds in a few bytes. Scattered pages make a bitmap, which a single-page conversion
-/// changes in place without copying the leaf.
-pub(crate) const RUN_LEAF_MAX: usize = 2;
+/// A range conversion leaves at most two edges in a leaf, three runs; up to three
+/// scattered pages make seven. Held in the slot, they cost no allocation and no cache
+/// line beyond the node's, where a bitmap leaf takes a 544-byte allocation, nine lines
+/// to fill. Busier leaves are bitmaps, which a single-page conversion changes in place.
+pub(crate) const RUN_LEAF_MAX: usize = EDGES_MAX + 1;
+/// The most run starts after the first that [`Edges`] hold: what fits in a slot.
+const EDGES_MAX: usize = 6;
 /// Runs a run list holds without a separate allocation (tagged leaves may have more).
-const RUN_LEAF_INLINE: usize = 4;
+const RUN_LEAF_INLINE: usize = 8;
 /// An untagged level-1 region with at least this many run boundaries is one bitmap.
 ///
-/// That is two per leaf on average. Scattered pages have by then made most leaves
-/// bitmaps, so the 32 KiB region bitmap costs at most about 1.4 times the tree's
-/// memory (and never more than a plain bitmap of the region), while every lookup and
-/// conversion in it is one step shorter and allocates nothing.
+/// That is two per leaf on average, about one scattered page per leaf. The 32 KiB
+/// region bitmap never costs more than a plain bitmap of the region (the node it
+/// replaces takes about 1 KiB when its leaves hold their runs in its slots, up to
+/// 36 KiB when they are bitmaps), while every lookup and conversion in it is one step
+/// shorter and allocates nothing.
 pub(crate) const DENSE_MIN_BOUNDARIES: u64 = 128;
 const DENSE_FRAMES: u64 = 1 << span_shift(1);
 const DENSE_WORDS: usize = (DENSE_FRAMES / 64) as usize;
@@ -95,15 +103,10 @@ pub(crate) fn height_for(frames: u64) -> u32 {
     height
 }
 
-/// The bitmap form of a state, if it has one.
+/// The bitmap form of a state, if it has one: untagged states, private or shared.
 fn bit_of(state: PageState) -> Option<bool> {
-    if state == PageState::SHARED {
-        Some(false)
-    } else if state == PageState::PRIVATE {
-        Some(true)
-    } else {
-        None
-    }
+    // Attributes hold no bit but the private one (unknown bits are rejected).
+    state.tag.is_none().then_some(state.attributes.is_private())
 }
 
 fn state_of(bit: bool) -> PageState {
@@ -131,9 +134,16 @@ pub(crate) enum Slot {
     Dense(Arc<Dense>),
     /// A leaf of untagged frames, one bit per frame (level 0).
     Bits(Arc<BitLeaf>),
-    /// A leaf as a run list (level 0).
+    /// A leaf of a few runs of untagged frames, held in the slot (level 0).
+    Edges(Edges),
+    /// A leaf as a run list, with a tagged frame (level 0).
     Runs(Arc<RunLeaf>),
 }
+
+const _: () = assert!(
+    size_of::<Slot>() == 16,
+    "edges fit in a slot beside its tag"
+);
 
 impl Slot {
     /// The number of adjacent frame pairs in the slot whose states differ.
@@ -143,6 +153,7 @@ impl Slot {
             Slot::Node(n) => n.boundaries,
             Slot::Dense(d) => u64::from(d.boundaries()),
             Slot::Bits(l) => u64::from(l.boundaries()),
+            Slot::Edges(e) => e.boundaries(),
             Slot::Runs(l) => l.runs.len().saturating_sub(1) as u64,
         }
     }
@@ -153,6 +164,7 @@ impl Slot {
             Slot::Node(n) => n.first,
             Slot::Dense(d) => d.state_at(0),
             Slot::Bits(l) => l.state_at(0),
+            Slot::Edges(e) => e.state_at(0),
             Slot::Runs(l) => l.state(0),
         }
     }
@@ -163,6 +175,7 @@ impl Slot {
             Slot::Node(n) => n.last,
             Slot::Dense(d) => d.state_at(Dense::FRAMES - 1),
             Slot::Bits(l) => l.state_at(LEAF_FRAMES - 1),
+            Slot::Edges(e) => e.state_at(LEAF_FRAMES - 1),
             Slot::Runs(l) => l.state(l.runs.len().saturating_sub(1)),
         }
     }
@@ -172,7 +185,7 @@ impl Slot {
         match self {
             Slot::Uniform(s) => s.tag.is_some(),
             Slot::Node(n) => n.tagged > 0,
-            Slot::Dense(_) | Slot::Bits(_) => false,
+            Slot::Dense(_) | Slot::Bits(_) | Slot::Edges(_) => false,
             Slot::Runs(l) => l.runs.iter().any(|r| r.state.tag.is_some()),
         }
     }
@@ -180,7 +193,7 @@ impl Slot {
     /// Heap bytes held by this slot and everything below it.
     pub(crate) fn heap_bytes(&self) -> usize {
         match self {
-            Slot::Uniform(_) => 0,
+            Slot::Uniform(_) | Slot::Edges(_) => 0,
             Slot::Node(n) => {
                 ARC_HEADER + size_of::<Node>() + n.slots.iter().map(Slot::heap_bytes).sum::<usize>()
             }
@@ -230,14 +243,7 @@ impl Node {
     /// The level-1 node holding the same frames as `dense`, its leaves owned by `owner`.
     fn from_dense(dense: &Dense, owner: u64) -> Node {
         Node {
-            slots: std::array::from_fn(|k| {
-                let leaf = BitLeaf::zeroed(owner);
-                for (w, word) in leaf.words.iter().enumerate() {
-                    word.store(dense.word(k * LEAF_WORDS + w), Ordering::Relaxed);
-                }
-                leaf.recount();
-                leaf_slot(leaf)
-            }),
+            slots: std::array::from_fn(|k| leaf_of(dense, k as u64 * LEAF_FRAMES, owner)),
             boundaries: u64::from(dense.boundaries()),
             tagged: 0,
             first: dense.state_at(0),
@@ -246,35 +252,45 @@ impl Node {
     }
 
     /// The bitmap of this level-1 node, owned by `owner`, if no frame in it is tagged.
-    fn to_dense(&self, owner: u64) -> Option<Dense> {
-        let dense = Dense::zeroed(owner);
+    ///
+    /// Filled in its own allocation, not built on the stack and copied there.
+    fn to_dense(&self, owner: u64) -> Option<Arc<Dense>> {
+        if self.tagged > 0 {
+            return None;
+        }
+        let boundaries = u32::try_from(self.boundaries).ok()?;
+        let dense = Dense::new(owner);
         for (k, slot) in self.slots.iter().enumerate() {
-            let words = &dense.words[k * LEAF_WORDS..(k + 1) * LEAF_WORDS];
+            let base = k as u64 * LEAF_FRAMES;
             match slot {
                 Slot::Uniform(s) => {
                     if bit_of(*s)? {
-                        words
-                            .iter()
-                            .for_each(|w| w.store(u64::MAX, Ordering::Relaxed));
+                        dense.fill(base, base + LEAF_FRAMES);
                     }
                 }
                 Slot::Bits(l) => {
-                    for (to, from) in words.iter().zip(&l.words) {
-                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    for (w, word) in l.words.iter().enumerate() {
+                        dense.set_word(k * LEAF_WORDS + w, word.load(Ordering::Relaxed));
+                    }
+                }
+                Slot::Edges(e) => {
+                    for (start, end, private) in e.runs() {
+                        if private {
+                            dense.fill(base + start, base + end);
+                        }
                     }
                 }
                 Slot::Runs(l) => {
-                    let leaf = BitLeaf::from_runs(&l.runs, owner)?;
-                    for (to, from) in words.iter().zip(&leaf.words) {
-                        to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
+                    for (i, run) in l.runs.iter().enumerate() {
+                        if bit_of(run.state)? {
+                            dense.fill(base + u64::from(run.start), base + l.end(i));
+                        }
                     }
                 }
                 Slot::Node(_) | Slot::Dense(_) => return None,
             }
         }
-        dense
-            .boundaries
-            .store(u32::try_from(self.boundaries).ok()?, Ordering::Relaxed);
+        dense.boundaries.store(boundaries, Ordering::Relaxed);
         Some(dense)
     }
 
@@ -356,9 +372,14 @@ impl<const W: usize> Bitmap<W> {
         }
     }
 
+    /// An empty bitmap in its own allocation, for the map of generation `owner` to fill.
+    fn new(owner: u64) -> Arc<Self> {
+        Arc::new(Bitmap::zeroed(owner))
+    }
+
     /// A copy that the map of generation `owner` may change.
-    fn copy_for(&self, owner: u64) -> Self {
-        let copy = Bitmap::zeroed(owner);
+    fn copy_for(&self, owner: u64) -> Arc<Self> {
+        let copy = Bitmap::new(owner);
         for (to, from) in copy.words.iter().zip(&self.words) {
             to.store(from.load(Ordering::Relaxed), Ordering::Relaxed);
         }
@@ -376,12 +397,6 @@ impl<const W: usize> Bitmap<W> {
 
     fn set_word(&self, w: usize, value: u64) {
         self.words[w].store(value, Ordering::Relaxed);
-    }
-
-    /// Counts the boundaries from scratch (after filling words directly).
-    fn recount(&self) {
-        self.boundaries
-            .store(self.transitions(0, Self::FRAMES - 1), Ordering::Relaxed);
     }
 
     fn bit(&self, i: u64) -> bool {
@@ -470,33 +485,52 @@ impl<const W: usize> Bitmap<W> {
     }
 }
 
+/// What setting one frame of a bitmap would do.
+enum Flip {
+    /// The frame already has that state.
+    Same,
+    /// It is the bitmap's first or last frame, whose outer neighbour the bitmap lacks.
+    Edge,
+    /// It would change, and the boundary count by this much.
+    Delta(i64),
+}
+
 impl<const W: usize> Bitmap<W> {
-    /// For setting frame `i` (not the first or last) to `bit` in place: `None` when it
-    /// already has it, else the change in the boundary count.
-    fn flip_delta(&self, i: u64, bit: bool) -> Option<i64> {
-        let old = self.bit(i);
-        if old == bit {
-            return None;
+    /// What setting frame `i` to `bit` in place would do, from the frame's word (and
+    /// the one beside it when the frame is at the word's edge).
+    #[inline]
+    fn flip_delta(&self, i: u64, bit: bool) -> Flip {
+        let i = i & (Self::FRAMES - 1);
+        let (w, b) = ((i / 64) as usize, i % 64);
+        let word = self.word(w);
+        let old = (word >> b) & 1;
+        if old == u64::from(bit) {
+            return Flip::Same;
         }
-        let (before, after) = (self.bit(i - 1), self.bit(i + 1));
+        if i == 0 || i == Self::FRAMES - 1 {
+            return Flip::Edge;
+        }
+        let before = if b > 0 {
+            (word >> (b - 1)) & 1
+        } else {
+            self.word(w - 1) >> 63
+        };
+        let after = if b < 63 {
+            (word >> (b + 1)) & 1
+        } else {
+            self.word(w + 1) & 1
+        };
         // Flipping i toggles both pairs it is in: each difference becomes a match and back.
-        let was = i64::from(before != old) + i64::from(old != after);
-        Some(2 - 2 * was)
+        let was = (before ^ old) + (old ^ after);
+        Flip::Delta(2 - 2 * was as i64)
     }
 
-    /// Sets frame `i` to `bit`, whose count change `flip_delta` gave.
-    fn flip(&self, i: u64, bit: bool, delta: i64) {
+    /// Flips frame `i`, whose count change `flip_delta` gave.
+    #[inline]
+    fn flip(&self, i: u64, delta: i64) {
         let i = i & (Self::FRAMES - 1);
         let w = (i / 64) as usize;
-        let word = self.word(w);
-        self.set_word(
-            w,
-            if bit {
-                word | 1 << (i % 64)
-            } else {
-                word & !(1 << (i % 64))
-            },
-        );
+        self.set_word(w, self.word(w) ^ (1 << (i % 64)));
         let boundaries = (i64::from(self.boundaries()) + delta).max(0);
         self.boundaries.store(
             u32::try_from(boundaries).unwrap_or(u32::MAX),
@@ -526,19 +560,6 @@ impl<const W: usize> fmt::Debug for Bitmap<W> {
 }
 
 impl BitLeaf {
-    fn from_runs(runs: &[LeafRun], owner: u64) -> Option<BitLeaf> {
-        let leaf = BitLeaf::zeroed(owner);
-        for (k, run) in runs.iter().enumerate() {
-            let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
-            if bit_of(run.state)? {
-                leaf.fill(u64::from(run.start), end);
-            }
-        }
-        leaf.boundaries
-            .store(runs.len().saturating_sub(1) as u32, Ordering::Relaxed);
-        Some(leaf)
-    }
-
     fn to_runs(&self) -> RunLeaf {
         let mut runs = SmallVec::new();
         let mut p = 0;
@@ -553,64 +574,164 @@ impl BitLeaf {
     }
 }
 
-/// The canonical slot for a leaf of untagged frames.
-fn leaf_slot(leaf: BitLeaf) -> Slot {
-    let boundaries = leaf.boundaries();
+/// The canonical slot for the leaf of frames `base..base + LEAF_FRAMES` of `dense`, a
+/// bitmap leaf owned by `owner` if it comes to that.
+fn leaf_of(dense: &Dense, base: u64, owner: u64) -> Slot {
+    let end = base + LEAF_FRAMES;
+    let boundaries = dense.transitions(base, end - 1);
     if boundaries == 0 {
-        Slot::Uniform(leaf.state_at(0))
-    } else if (boundaries as usize) < RUN_LEAF_MAX {
-        Slot::Runs(Arc::new(leaf.to_runs()))
-    } else {
-        Slot::Bits(Arc::new(leaf))
+        return Slot::Uniform(dense.state_at(base));
+    }
+    if (boundaries as usize) < RUN_LEAF_MAX {
+        let mut starts = SmallVec::<[u64; RUN_LEAF_MAX]>::new();
+        let mut p = dense.run_end(base).min(end);
+        while p < end {
+            starts.push(p - base);
+            p = dense.run_end(p).min(end);
+        }
+        if let Some(edges) = Edges::new(dense.bit(base), &starts) {
+            return Slot::Edges(edges);
+        }
+    }
+    let leaf = BitLeaf::new(owner);
+    let first = (base / 64) as usize;
+    for (w, word) in leaf.words.iter().enumerate() {
+        word.store(dense.word(first + w), Ordering::Relaxed);
+    }
+    leaf.boundaries.store(boundaries, Ordering::Relaxed);
+    Slot::Bits(leaf)
+}
+
+/// A leaf of untagged frames with at most [`RUN_LEAF_MAX`] runs, held in its slot:
+/// whether its first frame is private, and the offsets in the leaf where the others
+/// start (where the state flips), in increasing order.
+///
+/// Unused offsets hold `u16::MAX`, so equal leaves have equal edges and a lookup counts
+/// the offsets up to the frame without reading the length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Edges {
+    first: bool,
+    len: u8,
+    at: [u16; EDGES_MAX],
+}
+
+impl Edges {
+    /// The leaf whose first frame is private if `first`, flipping at each of `starts`
+    /// (increasing, within `1..LEAF_FRAMES`); `None` for more than [`EDGES_MAX`].
+    fn new(first: bool, starts: &[u64]) -> Option<Edges> {
+        if starts.len() > EDGES_MAX {
+            return None;
+        }
+        let mut at = [u16::MAX; EDGES_MAX];
+        for (to, &from) in at.iter_mut().zip(starts) {
+            *to = from as u16;
+        }
+        Some(Edges {
+            first,
+            len: starts.len() as u8,
+            at,
+        })
+    }
+
+    fn starts(&self) -> &[u16] {
+        &self.at[..usize::from(self.len).min(EDGES_MAX)]
+    }
+
+    fn boundaries(&self) -> u64 {
+        u64::from(self.len)
+    }
+
+    /// Whether frame `i` of the leaf is private.
+    #[inline]
+    fn bit(&self, i: u64) -> bool {
+        let i = i & (LEAF_FRAMES - 1);
+        let flips = self.at.iter().filter(|&&a| u64::from(a) <= i).count();
+        self.first ^ (flips % 2 == 1)
+    }
+
+    fn state_at(&self, i: u64) -> PageState {
+        state_of(self.bit(i))
+    }
+
+    /// One past the last frame of the run that holds frame `i`.
+    fn run_end(&self, i: u64) -> u64 {
+        let i = i & (LEAF_FRAMES - 1);
+        self.starts()
+            .iter()
+            .map(|&a| u64::from(a))
+            .find(|&a| a > i)
+            .unwrap_or(LEAF_FRAMES)
+    }
+
+    /// The leaf's runs as `(start, end, private)`, in order.
+    fn runs(&self) -> impl Iterator<Item = (u64, u64, bool)> + '_ {
+        let starts = self.starts();
+        (0..=starts.len()).map(move |k| {
+            let start = if k == 0 { 0 } else { u64::from(starts[k - 1]) };
+            let end = starts.get(k).map_or(LEAF_FRAMES, |&a| u64::from(a));
+            (start, end, self.first ^ (k % 2 == 1))
+        })
+    }
+
+    fn to_runs(self) -> RunLeaf {
+        RunLeaf {
+            runs: self
+                .runs()
+                .map(|(start, _, private)| LeafRun {
+                    start: start as u16,
+                    state: state_of(private),
+                })
+                .collect(),
+        }
+    }
+
+    /// The starts after frame `i` flips: those of this leaf, with `i` and `i + 1` (where
+    /// inside the leaf) added where they were missing and dropped where they were there.
+    /// The first frame's state flips with frame 0.
+    fn flipped(&self, i: u64) -> (bool, SmallVec<[u64; RUN_LEAF_MAX + 2]>) {
+        let mut out = SmallVec::new();
+        let mut toggles = [i, i + 1].into_iter().filter(|&t| t > 0 && t < LEAF_FRAMES);
+        let mut next = toggles.next();
+        for a in self.starts().iter().map(|&a| u64::from(a)) {
+            while let Some(t) = next.filter(|&t| t < a) {
+                out.push(t);
+                next = toggles.next();
+            }
+            if next == Some(a) {
+                next = toggles.next();
+            } else {
+                out.push(a);
+            }
+        }
+        while let Some(t) = next {
+            out.push(t);
+            next = toggles.next();
+        }
+        (self.first ^ (i == 0), out)
     }
 }
 
-/// For setting frame `i` of a leaf of untagged `runs` to `state`: the leaf's new runs
-/// and the states of frames `i - 1`, `i` and `i + 1` within the leaf (none past its
-/// edges), in one pass. `None` if a run is tagged.
-fn leaf_with_frame(
-    runs: &[LeafRun],
-    i: u64,
-    state: PageState,
-) -> Option<(RunLeaf, Option<PageState>, PageState, Option<PageState>)> {
-    let mut leaf = RunLeaf {
-        runs: SmallVec::new(),
-    };
-    let mut push = |start: u64, state: PageState| {
-        if leaf.runs.last().map(|r| r.state) != Some(state) {
-            leaf.runs.push(LeafRun {
-                start: start as u16,
-                state,
-            });
-        }
-    };
-    let (mut left, mut old, mut right) = (None, PageState::SHARED, None);
-    for (k, run) in runs.iter().enumerate() {
-        if run.state.tag.is_some() {
-            return None;
-        }
-        let start = u64::from(run.start);
-        let end = runs.get(k + 1).map_or(LEAF_FRAMES, |r| u64::from(r.start));
-        if start < i && i <= end {
-            left = Some(run.state);
-        }
-        if start <= i + 1 && i + 1 < end {
-            right = Some(run.state);
-        }
-        if i < start || i >= end {
-            push(start, run.state);
-            continue;
-        }
-        old = run.state;
-        if start < i {
-            push(start, run.state);
-        }
-        push(i, state);
-        if i + 1 < end {
-            push(i + 1, run.state);
-        }
+/// The canonical slot for a leaf of untagged frames whose first frame is private if
+/// `first` and whose state flips at each of `starts`; a bitmap leaf is owned by `owner`.
+fn untagged_leaf(first: bool, starts: &[u64], owner: u64) -> Slot {
+    if starts.is_empty() {
+        return Slot::Uniform(state_of(first));
     }
-    Some((leaf, left, old, right))
+    if let Some(edges) = Edges::new(first, starts) {
+        return Slot::Edges(edges);
+    }
+    let leaf = BitLeaf::new(owner);
+    let mut private = first;
+    let mut from = 0;
+    for &start in starts.iter().chain(&[LEAF_FRAMES]) {
+        if private {
+            leaf.fill(from, start);
+        }
+        (from, private) = (start, !private);
+    }
+    leaf.boundaries
+        .store(starts.len() as u32, Ordering::Relaxed);
+    Slot::Bits(leaf)
 }
 
 /// One run of a [`RunLeaf`]: from `start` to the next run's start (or the leaf's end).
@@ -692,15 +813,22 @@ impl RunLeaf {
         self.runs = runs;
     }
 
-    /// The slot a changed run leaf must become, if it is no longer canonical as one.
+    /// The slot a changed run leaf must become, if it is no longer canonical as one:
+    /// anything but a leaf with a tagged frame.
     fn other_form(&self, owner: u64) -> Option<Slot> {
         if self.runs.len() <= 1 {
             return Some(Slot::Uniform(self.state(0)));
         }
-        if self.runs.len() > RUN_LEAF_MAX {
-            return BitLeaf::from_runs(&self.runs, owner).map(|bits| Slot::Bits(Arc::new(bits)));
+        let mut first = None;
+        let mut starts = SmallVec::<[u64; RUN_LEAF_MAX]>::new();
+        for run in &self.runs {
+            let bit = bit_of(run.state)?;
+            first.get_or_insert(bit);
+            if run.start > 0 {
+                starts.push(u64::from(run.start));
+            }
         }
-        None
+        Some(untagged_leaf(first?, &starts, owner))
     }
 
     /// The canonical slot for this leaf's content.
@@ -760,7 +888,7 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
         Slot::Dense(arc) => match bit_of(state) {
             Some(bit) => {
                 if arc.owner != set.owner {
-                    *arc = Arc::new(arc.copy_for(set.owner));
+                    *arc = arc.copy_for(set.owner);
                 }
                 arc.set(base, lo, hi, bit, set.out);
                 let boundaries = u64::from(arc.boundaries());
@@ -784,14 +912,14 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
         Slot::Bits(arc) => match bit_of(state) {
             Some(bit) => {
                 if arc.owner != set.owner {
-                    *arc = Arc::new(arc.copy_for(set.owner));
+                    *arc = arc.copy_for(set.owner);
                 }
                 arc.set(base, lo, hi, bit, set.out);
                 let boundaries = arc.boundaries() as usize;
                 if boundaries == 0 {
                     Some(Slot::Uniform(arc.state_at(0)))
                 } else if boundaries < RUN_LEAF_MAX {
-                    Some(Slot::Runs(Arc::new(arc.to_runs())))
+                    Some(arc.to_runs().into_slot(set.owner))
                 } else {
                     None
                 }
@@ -802,6 +930,11 @@ fn set_slot(slot: &mut Slot, level: u32, base: u64, lo: u64, hi: u64, set: &mut 
                 Some(runs.into_slot(set.owner))
             }
         },
+        Slot::Edges(edges) => {
+            let mut runs = edges.to_runs();
+            runs.set(base, lo, hi, state, set.out);
+            Some(runs.into_slot(set.owner))
+        }
         Slot::Runs(arc) => {
             let runs = Arc::make_mut(arc);
             runs.set(base, lo, hi, state, set.out);
@@ -819,9 +952,7 @@ fn node_form(node: &Node, level: u32, owner: u64) -> Option<Slot> {
         return Some(Slot::Uniform(node.first));
     }
     if level == 1 && node.tagged == 0 && node.boundaries >= DENSE_MIN_BOUNDARIES {
-        return node
-            .to_dense(owner)
-            .map(|dense| Slot::Dense(Arc::new(dense)));
+        return node.to_dense(owner).map(Slot::Dense);
     }
     None
 }
@@ -899,6 +1030,7 @@ impl Tree {
                 Slot::Uniform(s) => return *s,
                 Slot::Dense(d) => return d.state_at(gfn),
                 Slot::Bits(l) => return l.state_at(gfn),
+                Slot::Edges(e) => return e.state_at(gfn),
                 Slot::Runs(l) => return l.state_at(gfn),
             }
         }
@@ -919,6 +1051,7 @@ impl Tree {
                 Slot::Uniform(s) => return (*s, base + (1 << shift)),
                 Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
                 Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
+                Slot::Edges(e) => return (e.state_at(gfn), base + e.run_end(gfn)),
                 Slot::Runs(l) => {
                     let index = l.index_of(gfn);
                     return (l.state(index), base + l.end(index));
@@ -950,50 +1083,99 @@ impl Tree {
     /// Sets one frame to an untagged state in place, when all that changes is one bit of
     /// a bitmap this tree owns and the counts on its path (the frame is not at the
     /// bitmap's edge and no slot changes form), or one untagged leaf and the counts on
-    /// its path (no node changes form). Returns `None`, having changed nothing,
-    /// when that does not hold, and otherwise whether the frame changed (the change is
-    /// in `out`).
+    /// its path (no node changes form). Returns `None`, having changed nothing, when that
+    /// does not hold; otherwise the frame's previous state if it changed, `Some(None)` if
+    /// it already had `state`.
     ///
-    /// This is the common single-page conversion: one read of the bit, then a walk
-    /// down that adds the same count change to every node on the way.
-    pub(crate) fn set_frame(
+    /// This is the common single-page conversion: one read of the bit's word, then a
+    /// walk down that adds the same count change to every node on the way.
+    pub(crate) fn set_frame(&mut self, gfn: u64, state: PageState) -> Option<Option<PageState>> {
+        let bit = bit_of(state)?;
+        self.set_frame_walk(gfn, state, bit)
+    }
+
+    /// [`set_frame`](Tree::set_frame) for a frame of a dense bitmap right under the root,
+    /// where scattered conversions in a guest up to 64 GiB end up, with both neighbours
+    /// in the frame's word: that word, the bitmap's count and the root's, and nothing
+    /// else. `None` if the frame is elsewhere or the bitmap cannot change in place (then
+    /// [`set_frame`](Tree::set_frame) may still).
+    #[inline]
+    pub(crate) fn set_dense_frame(
         &mut self,
         gfn: u64,
         state: PageState,
-        out: &mut Changes,
-    ) -> Option<bool> {
+    ) -> Option<Option<PageState>> {
         let bit = bit_of(state)?;
+        // As in `get_dense`: only a tree of height 2 has dense bitmaps in its root, and
+        // there the root's slots are level-1 slots.
+        let Slot::Dense(d) = &self.root.slots[((gfn >> span_shift(1)) as usize) & (FANOUT - 1)]
+        else {
+            return None;
+        };
+        let i = gfn & (Dense::FRAMES - 1);
+        let (w, b) = ((i / 64) as usize, i % 64);
+        let word = d.word(w);
+        if (word >> b) & 1 == u64::from(bit) {
+            return Some(None);
+        }
+        if b == 0 || b == 63 || d.owner != *self.generation.get_mut() {
+            return None;
+        }
+        // Frames i - 1, i, i + 1: flipping i turns each of its two pairs from equal to
+        // different or back.
+        let three = word >> (b - 1);
+        let was = ((three ^ (three >> 1)) & 1) + (((three >> 1) ^ (three >> 2)) & 1);
+        let delta = 2 - 2 * was as i64;
+        let boundaries = i64::from(d.boundaries()) + delta;
+        if boundaries < DENSE_MIN_BOUNDARIES as i64 {
+            return None;
+        }
+        d.set_word(w, word ^ (1 << b));
+        d.boundaries.store(boundaries as u32, Ordering::Relaxed);
+        self.root.boundaries = self.root.boundaries.wrapping_add_signed(delta);
+        Some(Some(state_of(!bit)))
+    }
+
+    /// [`set_frame`](Tree::set_frame) anywhere in the tree.
+    fn set_frame_walk(
+        &mut self,
+        gfn: u64,
+        state: PageState,
+        bit: bool,
+    ) -> Option<Option<PageState>> {
         let owner = *self.generation.get_mut();
         // Read: find the bitmap and the count change, and check nothing changes form.
         let mut node = &self.root;
-        let mut level = self.height;
+        let mut shift = self.root_shift;
         let delta = loop {
-            level = level.saturating_sub(1);
-            let shift = span_shift(level);
             let offset = gfn & ((1 << shift) - 1);
             match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = n,
+                Slot::Node(n) => {
+                    node = n;
+                    shift = shift.saturating_sub(FANOUT_SHIFT);
+                }
                 Slot::Dense(d) => {
-                    if d.owner != owner || offset == 0 || offset == Dense::FRAMES - 1 {
-                        return None;
-                    }
-                    let Some(delta) = d.flip_delta(offset, bit) else {
-                        return Some(false);
+                    let delta = match d.flip_delta(offset, bit) {
+                        Flip::Same => return Some(None),
+                        Flip::Edge => return None,
+                        Flip::Delta(delta) => delta,
                     };
-                    if i64::from(d.boundaries()) + delta < DENSE_MIN_BOUNDARIES as i64 {
+                    if d.owner != owner
+                        || i64::from(d.boundaries()) + delta < DENSE_MIN_BOUNDARIES as i64
+                    {
                         return None;
                     }
                     break delta;
                 }
                 Slot::Bits(l) => {
-                    if l.owner != owner || offset == 0 || offset == LEAF_FRAMES - 1 {
-                        return None;
-                    }
-                    let Some(delta) = l.flip_delta(offset, bit) else {
-                        return Some(false);
+                    let delta = match l.flip_delta(offset, bit) {
+                        Flip::Same => return Some(None),
+                        Flip::Edge => return None,
+                        Flip::Delta(delta) => delta,
                     };
                     // The leaf must stay a bitmap, its level-1 node a node.
-                    if i64::from(l.boundaries()) + delta < RUN_LEAF_MAX as i64
+                    if l.owner != owner
+                        || i64::from(l.boundaries()) + delta < RUN_LEAF_MAX as i64
                         || (node.tagged == 0
                             && node.boundaries as i64 + delta >= DENSE_MIN_BOUNDARIES as i64)
                     {
@@ -1001,75 +1183,80 @@ impl Tree {
                     }
                     break delta;
                 }
-                Slot::Uniform(s) if *s == state => return Some(false),
-                Slot::Runs(l) if l.state_at(gfn) == state => return Some(false),
-                Slot::Uniform(_) | Slot::Runs(_) if level == 0 => {
-                    return self.set_leaf_frame(gfn, state, out);
+                Slot::Uniform(s) if *s == state => return Some(None),
+                Slot::Edges(e) if e.bit(gfn) == bit => return Some(None),
+                Slot::Runs(l) if l.state_at(gfn) == state => return Some(None),
+                Slot::Uniform(_) | Slot::Edges(_) if shift == LEAF_SHIFT => {
+                    return self.set_leaf_frame(gfn, bit);
                 }
-                Slot::Uniform(_) | Slot::Runs(_) => return None,
+                Slot::Uniform(_) | Slot::Edges(_) | Slot::Runs(_) => return None,
             }
         };
         // Write: the path is this tree's alone (it owns the bitmap), so no node is copied.
         let mut node = &mut self.root;
-        let mut level = self.height;
+        let mut shift = self.root_shift;
         loop {
             node.boundaries = node.boundaries.saturating_add_signed(delta);
-            level = level.saturating_sub(1);
-            match &mut node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = Arc::make_mut(n),
+            match &mut node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
+                Slot::Node(n) => {
+                    node = Arc::make_mut(n);
+                    shift = shift.saturating_sub(FANOUT_SHIFT);
+                }
                 Slot::Dense(d) => {
-                    d.flip(gfn, bit, delta);
+                    d.flip(gfn, delta);
                     break;
                 }
                 Slot::Bits(l) => {
-                    l.flip(gfn, bit, delta);
+                    l.flip(gfn, delta);
                     break;
                 }
                 // The read above found a bitmap on this path.
-                Slot::Uniform(_) | Slot::Runs(_) => break,
+                Slot::Uniform(_) | Slot::Edges(_) | Slot::Runs(_) => break,
             }
         }
-        out.push_piece(gfn, gfn + 1, state_of(!bit));
-        Some(true)
+        Some(Some(state_of(!bit)))
     }
 
     /// [`set_frame`](Tree::set_frame) for a frame of an untagged leaf held as one state
-    /// or as a run list, which the new state (untagged, different) keeps untagged.
+    /// or as edges, set to the untagged state of `bit`.
     ///
     /// The leaf becomes the canonical slot for its new runs, and every node on the path
     /// adds the change of the two frame pairs the frame is in (those within its span).
     /// Returns `None`, having changed nothing, when a node would have to change form
     /// (become uniform or a dense bitmap).
-    fn set_leaf_frame(&mut self, gfn: u64, state: PageState, out: &mut Changes) -> Option<bool> {
+    fn set_leaf_frame(&mut self, gfn: u64, bit: bool) -> Option<Option<PageState>> {
         let owner = *self.generation.get_mut();
         let offset = gfn & (LEAF_FRAMES - 1);
         // Read: the leaf, the frame's neighbours, and the count change on every node.
         let mut node = &self.root;
         let mut level = self.height;
-        let (leaf, left, old, right) = loop {
+        let leaf = loop {
             level = level.saturating_sub(1);
             match &node.slots[((gfn >> span_shift(level)) as usize) & (FANOUT - 1)] {
                 Slot::Node(n) if level > 0 => node = n,
                 Slot::Uniform(s) if level == 0 => {
-                    break leaf_with_frame(
-                        &[LeafRun {
-                            start: 0,
-                            state: *s,
-                        }],
-                        offset,
-                        state,
-                    )?;
+                    break Edges::new(bit_of(*s)?, &[])?;
                 }
-                Slot::Runs(l) if level == 0 => break leaf_with_frame(&l.runs, offset, state)?,
+                Slot::Edges(e) if level == 0 => break *e,
                 _ => return None,
             }
         };
-        if old == state {
-            return Some(false);
+        if leaf.bit(offset) == bit {
+            return Some(None);
         }
-        // Neighbours outside the leaf (the frames past the guest's end are shared).
-        let left = left.or_else(|| gfn.checked_sub(1).map(|g| self.get(g)));
-        let right = right.or_else(|| (gfn + 1 < self.capacity()).then(|| self.get(gfn + 1)));
+        let (state, old) = (state_of(bit), state_of(!bit));
+        // Neighbours inside the leaf from its edges, outside from the tree (the frames
+        // past the guest's end are shared).
+        let left = if offset > 0 {
+            Some(leaf.state_at(offset - 1))
+        } else {
+            gfn.checked_sub(1).map(|g| self.get(g))
+        };
+        let right = if offset + 1 < LEAF_FRAMES {
+            Some(leaf.state_at(offset + 1))
+        } else {
+            (gfn + 1 < self.capacity()).then(|| self.get(gfn + 1))
+        };
         let pair =
             |n: Option<PageState>| n.map_or(0, |n| i64::from(n != state) - i64::from(n != old));
         let (dl, dr) = (pair(left), pair(right));
@@ -1098,8 +1285,6 @@ impl Tree {
             }
         }
         // Write: nothing can fail from here on.
-        out.push_piece(gfn, gfn + 1, old);
-        let slot = leaf.into_slot(owner);
         let mut node = &mut self.root;
         let mut level = self.height;
         loop {
@@ -1115,7 +1300,8 @@ impl Tree {
             level -= 1;
             let index = ((gfn >> span_shift(level)) as usize) & (FANOUT - 1);
             if level == 0 {
-                node.slots[index] = slot;
+                let (first, starts) = leaf.flipped(offset);
+                node.slots[index] = untagged_leaf(first, &starts, owner);
                 break;
             }
             match &mut node.slots[index] {
@@ -1124,7 +1310,7 @@ impl Tree {
                 _ => break,
             }
         }
-        Some(true)
+        Some(Some(old))
     }
 
     /// Heap bytes held by the tree (the root lives in the map), counting nodes a clone
@@ -1133,7 +1319,8 @@ impl Tree {
         self.root.slots.iter().map(Slot::heap_bytes).sum::<usize>()
     }
 
-    /// How many slots of each form the tree holds: uniform, node, dense, bits, runs.
+    /// How many slots of each form the tree holds: uniform, node, dense, bits, runs (run
+    /// lists held as edges or behind a pointer).
     #[cfg(test)]
     pub(crate) fn forms(&self) -> [usize; 5] {
         fn count(slot: &Slot, forms: &mut [usize; 5]) {
@@ -1145,7 +1332,7 @@ impl Tree {
                 }
                 Slot::Dense(_) => 2,
                 Slot::Bits(_) => 3,
-                Slot::Runs(_) => 4,
+                Slot::Edges(_) | Slot::Runs(_) => 4,
             };
             forms[k] += 1;
         }
@@ -1222,6 +1409,15 @@ where
         Slot::Node(n) => visit_node(n, level, base, lo, hi, f),
         Slot::Dense(d) => visit_bits(d, base, lo, hi, f),
         Slot::Bits(l) => visit_bits(l, base, lo, hi, f),
+        Slot::Edges(e) => {
+            let mut p = lo;
+            while p < hi {
+                let end = (base + e.run_end(p - base)).min(hi);
+                f(p, end, e.state_at(p - base))?;
+                p = end;
+            }
+            ControlFlow::Continue(())
+        }
         Slot::Runs(l) => {
             let mut index = l.index_of(lo - base);
             let mut p = lo;
@@ -1347,6 +1543,28 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                 l.state_at(LEAF_FRAMES - 1),
             ))
         }
+        Slot::Edges(e) => {
+            if level != 0 {
+                return Err(format!("edges at level {level}"));
+            }
+            let starts = e.starts();
+            let len = usize::from(e.len);
+            if len == 0 || len > EDGES_MAX || e.at[len..].iter().any(|&a| a != u16::MAX) {
+                return Err(format!("edges {e:?} are uniform or not canonical"));
+            }
+            if starts[0] == 0
+                || u64::from(starts[len - 1]) >= LEAF_FRAMES
+                || starts.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(format!("edges {e:?} are not increasing within the leaf"));
+            }
+            Ok((
+                e.boundaries(),
+                false,
+                e.state_at(0),
+                e.state_at(LEAF_FRAMES - 1),
+            ))
+        }
         Slot::Runs(l) => {
             if level != 0 {
                 return Err(format!("run leaf at level {level}"));
@@ -1362,11 +1580,13 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                     return Err(format!("run leaf {runs:?} is not sorted and maximal"));
                 }
             }
-            let untagged = runs.iter().all(|r| bit_of(r.state).is_some());
-            if untagged && runs.len() > RUN_LEAF_MAX {
-                return Err(format!("untagged run leaf with {} runs", runs.len()));
-            }
             let tagged = runs.iter().any(|r| r.state.tag.is_some());
+            if !tagged {
+                return Err(format!(
+                    "untagged run leaf with {} runs behind a pointer",
+                    runs.len()
+                ));
+            }
             Ok((
                 runs.len() as u64 - 1,
                 tagged,
@@ -1374,5 +1594,106 @@ fn check(slot: &Slot, level: u32) -> Result<(u64, bool, PageState, PageState), S
                 runs[runs.len() - 1].state,
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The leaf's frames, one bit each, read through the edges.
+    fn frames(edges: &Edges) -> Vec<bool> {
+        (0..LEAF_FRAMES).map(|i| edges.bit(i)).collect()
+    }
+
+    /// Where the state flips in `frames`.
+    fn starts_of(frames: &[bool]) -> Vec<u64> {
+        (1..frames.len())
+            .filter(|&i| frames[i] != frames[i - 1])
+            .map(|i| i as u64)
+            .collect()
+    }
+
+    /// Edges and a frame to flip, the frame often at or beside a start or a leaf edge.
+    fn edges_and_frame() -> impl Strategy<Value = (Edges, u64)> {
+        let starts = prop::collection::btree_set(1..LEAF_FRAMES, 0..=EDGES_MAX);
+        (
+            any::<bool>(),
+            starts,
+            any::<prop::sample::Index>(),
+            0..4u8,
+            0..LEAF_FRAMES,
+        )
+            .prop_map(|(first, starts, pick, how, anywhere)| {
+                let starts: Vec<u64> = starts.into_iter().collect();
+                let edges = Edges::new(first, &starts).unwrap();
+                let near = starts.get(pick.index(starts.len().max(1))).copied();
+                let i = match (how, near) {
+                    (0, Some(s)) => s,
+                    (1, Some(s)) => s - 1,
+                    (2, _) => [0, 1, LEAF_FRAMES - 2, LEAF_FRAMES - 1][pick.index(4)],
+                    _ => anywhere,
+                };
+                (edges, i)
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Lookups, run ends and runs of edges agree with the frames they stand for, and
+        /// flipping a frame gives the starts of the frames with that one flipped.
+        #[test]
+        fn edges_match_their_frames((edges, i) in edges_and_frame()) {
+            let bits = frames(&edges);
+            prop_assert_eq!(starts_of(&bits), edges.starts().iter().map(|&a| u64::from(a)).collect::<Vec<_>>());
+            prop_assert_eq!(edges.boundaries(), edges.starts().len() as u64);
+            let end = (i as usize + 1..bits.len()).find(|&k| bits[k] != bits[i as usize]);
+            prop_assert_eq!(edges.run_end(i), end.map_or(LEAF_FRAMES, |k| k as u64));
+            let mut covered = 0;
+            for (start, end, private) in edges.runs() {
+                prop_assert_eq!(start, covered);
+                prop_assert!(start < end);
+                prop_assert!(bits[start as usize..end as usize].iter().all(|&b| b == private));
+                covered = end;
+            }
+            prop_assert_eq!(covered, LEAF_FRAMES);
+
+            let mut flipped = bits.clone();
+            flipped[i as usize] = !flipped[i as usize];
+            let (first, starts) = edges.flipped(i);
+            prop_assert_eq!(first, flipped[0]);
+            prop_assert_eq!(starts.to_vec(), starts_of(&flipped));
+            // And the slot for them is the canonical one for those frames.
+            match untagged_leaf(first, &starts, 7) {
+                Slot::Uniform(s) => prop_assert!(starts.is_empty() && s == state_of(first)),
+                Slot::Edges(e) => prop_assert_eq!(frames(&e), flipped),
+                Slot::Bits(l) => {
+                    prop_assert!(starts.len() > EDGES_MAX);
+                    prop_assert_eq!(u64::from(l.boundaries()), starts.len() as u64);
+                    prop_assert_eq!((0..LEAF_FRAMES).map(|k| l.bit(k)).collect::<Vec<_>>(), flipped);
+                }
+                other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn edges_compare_by_content() {
+        let a = Edges::new(true, &[5, 9]).unwrap();
+        let b = Edges::new(true, &[5, 9]).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, Edges::new(false, &[5, 9]).unwrap());
+        assert_ne!(a, Edges::new(true, &[5, 10]).unwrap());
+        assert!(Edges::new(false, &[1, 2, 3, 4, 5, 6]).is_some());
+        assert!(Edges::new(false, &[1, 2, 3, 4, 5, 6, 7]).is_none());
+        // Unused offsets are all the same, whatever the edges were built from.
+        let (first, starts) = Edges::new(false, &[3, 4, 8]).unwrap().flipped(3);
+        assert_eq!(
+            Edges::new(first, &starts).unwrap(),
+            Edges::new(false, &[8]).unwrap()
+        );
     }
 }

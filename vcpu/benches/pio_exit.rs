@@ -4,16 +4,26 @@
 //! Cost of a port-I/O exit through veil-vcpu's run loop, against a bare kvm-ioctls loop
 //! running the same guest in the same process.
 //!
-//! The guest (`benches/pio_loop.S`) does 100,000 `out` instructions and halts. Rounds
-//! alternate between the two loops, each on a fresh VM, and the result is printed as
+//! The guest (`benches/pio_loop.S`) does 100,000 `out` instructions and halts. A round runs
+//! it once through each loop, each on a fresh VM, one right after the other (bare first in
+//! even rounds, veil first in odd ones), and gives one ratio: veil's CPU time per exit over
+//! the bare loop's. CPU time (user and kernel, where KVM runs the guest) leaves out the time
+//! the vCPU thread waited for a CPU, and pairing the two runs of a round cancels what drifts
+//! more slowly than a round: the machine may be shared, and its speed changes from one
+//! second to the next. The result is the median of the per-round ratios, with a 95%
+//! confidence interval for that median from the order statistics (distribution-free: the
+//! interval between the k-th smallest and k-th largest ratio, k from the binomial
+//! distribution), printed as
 //!
-//! `vcpu-bench: pio-exit: veil <ns/exit> bare <ns/exit> overhead <percent>`
+//! `vcpu-bench: pio-exit: veil <ns/exit> bare <ns/exit> overhead <percent> (95% CI <low>
+//! to <high>, median of <n> per-round CPU-time ratios) (target <= 3%) <verdict>`
 //!
-//! The line compares CPU time per exit (user and kernel, where KVM runs the guest), fastest
-//! round of each loop: on a shared machine wall-clock time mostly measures how long the
-//! vCPU thread waited for a CPU, and noise only ever adds time. Medians and wall-clock
-//! figures follow on stderr. Set `VEIL_BENCH_ROUNDS` to change the number of rounds per
-//! loop (default 7).
+//! where the two times are the medians of each loop's rounds, and the verdict is `ok` when
+//! the whole interval is at or below the target, `MISSED` when it is all above, and
+//! `undecided` when it straddles it. Rounds go on until the interval is at most 0.8
+//! percentage points wide (at least 21 rounds, at most 151, about two seconds each), so
+//! that two runs agree to within about a point. Set `VEIL_BENCH_ROUNDS` to run exactly
+//! that many rounds instead. Each round and the wall-clock figures go to stderr.
 //!
 //! Without `/dev/kvm` the benchmark says so and exits successfully; without binutils it
 //! fails with a message naming the missing tool.
@@ -258,11 +268,16 @@ fn veil(kvm: &Kvm, code: &[u8]) -> Sample {
     sample
 }
 
-fn min(v: &[f64]) -> f64 {
-    v.iter().copied().fold(f64::INFINITY, f64::min)
-}
+/// The target: veil's loop costs at most this much more per exit than the bare one.
+const TARGET_PERCENT: f64 = 3.0;
+/// Rounds run before the interval is looked at, and the most run when it stays wide.
+const MIN_ROUNDS: usize = 21;
+const MAX_ROUNDS: usize = 151;
+/// Rounds stop once the 95% interval of the median overhead is this narrow.
+const CI_WIDTH: f64 = 0.8;
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {
@@ -272,8 +287,40 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn overhead(veil: f64, bare: f64) -> f64 {
-    (veil - bare) / bare * 100.0
+/// `P(X < k)` for `X ~ Binomial(n, 1/2)`.
+fn binomial_below(n: usize, k: usize) -> f64 {
+    // Summed in log space: 2^-n underflows past n = 1074.
+    let ln_half_n = -(n as f64) * std::f64::consts::LN_2;
+    let mut ln_choose = 0.0; // ln C(n, 0)
+    let mut total = 0.0;
+    for i in 0..k.min(n + 1) {
+        total += (ln_choose + ln_half_n).exp();
+        ln_choose += ((n - i) as f64).ln() - ((i + 1) as f64).ln();
+    }
+    total
+}
+
+/// A distribution-free 95% confidence interval for the median of `v`: the `k`-th smallest
+/// and `k`-th largest values, for the largest `k` whose interval still covers the median
+/// with probability at least 95% (`P(X < k) <= 2.5%`, `X ~ Binomial(n, 1/2)`). `None`
+/// for fewer than 6 values, which no such interval covers at 95%.
+fn median_interval(v: &[f64]) -> Option<(f64, f64)> {
+    let n = v.len();
+    let mut k = 0;
+    while k < n / 2 && binomial_below(n, k + 1) <= 0.025 {
+        k += 1;
+    }
+    if k == 0 {
+        return None;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    Some((v[k - 1], v[n - k]))
+}
+
+/// Percent more than the bare loop, for a ratio veil/bare.
+fn percent(ratio: f64) -> f64 {
+    (ratio - 1.0) * 100.0
 }
 
 fn main() -> ExitCode {
@@ -291,18 +338,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rounds: usize = std::env::var("VEIL_BENCH_ROUNDS")
+    let fixed: Option<usize> = std::env::var("VEIL_BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(7);
+        .filter(|&n| n > 0);
     let per_exit = |d: Duration| d.as_nanos() as f64 / EXITS as f64;
 
-    // Warm up both paths once (page faults, thread creation, caches), then alternate.
+    // Warm up both paths once (page faults, thread creation, caches), then pair them.
     bare(&kvm, &code);
     veil(&kvm, &code);
     let (mut b, mut v) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
+    let (mut cpu_ratios, mut wall_ratios) = (Vec::new(), Vec::new());
+    loop {
+        let round = b.len();
         let (x, y) = if round % 2 == 0 {
             let x = bare(&kvm, &code);
             (x, veil(&kvm, &code))
@@ -310,40 +358,63 @@ fn main() -> ExitCode {
             let y = veil(&kvm, &code);
             (bare(&kvm, &code), y)
         };
+        let (cpu, wall) = (
+            y.cpu.as_secs_f64() / x.cpu.as_secs_f64(),
+            y.wall.as_secs_f64() / x.wall.as_secs_f64(),
+        );
         eprintln!(
-            "vcpu-bench: round {round}: veil {:.0} ns/exit ({:.0} CPU), bare {:.0} ns/exit ({:.0} CPU)",
+            "vcpu-bench: round {round}: veil {:.0} ns/exit ({:.0} CPU), bare {:.0} ns/exit ({:.0} CPU), CPU overhead {:.2}%",
             per_exit(y.wall),
             per_exit(y.cpu),
             per_exit(x.wall),
-            per_exit(x.cpu)
+            per_exit(x.cpu),
+            percent(cpu),
         );
         b.push(x);
         v.push(y);
+        cpu_ratios.push(cpu);
+        wall_ratios.push(wall);
+        let n = cpu_ratios.len();
+        let done = match fixed {
+            Some(rounds) => n >= rounds,
+            None => {
+                n >= MAX_ROUNDS
+                    || (n >= MIN_ROUNDS
+                        && median_interval(&cpu_ratios)
+                            .is_some_and(|(lo, hi)| percent(hi) - percent(lo) <= CI_WIDTH))
+            }
+        };
+        if done {
+            break;
+        }
     }
+    let rounds = cpu_ratios.len();
     let col = |s: &[Sample], f: fn(&Sample) -> Duration| -> Vec<f64> {
         s.iter().map(|x| per_exit(f(x))).collect()
     };
-    let (bw, vw) = (col(&b, |s| s.wall), col(&v, |s| s.wall));
-    let (bc, vc) = (col(&b, |s| s.cpu), col(&v, |s| s.cpu));
-    let (bare_ns, veil_ns) = (min(&bc), min(&vc));
+    let (bare_ns, veil_ns) = (median(&col(&b, |s| s.cpu)), median(&col(&v, |s| s.cpu)));
+    let overhead = percent(median(&cpu_ratios));
+    let interval = match median_interval(&cpu_ratios) {
+        Some((lo, hi)) => format!("95% CI {:.2}% to {:.2}%", percent(lo), percent(hi)),
+        None => "too few rounds for a 95% CI".to_string(),
+    };
+    // Decided only when the whole interval lies on one side of the target.
+    let verdict = match median_interval(&cpu_ratios) {
+        Some((_, hi)) if percent(hi) <= TARGET_PERCENT => "ok",
+        Some((lo, _)) if percent(lo) > TARGET_PERCENT => "MISSED",
+        _ => "undecided",
+    };
     println!(
-        "vcpu-bench: pio-exit: veil {veil_ns:.0} bare {bare_ns:.0} overhead {:.2}%",
-        overhead(veil_ns, bare_ns)
+        "vcpu-bench: pio-exit: veil {veil_ns:.0} bare {bare_ns:.0} overhead {overhead:.2}% ({interval}, median of {rounds} per-round CPU-time ratios) (target <= {TARGET_PERCENT}%) {verdict}"
     );
-    let (bcm, vcm) = (median(bc), median(vc));
+    let (bare_wall, veil_wall) = (median(&col(&b, |s| s.wall)), median(&col(&v, |s| s.wall)));
+    let wall_interval = match median_interval(&wall_ratios) {
+        Some((lo, hi)) => format!(" (95% CI {:.2}% to {:.2}%)", percent(lo), percent(hi)),
+        None => String::new(),
+    };
     eprintln!(
-        "vcpu-bench: pio-exit, CPU time, median of {rounds}: veil {vcm:.0} bare {bcm:.0} overhead {:.2}%",
-        overhead(vcm, bcm)
-    );
-    let (bwm, vwm) = (min(&bw), min(&vw));
-    eprintln!(
-        "vcpu-bench: pio-exit, wall clock, fastest of {rounds}: veil {vwm:.0} bare {bwm:.0} overhead {:.2}%",
-        overhead(vwm, bwm)
-    );
-    let (bwm, vwm) = (median(bw), median(vw));
-    eprintln!(
-        "vcpu-bench: pio-exit, wall clock, median of {rounds}: veil {vwm:.0} bare {bwm:.0} overhead {:.2}%",
-        overhead(vwm, bwm)
+        "vcpu-bench: pio-exit, wall clock, medians of {rounds}: veil {veil_wall:.0} bare {bare_wall:.0}, per-round overhead {:.2}%{wall_interval}",
+        percent(median(&wall_ratios)),
     );
     ExitCode::SUCCESS
 }
