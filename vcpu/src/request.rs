@@ -60,8 +60,17 @@ pub enum RequestError {
         /// The reserved bits that were set.
         reserved: u64,
     },
-    /// The page-size field (bits 3:0) is not 4 KiB, 2 MiB or 1 GiB.
-    #[error("page-size field {field:#x} of attribute word {attributes:#x} is not 4K, 2M or 1G")]
+    /// The page-size field (bits 3:0) is not 4 KiB, 2 MiB or 1 GiB. A field of 8 is
+    /// usually `KVM_MEMORY_ATTRIBUTE_PRIVATE` (bit 3) passed where this ABI's
+    /// to-private bit (bit 4, `KVM_MAP_GPA_RANGE_ENCRYPTED`) belongs; the message says so.
+    #[error(
+        "page-size field {field:#x} of attribute word {attributes:#x} is not 4K, 2M or 1G{}",
+        if *field & 0x8 != 0 {
+            " (bit 3 is KVM_SET_MEMORY_ATTRIBUTES' PRIVATE; to private here is bit 4, 0x10)"
+        } else {
+            ""
+        }
+    )]
     BadPageSize {
         /// The whole attribute word.
         attributes: u64,
@@ -489,6 +498,11 @@ pub(crate) mod tests {
         for (a, want) in cases {
             assert_eq!(a.validate(&l), Err(*want), "{a:?}");
         }
+        // Bit 3 is the other ABI's PRIVATE: the refusal says where the bit belongs.
+        let private_bit = args(0, 1, 8).validate(&l).unwrap_err().to_string();
+        assert!(private_bit.contains("to private here is bit 4, 0x10"), "{private_bit}");
+        let three = args(0, 1, 3).validate(&l).unwrap_err().to_string();
+        assert!(!three.contains("bit 4"), "{three}");
     }
 
     #[test]
