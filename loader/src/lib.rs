@@ -47,5 +47,7 @@ pub mod boot {
     pub use crate::x86::*;
 }
 
-// Re-exported so users name the entry state veil-vcpu takes.
+// Re-exported so users name the entry state veil-vcpu takes and the guest memory types
+// veil-loader places into.
 pub use veil_abi;
+pub use vm_memory;

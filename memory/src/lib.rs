@@ -44,6 +44,8 @@ pub use span::{GuestSpan, HostAccessError, host_access_error};
 pub use syscalls::{FailingSyscalls, KernelSyscalls, Syscall, Syscalls};
 
 // Re-exported so users name the same versions veil builds with.
+pub use kvm_bindings;
+pub use kvm_ioctls;
 pub use veil_attrs;
 pub use vm_memory;
 

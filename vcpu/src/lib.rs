@@ -44,3 +44,9 @@ pub use runner::{
 pub use stats::{ExitKind, ExitStats};
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::msr;
+
+// The crates in veil-vcpu's API, re-exported so users name the versions veil builds
+// with and need no dependency of their own on them.
+pub use kvm_bindings;
+pub use kvm_ioctls;
+pub use veil_attrs;
