@@ -144,6 +144,7 @@ pub struct VmBuilder {
     regions: Vec<(u64, u64, ContentPolicy)>,
     launch: Arc<dyn Launch>,
     private_at_launch: Option<bool>,
+    caps: Option<HostCaps>,
 }
 
 impl Default for VmBuilder {
@@ -153,6 +154,7 @@ impl Default for VmBuilder {
             regions: Vec::new(),
             launch: Arc::new(PlainKvm),
             private_at_launch: None,
+            caps: None,
         }
     }
 }
@@ -164,6 +166,7 @@ impl std::fmt::Debug for VmBuilder {
             .field("regions", &self.regions)
             .field("launch", &self.launch.name())
             .field("private_at_launch", &self.private_at_launch)
+            .field("caps", &self.caps.is_some())
             .finish()
     }
 }
@@ -172,6 +175,13 @@ impl VmBuilder {
     /// Launches the VM with `launch` (default: [`PlainKvm`]).
     pub fn launch(mut self, launch: Arc<dyn Launch>) -> Self {
         self.launch = launch;
+        self
+    }
+
+    /// Decides with `caps` instead of probing the host again: a VMM that builds many VMs
+    /// probes once ([`HostCaps::probe`]) and passes the result to each.
+    pub fn caps(mut self, caps: HostCaps) -> Self {
+        self.caps = Some(caps);
         self
     }
 
@@ -204,7 +214,10 @@ impl VmBuilder {
     /// the memory with it.
     pub fn build(self) -> Result<Vm, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        let caps = HostCaps::probe_with(&kvm).map_err(VmError::Probe)?;
+        let caps = match self.caps {
+            Some(caps) => caps,
+            None => HostCaps::probe_with(&kvm).map_err(VmError::Probe)?,
+        };
         let launch = self.launch;
         let technology = launch.name();
         let launch_error = |source| VmError::Launch { technology, source };
