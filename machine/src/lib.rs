@@ -1,0 +1,8 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+#![doc = include_str!("../README.md")]
+
+// The machine is a PC: everything in it is x86-64's. Elsewhere the crate builds empty.
+#[cfg(target_arch = "x86_64")]
+pub mod layout;
