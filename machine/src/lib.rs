@@ -5,4 +5,6 @@
 
 // The machine is a PC: everything in it is x86-64's. Elsewhere the crate builds empty.
 #[cfg(target_arch = "x86_64")]
+pub mod devices;
+#[cfg(target_arch = "x86_64")]
 pub mod layout;
