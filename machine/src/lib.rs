@@ -5,6 +5,8 @@
 
 // The machine is a PC: everything in it is x86-64's. Elsewhere the crate builds empty.
 #[cfg(target_arch = "x86_64")]
+pub mod acpi;
+#[cfg(target_arch = "x86_64")]
 pub mod devices;
 #[cfg(target_arch = "x86_64")]
 pub mod layout;
