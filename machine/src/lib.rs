@@ -10,5 +10,6 @@ pub mod acpi;
 pub mod cpu;
 #[cfg(target_arch = "x86_64")]
 pub mod devices;
+pub mod initramfs;
 #[cfg(target_arch = "x86_64")]
 pub mod layout;
