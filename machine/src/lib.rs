@@ -7,6 +7,8 @@
 #[cfg(target_arch = "x86_64")]
 pub mod acpi;
 #[cfg(target_arch = "x86_64")]
+pub mod console;
+#[cfg(target_arch = "x86_64")]
 pub mod cpu;
 #[cfg(target_arch = "x86_64")]
 pub mod devices;
