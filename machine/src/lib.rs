@@ -15,3 +15,12 @@ pub mod devices;
 pub mod initramfs;
 #[cfg(target_arch = "x86_64")]
 pub mod layout;
+#[cfg(target_arch = "x86_64")]
+mod machine;
+#[cfg(target_arch = "x86_64")]
+pub mod report;
+
+#[cfg(target_arch = "x86_64")]
+pub use machine::{Machine, MachineConfig, MachineError, PrivateRam};
+#[cfg(target_arch = "x86_64")]
+pub use report::{GuestEnd, MachineReport, PrivateRead, SharedRange};
