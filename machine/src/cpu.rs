@@ -28,7 +28,7 @@ use crate::layout::MemoryLayout;
 pub const CPUID_1_ECX_TSC_DEADLINE: u32 = 1 << 24;
 /// CPUID leaf 1 ECX bit 31: running under a hypervisor.
 pub const CPUID_1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// CPUID leaf 1 EDX bit 28: EBX[23:16] holds the logical processor count.
+/// CPUID leaf 1 EDX bit 28: EBX bits 23-16 hold the logical processor count.
 pub const CPUID_1_EDX_HTT: u32 = 1 << 28;
 
 /// The local APIC's LVT LINT0 register offset in `kvm_lapic_state.regs`.

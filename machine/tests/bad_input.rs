@@ -4,6 +4,8 @@
 //! Configurations `Machine::boot` must refuse, each with an error that names the fix.
 //! All of them are refused before a KVM object exists, so these tests need no KVM.
 
+#![cfg(target_arch = "x86_64")]
+
 mod support;
 
 use support::*;

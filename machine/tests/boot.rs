@@ -6,6 +6,8 @@
 //! and end the machine through its devices (ACPI S5, the i8042 reset), while the host
 //! is refused a read of private memory.
 
+#![cfg(target_arch = "x86_64")]
+
 mod support;
 
 use std::sync::Arc;
