@@ -11,7 +11,14 @@
 //! Linux does not boot in useful time on hosts that emulate guest code (this project's
 //! development machines); it runs inside the software-protected testbed. Without the
 //! variables the test says why it skips, and fails instead under `VEIL_REQUIRE_LINUX=1`.
-//! `VEIL_LINUX_TIMEOUT` (seconds, default 900) bounds the run.
+//! `VEIL_LINUX_TIMEOUT` (seconds, default 900) bounds the run; `VEIL_LINUX_PRIVATE=none`
+//! boots with no RAM asked to be private (to tell a private-memory problem from others),
+//! and `VEIL_LINUX_FLAVOR` names the flavor. The default is in-place where the host runs
+//! it, else emulated: one page serves both states and KVM keeps a mapping of its own.
+//! In the attributes flavor on the testbed (no decode assists, no NRIP-save) KVM decodes
+//! the instructions it intercepts through the shared side, so Linux dies (shutdown) as
+//! soon as it runs intercepted instructions from private memory, its relocated
+//! decompressor.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -22,6 +29,7 @@ use std::time::Duration;
 use support::Console;
 use veil_machine::initramfs::{LINUX_CMDLINE, busybox_initramfs};
 use veil_machine::{GuestEnd, Machine, MachineConfig, PrivateRam, PrivateRead};
+use veil_memory::{Flavor, HostCaps};
 use veil_tests::{kvm_or_skip, required, skip};
 
 const REQUIRE_LINUX: &str = "VEIL_REQUIRE_LINUX";
@@ -72,8 +80,20 @@ fn linux_boots_to_init_on_two_vcpus_and_powers_off() {
     c.cmdline = LINUX_CMDLINE.to_string();
     c.memory_size = 512 << 20;
     c.vcpus = 2;
-    c.private = PrivateRam::All;
+    let all_private = std::env::var("VEIL_LINUX_PRIVATE").map_or(true, |v| v != "none");
+    c.private = if all_private {
+        PrivateRam::All
+    } else {
+        PrivateRam::None
+    };
     c.console = Box::new(console.clone());
+    c.flavor = Some(match std::env::var("VEIL_LINUX_FLAVOR") {
+        Ok(name) => Flavor::built_in(&name).unwrap_or_else(|| panic!("no flavor {name}")),
+        Err(_) => match HostCaps::probe().map(|caps| caps.require(Flavor::IN_PLACE).is_ok()) {
+            Ok(true) => Flavor::IN_PLACE,
+            _ => Flavor::EMULATED,
+        },
+    });
     c.timeout = Some(Duration::from_secs(timeout));
     let machine = Machine::boot(c).unwrap();
     let flavor = machine.vm().flavor();
