@@ -7,6 +7,8 @@
 //! Rules, in order:
 //! 1. An ELF kernel's segments go where their program headers say; each must lie inside
 //!    one RAM range.
+//!    Firmware tables the VMM built go where it built them for, and must not share a
+//!    page with a segment (their pages are not RAM to the guest).
 //! 2. Boot data (GDT, page tables for a 64-bit entry, boot parameters, command line) takes
 //!    the lowest free pages at or above 4 KiB (page 0 stays unused), below 4 GiB, one
 //!    page-aligned block per object.
@@ -106,7 +108,7 @@ pub enum LayoutError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Every placed object in placement order: kernel segments (or the kernel), initrd,
-    /// command line, boot parameters, page tables, GDT.
+    /// command line, boot parameters, page tables, GDT, firmware tables.
     pub placements: Vec<Placement>,
     /// The memory a bzImage needs from its load address (`init_size`): no other object
     /// may be placed there. For an ELF kernel, the span of its segments.
@@ -123,6 +125,9 @@ pub struct Layout {
     pub initrd: Option<ByteRange>,
     /// The bzImage's load address, or the lowest ELF segment address.
     pub kernel_load: u64,
+    /// Where the firmware tables are, if there are any.
+    #[serde(default)]
+    pub firmware: Option<ByteRange>,
 }
 
 impl Layout {
@@ -134,6 +139,20 @@ impl Layout {
         initrd_len: Option<u64>,
         cmdline_len: u64,
         boot_params_len: u64,
+        ram: &GuestRam,
+    ) -> Result<Layout, LayoutError> {
+        Self::compute_with(image, initrd_len, cmdline_len, boot_params_len, None, ram)
+    }
+
+    /// [`compute`](Self::compute) with firmware tables fixed at `firmware`: placed there
+    /// (inside one RAM range) like an ELF segment, before everything the layout chooses,
+    /// so nothing else shares their pages.
+    pub fn compute_with(
+        image: &KernelImage<'_>,
+        initrd_len: Option<u64>,
+        cmdline_len: u64,
+        boot_params_len: u64,
+        firmware: Option<ByteRange>,
         ram: &GuestRam,
     ) -> Result<Layout, LayoutError> {
         let total = ram.total();
@@ -177,6 +196,27 @@ impl Layout {
             }
             taken.extend(range.page_aligned());
             kernel_placements.push(Placement { kind, range });
+        }
+        if let Some(range) = firmware {
+            let kind = ObjectKind::FirmwareTables;
+            if !ram.holds(&range) {
+                return Err(LayoutError::OutsideRam { kind, range });
+            }
+            // Their pages are not RAM to the guest: a kernel segment there is an overlap.
+            if let Some(p) = kernel_placements.iter().find(|p| {
+                p.range
+                    .page_aligned()
+                    .zip(range.page_aligned())
+                    .is_some_and(|(a, b)| a.overlaps(&b))
+            }) {
+                return Err(LayoutError::Overlap {
+                    first: p.kind,
+                    first_range: p.range,
+                    second: kind,
+                    second_range: range,
+                });
+            }
+            taken.extend(range.page_aligned());
         }
 
         // Boot data: one block, objects page-aligned inside it.
@@ -320,6 +360,12 @@ impl Layout {
             kind: ObjectKind::Gdt,
             range: gdt,
         });
+        if let Some(range) = firmware {
+            placements.push(Placement {
+                kind: ObjectKind::FirmwareTables,
+                range,
+            });
+        }
 
         let layout = Layout {
             placements,
@@ -330,6 +376,7 @@ impl Layout {
             cmdline,
             initrd,
             kernel_load: kernel_reserved.start().0,
+            firmware,
         };
         layout.check()?;
         Ok(layout)

@@ -29,8 +29,8 @@ pub use image::{
 pub use layout::{Layout, LayoutError, Placement, merge_pages};
 #[cfg(target_arch = "x86_64")]
 pub use load::{
-    BootPlan, BootSource, LoadError, Loaded, PVH_CMDLINE_MAX, PlannedObject, Populated, load,
-    measure, plan,
+    BootPlan, BootSource, FirmwareTables, LoadError, Loaded, PVH_CMDLINE_MAX, PlannedObject,
+    Populated, RSDP_LEN, load, measure, plan,
 };
 pub use measure::{Digest, LOG_VERSION, MeasuredObject, MeasurementLog, ObjectKind, extend};
 pub use populate::{

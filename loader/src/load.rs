@@ -23,8 +23,8 @@ use crate::measure::ObjectKind;
 use crate::populate::{PageRun, PageType, Populate, PopulateError, PopulateWay, write_zeros};
 use crate::ram::{ByteRange, GuestRam};
 use crate::x86::{
-    BootDataError, flat64_entry, identity_page_tables, linux_boot_params, linux64_entry,
-    pvh_boot_data, pvh_boot_data_size, pvh_entry,
+    BootDataError, flat64_entry, identity_page_tables, linux_zero_page, linux64_entry, memory_map,
+    pvh_entry, pvh_start_info, pvh_start_info_size,
 };
 
 /// The longest PVH command line veil places, without its NUL: one page with the NUL.
@@ -43,6 +43,51 @@ pub struct BootSource<'a> {
     /// The kernel command line, without a terminating NUL (for example what
     /// `linux_loader::cmdline::Cmdline::as_cstring` holds).
     pub cmdline: &'a str,
+    /// Firmware tables to place with the kernel, if any.
+    pub firmware: Option<FirmwareTables<'a>>,
+}
+
+/// Firmware tables (ACPI) the VMM built for a fixed guest-physical address: a boot
+/// object like the others (placed, measured, made private with them), whose pages the
+/// memory map marks as ACPI data rather than RAM, and whose RSDP the kernel is pointed
+/// at (`boot_params.acpi_rsdp_addr`, `hvm_start_info.rsdp_paddr`).
+///
+/// The tables hold absolute addresses (the XSDT points at the others), so they are built
+/// for `base` and placed only there.
+#[derive(Debug, Clone, Copy)]
+pub struct FirmwareTables<'a> {
+    /// The guest-physical address of the first byte.
+    pub base: u64,
+    /// The tables, as they go into guest memory from `base`.
+    pub bytes: &'a [u8],
+    /// The guest-physical address of the RSDP inside them (16-byte aligned, with its
+    /// whole 36 bytes inside `bytes`).
+    pub rsdp: u64,
+}
+
+/// The length of an ACPI 2.0 RSDP.
+pub const RSDP_LEN: u64 = 36;
+
+impl FirmwareTables<'_> {
+    /// Where the tables go, checked: not empty, not wrapping, the RSDP inside and aligned.
+    pub fn range(&self) -> Result<ByteRange, LoadError> {
+        let bad = |reason| LoadError::FirmwareTables {
+            base: self.base,
+            len: self.bytes.len() as u64,
+            rsdp: self.rsdp,
+            reason,
+        };
+        let range = ByteRange::new(self.base, self.bytes.len() as u64)
+            .ok_or(bad("the tables are empty or wrap around the address space"))?;
+        let rsdp = ByteRange::new(self.rsdp, RSDP_LEN).ok_or(bad("the RSDP wraps"))?;
+        if !range.contains(&rsdp) {
+            return Err(bad("the RSDP's 36 bytes are not inside the tables"));
+        }
+        if !self.rsdp.is_multiple_of(16) {
+            return Err(bad("the RSDP is not 16-byte aligned"));
+        }
+        Ok(range)
+    }
 }
 
 impl<'a> BootSource<'a> {
@@ -53,7 +98,14 @@ impl<'a> BootSource<'a> {
             format: None,
             initrd: None,
             cmdline: "",
+            firmware: None,
         }
+    }
+
+    /// With these firmware tables.
+    pub fn firmware(mut self, tables: FirmwareTables<'a>) -> Self {
+        self.firmware = Some(tables);
+        self
     }
 
     /// With this initrd.
@@ -100,6 +152,18 @@ pub enum LoadError {
     CommandLineNul {
         /// Where.
         offset: usize,
+    },
+    /// The firmware tables are malformed.
+    #[error("firmware tables of {len:#x} bytes at {base:#x} with the RSDP at {rsdp:#x}: {reason}")]
+    FirmwareTables {
+        /// Where they were to go.
+        base: u64,
+        /// Their length.
+        len: u64,
+        /// The RSDP's address.
+        rsdp: u64,
+        /// What is wrong.
+        reason: &'static str,
     },
     /// No layout could be made.
     #[error("cannot lay out the boot image")]
@@ -237,34 +301,49 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
 
     // An empty initrd is no initrd: nothing placed, no module entry.
     let initrd_len = source.initrd.map(|i| i.len() as u64).filter(|&n| n > 0);
+    let firmware = source
+        .firmware
+        .map(|f| f.range().map(|r| (r, f)))
+        .transpose()?;
+    let firmware_range = firmware.map(|(r, _)| r);
+    let map = memory_map(ram, firmware_range);
+    let rsdp = firmware.map(|(_, f)| f.rsdp);
     let boot_params_len = match &image {
         KernelImage::BzImage(_) => size_of::<boot_params>() as u64,
         KernelImage::PvhElf(_) | KernelImage::Flat(_) => {
-            pvh_boot_data_size(ram, initrd_len.is_some())
+            pvh_start_info_size(map.len(), initrd_len.is_some())
         }
     };
-    let layout = Layout::compute(
+    let layout = Layout::compute_with(
         &image,
         initrd_len,
         cmdline.len() as u64,
         boot_params_len,
+        firmware_range,
         ram,
     )?;
     image.cross_check(GuestAddress(layout.kernel_load))?;
 
     // PVH kernels and flat images get an `hvm_start_info`.
     let start_info = || {
-        pvh_boot_data(
+        pvh_start_info(
             layout.boot_params.start().0,
             layout.cmdline,
             layout.initrd,
-            ram,
+            &map,
+            rsdp,
         )
     };
     let (boot_params, entry): (Vec<u8>, EntryRegisters) = match &image {
         KernelImage::BzImage(bz) => {
-            let params =
-                linux_boot_params(bz, layout.kernel_load, layout.cmdline, layout.initrd, ram)?;
+            let params = linux_zero_page(
+                bz,
+                layout.kernel_load,
+                layout.cmdline,
+                layout.initrd,
+                &map,
+                rsdp,
+            )?;
             let tables = layout.page_tables.map(|r| r.start().0).unwrap_or_default();
             let entry = linux64_entry(
                 layout.kernel_load,
@@ -340,6 +419,12 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             kind: ObjectKind::Gdt,
             range: layout.gdt,
             bytes: Cow::Owned(boot_gdt_bytes()),
+            page_type: PageType::Normal,
+        }),
+        firmware.map(|(range, f)| PlannedObject {
+            kind: ObjectKind::FirmwareTables,
+            range,
+            bytes: Cow::Borrowed(f.bytes),
             page_type: PageType::Normal,
         }),
     ];

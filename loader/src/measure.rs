@@ -47,6 +47,8 @@ pub enum ObjectKind {
     PageTables,
     /// The global descriptor table.
     Gdt,
+    /// Firmware tables the VMM built (ACPI: RSDP, XSDT, FADT, MADT, DSDT).
+    FirmwareTables,
 }
 
 impl ObjectKind {
@@ -61,6 +63,7 @@ impl ObjectKind {
             ObjectKind::BootParams => "boot-params",
             ObjectKind::PageTables => "page-tables",
             ObjectKind::Gdt => "gdt",
+            ObjectKind::FirmwareTables => "firmware-tables",
         }
     }
 }

@@ -27,6 +27,9 @@ pub const PAGE_TABLE_PAGES: u64 = 6;
 pub const PVH_START_MAGIC: u32 = 0x336e_c578;
 /// e820 / PVH memory map type of usable RAM (`E820_RAM`, `XEN_HVM_MEMMAP_TYPE_RAM`).
 pub const E820_RAM: u32 = 1;
+/// e820 / PVH memory map type of ACPI tables (`E820_ACPI`, `XEN_HVM_MEMMAP_TYPE_ACPI`):
+/// not RAM, so the kernel neither allocates from it nor loses the tables.
+pub const E820_ACPI: u32 = 3;
 /// `type_of_loader` for a boot loader without an assigned id ("undefined", boot.rst).
 pub const LOADER_TYPE_UNDEFINED: u8 = 0xff;
 
@@ -105,6 +108,48 @@ pub enum BootDataError {
     },
 }
 
+/// One entry of the memory map the kernel is given (e820, or the PVH memory map).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryMapEntry {
+    /// The first byte.
+    pub addr: u64,
+    /// The length in bytes.
+    pub size: u64,
+    /// [`E820_RAM`] or [`E820_ACPI`].
+    pub kind: u32,
+}
+
+/// The memory map of `ram` with the pages of `firmware` (page-rounded) taken out of RAM
+/// and listed as [`E820_ACPI`], in address order. Without firmware tables it is one RAM
+/// entry per range, as before.
+pub fn memory_map(ram: &GuestRam, firmware: Option<ByteRange>) -> Vec<MemoryMapEntry> {
+    let acpi = firmware.and_then(|f| f.page_aligned());
+    let mut out = Vec::new();
+    let mut push = |addr: u64, end: u64, kind: u32| {
+        if end > addr {
+            out.push(MemoryMapEntry {
+                addr,
+                size: end - addr,
+                kind,
+            });
+        }
+    };
+    for r in ram.ranges() {
+        match acpi.filter(|a| a.overlaps(r)) {
+            Some(a) => {
+                push(r.start().0, a.start().0, E820_RAM);
+                push(a.end(), r.end(), E820_RAM);
+            }
+            None => push(r.start().0, r.end(), E820_RAM),
+        }
+    }
+    if let Some(a) = acpi {
+        push(a.start().0, a.end(), E820_ACPI);
+    }
+    out.sort_by_key(|e| e.addr);
+    out
+}
+
 fn low32(what: &'static str, addr: u64) -> Result<u32, BootDataError> {
     u32::try_from(addr).map_err(|_| BootDataError::Above4G { what, addr })
 }
@@ -112,12 +157,26 @@ fn low32(what: &'static str, addr: u64) -> Result<u32, BootDataError> {
 /// The Linux zero page: the image's setup header, then what the loader fills in.
 ///
 /// `cmdline` covers the command line including its NUL; `initrd` the initrd's bytes.
+/// The e820 table is one RAM entry per range of `ram`.
 pub fn linux_boot_params(
     image: &BzImage<'_>,
     load: u64,
     cmdline: ByteRange,
     initrd: Option<ByteRange>,
     ram: &GuestRam,
+) -> Result<boot_params, BootDataError> {
+    linux_zero_page(image, load, cmdline, initrd, &memory_map(ram, None), None)
+}
+
+/// [`linux_boot_params`] with the e820 table `map` (see [`memory_map`]) and, if the VMM
+/// built ACPI tables, `acpi_rsdp_addr` = `rsdp`.
+pub fn linux_zero_page(
+    image: &BzImage<'_>,
+    load: u64,
+    cmdline: ByteRange,
+    initrd: Option<ByteRange>,
+    map: &[MemoryMapEntry],
+    rsdp: Option<u64>,
 ) -> Result<boot_params, BootDataError> {
     let mut params = boot_params {
         hdr: *image.header(),
@@ -140,34 +199,39 @@ pub fn linux_boot_params(
     };
     params.hdr.ramdisk_image = image_at;
     params.hdr.ramdisk_size = size;
-    let ranges = ram.ranges();
-    if ranges.len() > E820_MAX_ENTRIES_ZEROPAGE {
+    if map.len() > E820_MAX_ENTRIES_ZEROPAGE {
         return Err(BootDataError::TooManyRamRanges {
-            count: ranges.len(),
+            count: map.len(),
             max: E820_MAX_ENTRIES_ZEROPAGE,
         });
     }
-    for (slot, r) in params.e820_table.iter_mut().zip(ranges) {
+    for (slot, e) in params.e820_table.iter_mut().zip(map) {
         *slot = boot_e820_entry {
-            addr: r.start().0,
-            size: r.len(),
-            r#type: E820_RAM,
+            addr: e.addr,
+            size: e.size,
+            r#type: e.kind,
         };
     }
-    params.e820_entries = ranges.len() as u8;
+    params.e820_entries = map.len() as u8;
+    params.acpi_rsdp_addr = rsdp.unwrap_or(0);
     Ok(params)
 }
 
 /// Size in bytes of the PVH boot data for `ram` with or without an initrd module.
 pub fn pvh_boot_data_size(ram: &GuestRam, initrd: bool) -> u64 {
+    pvh_start_info_size(ram.ranges().len(), initrd)
+}
+
+/// Size in bytes of the PVH boot data with a memory map of `map_entries` entries, with or
+/// without an initrd module.
+pub fn pvh_start_info_size(map_entries: usize, initrd: bool) -> u64 {
     let modules = if initrd {
         size_of::<hvm_modlist_entry>()
     } else {
         0
     };
-    (size_of::<hvm_start_info>()
-        + modules
-        + ram.ranges().len() * size_of::<hvm_memmap_table_entry>()) as u64
+    (size_of::<hvm_start_info>() + modules + map_entries * size_of::<hvm_memmap_table_entry>())
+        as u64
 }
 
 /// The PVH boot data at `base`: `hvm_start_info`, then the module list (the initrd, if
@@ -177,6 +241,18 @@ pub fn pvh_boot_data(
     cmdline: ByteRange,
     initrd: Option<ByteRange>,
     ram: &GuestRam,
+) -> Vec<u8> {
+    pvh_start_info(base, cmdline, initrd, &memory_map(ram, None), None)
+}
+
+/// [`pvh_boot_data`] with the memory map `map` (see [`memory_map`]) and, if the VMM built
+/// ACPI tables, `rsdp_paddr` = `rsdp`.
+pub fn pvh_start_info(
+    base: u64,
+    cmdline: ByteRange,
+    initrd: Option<ByteRange>,
+    map: &[MemoryMapEntry],
+    rsdp: Option<u64>,
 ) -> Vec<u8> {
     let modlist_at = base + size_of::<hvm_start_info>() as u64;
     let modules = u64::from(initrd.is_some()) * size_of::<hvm_modlist_entry>() as u64;
@@ -188,9 +264,9 @@ pub fn pvh_boot_data(
         nr_modules: u32::from(initrd.is_some()),
         modlist_paddr: if initrd.is_some() { modlist_at } else { 0 },
         cmdline_paddr: cmdline.start().0,
-        rsdp_paddr: 0,
+        rsdp_paddr: rsdp.unwrap_or(0),
         memmap_paddr: memmap_at,
-        memmap_entries: ram.ranges().len() as u32,
+        memmap_entries: map.len() as u32,
         reserved: 0,
     };
     let mut out = info.as_slice().to_vec();
@@ -203,11 +279,11 @@ pub fn pvh_boot_data(
         };
         out.extend_from_slice(module.as_slice());
     }
-    for r in ram.ranges() {
+    for e in map {
         let entry = hvm_memmap_table_entry {
-            addr: r.start().0,
-            size: r.len(),
-            type_: E820_RAM,
+            addr: e.addr,
+            size: e.size,
+            type_: e.kind,
             reserved: 0,
         };
         out.extend_from_slice(entry.as_slice());
@@ -264,6 +340,33 @@ mod tests {
         assert_eq!(l.efer, EFER_LME | EFER_LMA);
         assert_eq!(l.code.selector, BOOT_CODE64);
         assert_eq!((l.gdt.base, l.gdt.limit), (0x1000, BOOT_GDT_LIMIT));
+    }
+
+    #[test]
+    fn memory_map_carves_firmware_pages_out_of_ram() {
+        let ram = GuestRam::new(&[(0, 0x10_0000), (0x10_0000, 0x10_0000)]).unwrap();
+        let entry = |addr, size, kind| MemoryMapEntry { addr, size, kind };
+        assert_eq!(
+            memory_map(&ram, None),
+            vec![
+                entry(0, 0x10_0000, E820_RAM),
+                entry(0x10_0000, 0x10_0000, E820_RAM)
+            ]
+        );
+        // Unaligned tables take whole pages; tables across two ranges cut both.
+        let t = ByteRange::new(0xf_f800, 0x1000).unwrap();
+        assert_eq!(
+            memory_map(&ram, Some(t)),
+            vec![
+                entry(0, 0xf_f000, E820_RAM),
+                entry(0xf_f000, 0x2000, E820_ACPI),
+                entry(0x10_1000, 0xf_f000, E820_RAM),
+            ]
+        );
+        // At the very start of RAM: no empty RAM entry before it.
+        let t = ByteRange::new(0, 0x10).unwrap();
+        assert_eq!(memory_map(&ram, Some(t))[0], entry(0, 0x1000, E820_ACPI));
+        assert_eq!(memory_map(&ram, Some(t)).len(), 3);
     }
 
     #[test]

@@ -549,7 +549,9 @@ pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit
 /// whole, `kvm_run` read and checked for the rest.
 pub fn decode_kvm(exit: KvmExit, run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
     match exit {
-        KvmExit::Failed(libc::EINTR) => Ok(Exit::Interrupted),
+        // EAGAIN: a vCPU waiting for its start-up IPI (an application processor under
+        // the in-kernel irqchip) woke without one, or got INIT; KVM asks to be re-run.
+        KvmExit::Failed(libc::EINTR | libc::EAGAIN) => Ok(Exit::Interrupted),
         KvmExit::Failed(errno) => Err(ExitError::RunFailed { errno }),
         KvmExit::MemoryFault { fault, hwpoison } => {
             if hwpoison {
@@ -1126,6 +1128,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             decode_kvm(KvmExit::Failed(libc::EINTR), &stale, MAP_LEN),
+            Ok(Exit::Interrupted)
+        );
+        // An application processor woken without a start-up IPI is re-run, not failed.
+        assert_eq!(
+            decode_kvm(KvmExit::Failed(libc::EAGAIN), &stale, MAP_LEN),
             Ok(Exit::Interrupted)
         );
         // What kvm-ioctls does not check is checked in kvm_run.

@@ -500,7 +500,10 @@ pub(crate) mod tests {
         }
         // Bit 3 is the other ABI's PRIVATE: the refusal says where the bit belongs.
         let private_bit = args(0, 1, 8).validate(&l).unwrap_err().to_string();
-        assert!(private_bit.contains("to private here is bit 4, 0x10"), "{private_bit}");
+        assert!(
+            private_bit.contains("to private here is bit 4, 0x10"),
+            "{private_bit}"
+        );
         let three = args(0, 1, 3).validate(&l).unwrap_err().to_string();
         assert!(!three.contains("bit 4"), "{three}");
     }

@@ -123,7 +123,8 @@ fn veil_round(size: u64, caps: Option<&HostCaps>) -> Cost {
 /// Identity page tables for the first 1 GiB (2 MiB pages) at `PML4`.
 fn page_tables() -> Vec<u8> {
     let mut t = vec![0u8; 3 * 4096];
-    let entry = |t: &mut Vec<u8>, at: usize, v: u64| t[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let entry =
+        |t: &mut Vec<u8>, at: usize, v: u64| t[at..at + 8].copy_from_slice(&v.to_le_bytes());
     entry(&mut t, 0, (PML4 + 0x1000) | 3);
     entry(&mut t, 0x1000, (PML4 + 0x2000) | 3);
     for i in 0..512u64 {
@@ -206,7 +207,9 @@ fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool) -> Cost {
         .expect("page tables");
     let gdt: [u64; 3] = [0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff];
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
-    memory.write_slice(&gdt_bytes, GuestAddress(GDT)).expect("gdt");
+    memory
+        .write_slice(&gdt_bytes, GuestAddress(GDT))
+        .expect("gdt");
     memory
         .write_slice(&GUEST, GuestAddress(CODE_GPA))
         .expect("code");
@@ -265,7 +268,11 @@ fn main() {
             return;
         }
     };
-    if !caps.flavors.iter().any(|f| f.flavor == Flavor::IN_PLACE && f.supported()) {
+    if !caps
+        .flavors
+        .iter()
+        .any(|f| f.flavor == Flavor::IN_PLACE && f.supported())
+    {
         println!("vmm-bench: launch: skipped, the in-place flavor does not run here");
         return;
     }

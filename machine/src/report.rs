@@ -1,0 +1,264 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! What [`Machine::run`](crate::Machine::run) reports, serializable so `veil run` can
+//! write it as JSON: how the guest ended, its exits, the memory's conversions, what
+//! stayed shared and why, and whether the host was refused a private page while the
+//! guest ran.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use veil_loader::ByteRange;
+use veil_memory::ConversionStats;
+use veil_vcpu::{ExitKind, ExitStats, StopReason, SystemEventKind};
+
+use crate::devices::DeviceEnd;
+
+/// How the guest ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum GuestEnd {
+    /// ACPI S5 through the sleep control register (`poweroff`), or KVM's shutdown event.
+    PowerOff,
+    /// The i8042's CPU reset (`reboot=k`), or KVM's reset event.
+    Reset,
+    /// `KVM_EXIT_SHUTDOWN` on a vCPU: a triple fault, or an exception with no handler.
+    Shutdown {
+        /// The vCPU.
+        vcpu: usize,
+    },
+    /// Every vCPU halted with nothing to wake it (only seen without the in-kernel
+    /// irqchip; with it KVM keeps halted vCPUs).
+    Halted,
+    /// The VM stopped on an error.
+    Error {
+        /// What went wrong, with its causes.
+        message: String,
+    },
+    /// The run timeout passed first; the vCPUs were stopped.
+    TimedOut,
+}
+
+impl GuestEnd {
+    /// The end of a run: what a device asked for first, else the timeout, else why the
+    /// vCPUs stopped.
+    pub fn of(device: Option<DeviceEnd>, timed_out: bool, reason: &StopReason) -> GuestEnd {
+        match (device, timed_out, reason) {
+            (Some(DeviceEnd::PowerOff), ..) => GuestEnd::PowerOff,
+            (Some(DeviceEnd::Reset), ..) => GuestEnd::Reset,
+            (None, true, _) => GuestEnd::TimedOut,
+            (None, false, StopReason::Shutdown { vcpu }) => GuestEnd::Shutdown { vcpu: *vcpu },
+            (None, false, StopReason::SystemEvent { kind, .. }) => match kind {
+                SystemEventKind::Shutdown => GuestEnd::PowerOff,
+                SystemEventKind::Reset => GuestEnd::Reset,
+                other => GuestEnd::Error {
+                    message: format!("system event {other:?}"),
+                },
+            },
+            (None, false, StopReason::AllHalted) => GuestEnd::Halted,
+            (None, false, other) => GuestEnd::Error {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// The outcome of the host reading a private guest page while the guest ran (taken when
+/// the guest wrote its first console byte).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum PrivateRead {
+    /// The guest never wrote to the console, so no read was tried.
+    NotTried,
+    /// No page was private at that moment.
+    NoPrivatePage,
+    /// The read of the page at `gpa` was refused, as it must be.
+    Refused {
+        /// The page.
+        gpa: u64,
+        /// veil-memory's refusal.
+        error: String,
+    },
+    /// The read succeeded: private memory reached the host. A bug.
+    Allowed {
+        /// The page.
+        gpa: u64,
+    },
+    /// The read failed for another reason than the page being private.
+    Failed {
+        /// The page.
+        gpa: u64,
+        /// The error.
+        error: String,
+    },
+}
+
+/// A range of RAM that was shared when the guest started, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SharedRange {
+    /// The bytes.
+    pub range: ByteRange,
+    /// Why it is not private.
+    pub reason: String,
+}
+
+/// veil-vcpu's exit statistics, by kind name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ExitCounts {
+    /// Exits of each kind that occurred.
+    pub counts: BTreeMap<&'static str, u64>,
+    /// Time spent in handlers, in nanoseconds, for the same kinds.
+    pub handler_nanos: BTreeMap<&'static str, u64>,
+    /// All exits.
+    pub total: u64,
+}
+
+impl From<&ExitStats> for ExitCounts {
+    fn from(s: &ExitStats) -> Self {
+        let mut out = ExitCounts {
+            total: s.total(),
+            ..Default::default()
+        };
+        for kind in ExitKind::ALL {
+            let n = s.count(kind);
+            if n > 0 {
+                out.counts.insert(kind.name(), n);
+                let nanos = u64::try_from(s.handler_time(kind).as_nanos()).unwrap_or(u64::MAX);
+                out.handler_nanos.insert(kind.name(), nanos);
+            }
+        }
+        out
+    }
+}
+
+/// veil-memory's conversion statistics: the system calls conversions issued.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Conversions {
+    /// `KVM_SET_MEMORY_ATTRIBUTES` calls.
+    pub set_memory_attributes: u64,
+    /// `mprotect` calls on the host view.
+    pub protections: u64,
+    /// Hole punches.
+    pub discards: u64,
+}
+
+impl From<ConversionStats> for Conversions {
+    fn from(s: ConversionStats) -> Self {
+        Conversions {
+            set_memory_attributes: s.set_memory_attributes,
+            protections: s.protections,
+            discards: s.discards,
+        }
+    }
+}
+
+/// What a run of the machine did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MachineReport {
+    /// How the guest ended.
+    pub end: GuestEnd,
+    /// The flavor conversions were carried out in.
+    pub flavor: String,
+    /// The launch technology.
+    pub launch: &'static str,
+    /// The vCPUs.
+    pub vcpus: u32,
+    /// The RAM in bytes.
+    pub memory_size: u64,
+    /// The launch digest of the measurement log (hex).
+    pub launch_digest: String,
+    /// The exits of all vCPUs.
+    pub exits: ExitCounts,
+    /// The conversions' system calls, from building the memory to the end.
+    pub conversions: Conversions,
+    /// RAM that was shared when the guest started, and why.
+    pub shared: Vec<SharedRange>,
+    /// The host's read of a private page while the guest ran.
+    pub private_read: PrivateRead,
+    /// Whether standard input was fed to the console.
+    pub console_input: bool,
+    /// Wall-clock time of the run, in milliseconds.
+    pub run_millis: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn ends_prefer_what_a_device_asked_for() {
+        let requested = StopReason::Requested;
+        assert_eq!(
+            GuestEnd::of(Some(DeviceEnd::PowerOff), true, &requested),
+            GuestEnd::PowerOff
+        );
+        assert_eq!(
+            GuestEnd::of(Some(DeviceEnd::Reset), false, &requested),
+            GuestEnd::Reset
+        );
+        assert_eq!(GuestEnd::of(None, true, &requested), GuestEnd::TimedOut);
+        assert_eq!(
+            GuestEnd::of(None, false, &StopReason::Shutdown { vcpu: 1 }),
+            GuestEnd::Shutdown { vcpu: 1 }
+        );
+        assert_eq!(
+            GuestEnd::of(None, false, &StopReason::AllHalted),
+            GuestEnd::Halted
+        );
+        let event = |kind| StopReason::SystemEvent { vcpu: 0, kind };
+        assert_eq!(
+            GuestEnd::of(None, false, &event(SystemEventKind::Shutdown)),
+            GuestEnd::PowerOff
+        );
+        assert_eq!(
+            GuestEnd::of(None, false, &event(SystemEventKind::Reset)),
+            GuestEnd::Reset
+        );
+        let error = StopReason::Error {
+            vcpu: 0,
+            error: Arc::new(veil_vcpu::RunError::Kvm {
+                op: "KVM_RUN",
+                source: vmm_sys_util::errno::Error::new(libc::EFAULT),
+            }),
+        };
+        let GuestEnd::Error { message } = GuestEnd::of(None, false, &error) else {
+            panic!("an error")
+        };
+        assert!(message.contains("KVM_RUN"), "{message}");
+    }
+
+    #[test]
+    fn the_report_serializes() {
+        let mut stats = ExitStats::default();
+        stats = stats.merged(&stats);
+        let r = MachineReport {
+            end: GuestEnd::Shutdown { vcpu: 0 },
+            flavor: "in-place".into(),
+            launch: "plain",
+            vcpus: 2,
+            memory_size: 1 << 20,
+            launch_digest: "00".into(),
+            exits: ExitCounts::from(&stats),
+            conversions: Conversions::default(),
+            shared: vec![SharedRange {
+                range: ByteRange::new(0x1000, 0x1000).unwrap(),
+                reason: "boot data".into(),
+            }],
+            private_read: PrivateRead::Refused {
+                gpa: 0x2000,
+                error: "private".into(),
+            },
+            console_input: false,
+            run_millis: 3,
+        };
+        let v: serde_json::Value = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["end"]["kind"], "shutdown");
+        assert_eq!(v["end"]["vcpu"], 0);
+        assert_eq!(v["private_read"]["result"], "refused");
+        assert_eq!(v["private_read"]["gpa"], 0x2000);
+        assert_eq!(v["shared"][0]["reason"], "boot data");
+        assert_eq!(v["exits"]["total"], 0);
+    }
+}
