@@ -30,7 +30,7 @@ use crate::devices::{
 };
 use crate::initramfs::LINUX_CMDLINE;
 use crate::layout::{LayoutError, MemoryLayout};
-use crate::report::{Conversions, ExitCounts, GuestEnd, MachineReport, PrivateRead, SharedRange};
+use crate::report::{GuestEnd, MachineReport, PrivateRead, SharedRange};
 
 /// Which RAM is private when the guest starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -602,8 +602,8 @@ impl Machine {
             vcpus: vcpu_count,
             memory_size: layout.memory_size(),
             launch_digest,
-            exits: ExitCounts::from(&report.stats()),
-            conversions: Conversions::from(vm.memory().stats()),
+            exits: report.stats(),
+            memory: vm.stats(),
             shared,
             private_read,
             console_input: stdin && crate::console::stdin_is_pollable(),

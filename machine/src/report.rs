@@ -6,12 +6,10 @@
 //! stayed shared and why, and whether the host was refused a private page while the
 //! guest ran.
 
-use std::collections::BTreeMap;
-
 use serde::Serialize;
 use veil_loader::ByteRange;
-use veil_memory::ConversionStats;
-use veil_vcpu::{ExitKind, ExitStats, StopReason, SystemEventKind};
+use veil_vcpu::{ExitStats, StopReason, SystemEventKind};
+use veil_vmm::VmStats;
 
 use crate::devices::DeviceEnd;
 
@@ -103,56 +101,6 @@ pub struct SharedRange {
     pub reason: String,
 }
 
-/// veil-vcpu's exit statistics, by kind name.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct ExitCounts {
-    /// Exits of each kind that occurred.
-    pub counts: BTreeMap<&'static str, u64>,
-    /// Time spent in handlers, in nanoseconds, for the same kinds.
-    pub handler_nanos: BTreeMap<&'static str, u64>,
-    /// All exits.
-    pub total: u64,
-}
-
-impl From<&ExitStats> for ExitCounts {
-    fn from(s: &ExitStats) -> Self {
-        let mut out = ExitCounts {
-            total: s.total(),
-            ..Default::default()
-        };
-        for kind in ExitKind::ALL {
-            let n = s.count(kind);
-            if n > 0 {
-                out.counts.insert(kind.name(), n);
-                let nanos = u64::try_from(s.handler_time(kind).as_nanos()).unwrap_or(u64::MAX);
-                out.handler_nanos.insert(kind.name(), nanos);
-            }
-        }
-        out
-    }
-}
-
-/// veil-memory's conversion statistics: the system calls conversions issued.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct Conversions {
-    /// `KVM_SET_MEMORY_ATTRIBUTES` calls.
-    pub set_memory_attributes: u64,
-    /// `mprotect` calls on the host view.
-    pub protections: u64,
-    /// Hole punches.
-    pub discards: u64,
-}
-
-impl From<ConversionStats> for Conversions {
-    fn from(s: ConversionStats) -> Self {
-        Conversions {
-            set_memory_attributes: s.set_memory_attributes,
-            protections: s.protections,
-            discards: s.discards,
-        }
-    }
-}
-
 /// What a run of the machine did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MachineReport {
@@ -169,9 +117,10 @@ pub struct MachineReport {
     /// The launch digest of the measurement log (hex).
     pub launch_digest: String,
     /// The exits of all vCPUs.
-    pub exits: ExitCounts,
-    /// The conversions' system calls, from building the memory to the end.
-    pub conversions: Conversions,
+    pub exits: ExitStats,
+    /// The guest's conversion requests and faults, and every conversion of the memory
+    /// (pages each way, system calls) from building it to the end.
+    pub memory: VmStats,
     /// RAM that was shared when the guest started, and why.
     pub shared: Vec<SharedRange>,
     /// The host's read of a private page while the guest ran.
@@ -240,8 +189,8 @@ mod tests {
             vcpus: 2,
             memory_size: 1 << 20,
             launch_digest: "00".into(),
-            exits: ExitCounts::from(&stats),
-            conversions: Conversions::default(),
+            exits: stats,
+            memory: VmStats::default(),
             shared: vec![SharedRange {
                 range: ByteRange::new(0x1000, 0x1000).unwrap(),
                 reason: "boot data".into(),
@@ -259,6 +208,7 @@ mod tests {
         assert_eq!(v["private_read"]["result"], "refused");
         assert_eq!(v["private_read"]["gpa"], 0x2000);
         assert_eq!(v["shared"][0]["reason"], "boot data");
-        assert_eq!(v["exits"]["total"], 0);
+        assert_eq!(v["exits"]["refused_hypercalls"], 0);
+        assert_eq!(v["memory"]["conversions"]["pages_to_private"], 0);
     }
 }

@@ -84,10 +84,10 @@ fn pvh_kernel_powers_off_with_all_ram_private() {
             .range_is(all, Attributes::PRIVATE)
             .unwrap()
     );
-    assert!(report.conversions.protections > 0, "{report:#?}");
+    assert!(report.memory.conversions.protections > 0, "{report:#?}");
     assert_eq!(
-        report.exits.counts.get("pio-out").copied(),
-        Some(PVH_OK.len() as u64 + 1),
+        report.exits.count(veil_vmm::veil_vcpu::ExitKind::PioOut),
+        PVH_OK.len() as u64 + 1,
         "one exit per console byte and one for the sleep register"
     );
     assert_eq!((report.vcpus, report.flavor.as_str()), (1, "in-place"));
