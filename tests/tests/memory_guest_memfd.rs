@@ -336,9 +336,11 @@ fn capability_probe_agrees_with_what_works() {
     if let Err(e) = caps.require(Flavor::ATTRIBUTES) {
         assert!(e.to_string().contains("KVM_CAP"), "{e}");
     }
+    // KVM's instruction emulator needs userspace_addr on every host so far
+    // (see KvmSideMapping).
     assert_eq!(
-        caps.kvm_side_mapping.mapping == veil_memory::KvmSideMapping::Separate,
-        std::path::Path::new(veil_memory::PVM_MODULE_PATH).exists()
+        caps.kvm_side_mapping.mapping,
+        veil_memory::KvmSideMapping::Separate
     );
     assert_eq!(vm.check_extension_raw(9999), 0);
 }
