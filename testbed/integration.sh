@@ -12,7 +12,9 @@
 # nested paging, Linux 6.12 and 7.3) instead of the host's own, which catches what one
 # KVM accepts and another refuses. Tests that need what a kernel lacks (guest_memfd
 # that the host can map, for the in-place flavor, on 6.12) skip with their printed
-# reason; on 7.3 they must run (VEIL_REQUIRE_IN_PLACE=1, see lib.sh). Before the
+# reason; on 7.3 they must run (VEIL_REQUIRE_IN_PLACE=1, see lib.sh). Where
+# VEIL_DEBIAN_KERNEL names a file (.ci/run sets it), it is copied into the VM of
+# veil-loader's distribution-kernel tests, which must then find it. Before the
 # tests, `veil caps --json` runs on each kernel; its report is printed and kept in
 # target/testbed/caps-<kernel>.json.
 #
@@ -76,7 +78,17 @@ for k in "${KERNELS[@]}"; do
     PASSED=0 FAILED=0 IGNORED=0 SKIPPED=0 UNREPORTED=0
     for binary in "${binaries[@]}"; do
         say "running $(basename "$binary") on Linux $k"
-        run_counted "${IMAGE[$k]}" "$binary" "$@"
+        if [[ $(basename "$binary") == loader_debian_kernel-* ]] &&
+            [ -f "${VEIL_DEBIAN_KERNEL:-}" ]; then
+            # The distribution kernel veil-loader's tests place (.ci/run fetches it)
+            # goes into the VM beside them, and there they must find it.
+            VEIL_TESTBED_FILES="${VEIL_TESTBED_FILES:-} $VEIL_DEBIAN_KERNEL" \
+                VEIL_TESTBED_ENV="${VEIL_TESTBED_ENV:-} VEIL_REQUIRE_FIXTURES=1
+                VEIL_DEBIAN_KERNEL=/test/$(basename "$VEIL_DEBIAN_KERNEL")" \
+                run_counted "${IMAGE[$k]}" "$binary" "$@"
+        else
+            run_counted "${IMAGE[$k]}" "$binary" "$@"
+        fi
         final=$(worse "$final" "$OUTCOME")
     done
     say "Linux $k: ${#binaries[@]} test binaries, VM runs $((SECONDS - vm_started)) s"
