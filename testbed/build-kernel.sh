@@ -62,11 +62,13 @@ check_config() {
     return "$bad"
 }
 
-# Deletes the trash-* directories of the cache in the background.
+# Deletes the trash-* directories of the cache in the background. The deletion does not
+# inherit the build lock's descriptor (9, see with_lock): it would hold the lock, and the
+# next kernel's build would wait for it.
 sweep_trash() {
     local trash=("$TESTBED_CACHE"/trash-*)
     [ -e "${trash[0]}" ] || return 0
-    (rm -rf "${trash[@]}" </dev/null >/dev/null 2>&1 &)
+    (rm -rf "${trash[@]}" </dev/null >/dev/null 2>&1 9>&- &)
 }
 
 # build_selftests WORK STAGING: builds KERNEL_SELFTESTS in the source tree WORK,
