@@ -23,6 +23,7 @@ const GUESTS: &[(&str, &str, u64)] = &[
     ("entry64.S", "ENTRY64", 0x1c000),
     ("pkvm_share.S", "PKVM_SHARE", 0x20_0000),
     ("emulate.S", "EMULATE", 0x1e000),
+    ("convert_page.S", "CONVERT_PAGE", 0x20000),
 ];
 
 fn run(cmd: &mut Command, what: &str) {

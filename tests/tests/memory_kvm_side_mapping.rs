@@ -16,6 +16,9 @@
 //!   that makes KVM emulate nothing still runs where KVM maps guest_memfd itself (and
 //!   must, under `VEIL_REQUIRE_IN_PLACE=1`: the testbed's Linux 7.3); what becomes of
 //!   each emulated operation is printed.
+//! - In each mode the kernel accepts, a guest converts a page to private and back
+//!   through veil's port-I/O hypercall (`tests/guests/convert_page.S`), veil-vmm's
+//!   `MemoryExits` and veil-memory carrying it out, and writes it in both states.
 //! - `HostCaps`'s decision is checked against that: it must say `Separate` exactly when
 //!   some operation fails without the mapping. Where the attributes flavor runs (both
 //!   testbed kernels), a second witness: the guest writes a private page (its
@@ -28,12 +31,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kvm_ioctls::{Kvm, VmFd};
-use vcpu_support::{EMULATE, MEM_SIZE, MMIO_BASE, Recorder, STACK};
+use vcpu_support::{CONVERT_PAGE, EMULATE, Guest as Program, MEM_SIZE, MMIO_BASE, Recorder, STACK};
 use veil_memory::veil_attrs::{Attributes, FrameRange};
-use veil_memory::{ContentPolicy, Flavor, HostCaps, HostSafeMemory, KvmSideMapping, RegionSpec};
+use veil_memory::{
+    ContentPolicy, ConversionStats, Flavor, HostCaps, HostSafeMemory, KvmSideMapping, RegionSpec,
+};
 use veil_tests::{REQUIRE_IN_PLACE, eventually, kvm_or_skip, long_mode};
 use veil_vcpu::x86_64::setup_long_mode;
-use veil_vcpu::{FaultPolicy, StopReason, Vcpu, VcpuEnd, VcpuSet};
+use veil_vcpu::{FaultPolicy, StopReason, Vcpu, VcpuEnd, VcpuSet, VmReport};
+use veil_vmm::MemoryExits;
 
 /// The port `rep outsb` writes to.
 const STRING_PORT: u16 = 0x14;
@@ -141,17 +147,17 @@ impl Outcome {
 }
 
 /// A VM of the type a flavor needs, with 2 MiB of that flavor's memory at
-/// guest-physical 0 registered as slot 0, holding the boot data and the guest.
+/// guest-physical 0 registered as slot 0, holding the boot data and the guests.
 ///
 /// `vm` is declared first so that it is dropped first: the VM must not outlive the memory
 /// its slots refer to.
-struct Guest {
+struct Machine {
     vm: Arc<VmFd>,
-    memory: HostSafeMemory,
+    memory: Arc<HostSafeMemory>,
 }
 
-impl Guest {
-    fn new(kvm: &Kvm, caps: &HostCaps, flavor: Flavor, mapping: KvmSideMapping) -> Guest {
+impl Machine {
+    fn new(kvm: &Kvm, caps: &HostCaps, flavor: Flavor, mapping: KvmSideMapping) -> Machine {
         let support = caps
             .require(flavor)
             .expect("the caller checked the flavor runs");
@@ -165,35 +171,51 @@ impl Guest {
         if flavor == Flavor::ATTRIBUTES {
             builder = builder.attributes_vm(vm.clone());
         }
-        let memory = builder.build().unwrap();
+        let memory = Arc::new(builder.build().unwrap());
         for (gpa, bytes) in long_mode::boot_data() {
             memory.host_write(gpa, &bytes).unwrap();
         }
-        memory.host_write(EMULATE.load, EMULATE.code).unwrap();
+        for program in [&EMULATE, &CONVERT_PAGE] {
+            memory.host_write(program.load, program.code).unwrap();
+        }
         // SAFETY: `memory` outlives `vm` (see the struct) and every vCPU (each run's
         // report, which holds them, is dropped before the run returns).
         unsafe { memory.register_memslots(&vm, 0) }.unwrap();
-        Guest { vm, memory }
+        Machine { vm, memory }
     }
 
-    /// Runs `op` on a fresh vCPU `id`, with `rsi` preset.
-    fn run(&self, kvm: &Kvm, id: u64, op: Op, rsi: u64) -> Outcome {
+    /// Runs `program` on a fresh vCPU `id`, with `rdi` and `rsi` preset, veil-vmm's
+    /// `MemoryExits` answering its conversion requests through the memory, until it
+    /// reports `DONE` or stops.
+    fn run_program(
+        &self,
+        kvm: &Kvm,
+        id: u64,
+        program: &Program,
+        rdi: u64,
+        rsi: u64,
+    ) -> (VmReport, Arc<Recorder>) {
         let vcpu = Vcpu::new(&self.vm, id).unwrap();
-        let entry = long_mode::entry(EMULATE.load, STACK - 0x1000 * id);
+        let entry = long_mode::entry(program.load, STACK - 0x1000 * id);
         setup_long_mode(kvm, vcpu.fd(), id as u32, &entry).unwrap();
         let mut regs = vcpu.fd().get_regs().unwrap();
-        regs.rdi = op as u64;
+        regs.rdi = rdi;
         regs.rsi = rsi;
         vcpu.fd().set_regs(&regs).unwrap();
 
         let rec = Arc::new(Recorder::default());
-        let set =
-            VcpuSet::spawn(vec![vcpu], rec.clone(), rec.clone(), FaultPolicy::Refuse).unwrap();
+        let exits = Arc::new(MemoryExits::new(self.memory.clone()));
+        let set = VcpuSet::spawn(vec![vcpu], exits, rec.clone(), FaultPolicy::Refuse).unwrap();
         eventually(LIMIT, || {
             set.is_finished() || rec.reports().last() == Some(&DONE)
         });
         set.stop();
-        let report = set.wait();
+        (set.wait(), rec)
+    }
+
+    /// Runs `op` of `emulate.S` on a fresh vCPU `id`, with `rsi` preset.
+    fn run(&self, kvm: &Kvm, id: u64, op: Op, rsi: u64) -> Outcome {
+        let (report, rec) = self.run_program(kvm, id, &EMULATE, op as u64, rsi);
         let vcpu = &report.vcpus[0];
         let string = rec
             .pio_writes
@@ -240,10 +262,10 @@ fn in_place_host(test: &str) -> Option<(Kvm, HostCaps)> {
 
 /// Runs every operation but the attributes witness on in-place memory in `mapping`.
 fn in_place_outcomes(kvm: &Kvm, caps: &HostCaps, mapping: KvmSideMapping) -> Vec<Outcome> {
-    let guest = Guest::new(kvm, caps, Flavor::IN_PLACE, mapping);
+    let machine = Machine::new(kvm, caps, Flavor::IN_PLACE, mapping);
     let ops = std::iter::once(Op::Nothing).chain(EMULATED);
     ops.enumerate()
-        .map(|(id, op)| guest.run(kvm, id as u64, op, 0))
+        .map(|(id, op)| machine.run(kvm, id as u64, op, 0))
         .collect()
 }
 
@@ -293,15 +315,80 @@ fn in_place_without_a_kvm_side_mapping_runs_what_kvm_does_not_emulate() {
     }
 }
 
+#[test]
+fn in_place_conversions_from_the_guest_in_each_mapping_mode() {
+    let test = "in_place_conversions_from_the_guest_in_each_mapping_mode";
+    let Some((kvm, caps)) = in_place_host(test) else {
+        return;
+    };
+    let page = FrameRange::from_gpa(WITNESS_PAGE, 0x1000).unwrap();
+    for mapping in [KvmSideMapping::Separate, KvmSideMapping::Omitted] {
+        let machine = Machine::new(&kvm, &caps, Flavor::IN_PLACE, mapping);
+        if let Err(e) = machine.run(&kvm, 0, Op::Nothing, 0).check() {
+            // KVM that emulates all guest code (PVM) needs the mapping for any guest.
+            assert!(
+                mapping == KvmSideMapping::Omitted && !veil_tests::required(REQUIRE_IN_PLACE),
+                "{mapping:?}: a guest that causes no emulation failed: {e}"
+            );
+            eprintln!("{test}: no {mapping:?} mode on this KVM: {e}");
+            continue;
+        }
+        let before = machine.memory.stats();
+        let (report, rec) = machine.run_program(&kvm, 1, &CONVERT_PAGE, 0, WITNESS_PAGE);
+        let reports = rec.reports();
+        assert_eq!(
+            reports,
+            [0, 0xa11c_e000, 0xb0b0_0000, 0, DONE],
+            "{mapping:?}: the guest's reports ({})",
+            report.reason
+        );
+        // Shared again, with what the guest wrote in either state: one page served both.
+        let mut bytes = [0u8; 16];
+        machine.memory.host_read(WITNESS_PAGE, &mut bytes).unwrap();
+        assert_eq!(
+            bytes,
+            [
+                0xa11c_e000_a11c_e000_u64.to_le_bytes(),
+                0xb0b0_0000_b0b0_0000_u64.to_le_bytes()
+            ]
+            .concat()[..],
+            "{mapping:?}"
+        );
+        assert!(
+            machine
+                .memory
+                .attributes()
+                .range_is(page, Attributes::empty())
+                .unwrap()
+        );
+        assert_eq!(
+            machine.memory.stats().since(&before),
+            ConversionStats {
+                conversions: 2,
+                pages_to_private: 1,
+                pages_to_shared: 1,
+                set_memory_attributes: 0,
+                protections: 2,
+                discards: 0,
+            },
+            "{mapping:?}"
+        );
+        eprintln!("{test}: {mapping:?}: the guest's round trip worked");
+    }
+}
+
 /// Whether KVM's emulator read a private page through `userspace_addr` (`true`) or
 /// from its guest_memfd (`false`); the host runs the attributes flavor.
 fn attributes_witness(test: &str, kvm: &Kvm, caps: &HostCaps) -> bool {
-    let guest = Guest::new(kvm, caps, Flavor::ATTRIBUTES, KvmSideMapping::Separate);
-    guest.memory.host_write(WITNESS_PAGE, SHARED_BYTES).unwrap();
+    let machine = Machine::new(kvm, caps, Flavor::ATTRIBUTES, KvmSideMapping::Separate);
+    machine
+        .memory
+        .host_write(WITNESS_PAGE, SHARED_BYTES)
+        .unwrap();
     let page = FrameRange::from_gpa(WITNESS_PAGE, 0x1000).unwrap();
     // Retain: the shared side keeps the host's bytes while the page is private.
-    guest.memory.convert(page, Attributes::PRIVATE).unwrap();
-    let o = guest.run(kvm, 0, Op::StringFromPage, WITNESS_PAGE);
+    machine.memory.convert(page, Attributes::PRIVATE).unwrap();
+    let o = machine.run(kvm, 0, Op::StringFromPage, WITNESS_PAGE);
     if let Err(e) = o.check() {
         panic!("rep outsb from a private page: {e}");
     }
