@@ -59,7 +59,14 @@ SCRIPT_NAME=testbed
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 kernel_name=${VEIL_TESTBED_KERNEL_NAME:-}
 kernel_select "${kernel_name:-${TESTBED_KERNELS[0]}}" || exit 2
-SCRIPT_NAME="testbed[$KERNEL_NAME]"
+# What messages call the kernel: its name, or the image given without one.
+label="Linux $KERNEL_NAME"
+if [ -n "${VEIL_TESTBED_KERNEL:-}" ] && [ -z "$kernel_name" ]; then
+    label="the kernel $VEIL_TESTBED_KERNEL"
+    SCRIPT_NAME=testbed
+else
+    SCRIPT_NAME="testbed[$KERNEL_NAME]"
+fi
 
 usage() {
     sed -n '2,/^set -uo/p' "$0" | sed -e '/^set -uo/d' -e 's/^# \{0,1\}//' >&2
@@ -84,7 +91,7 @@ for n in "$timeout" "$boot_timeout"; do
 done
 
 ensure_packages "${VM_PACKAGES[@]}" || {
-    say "the packages to boot Linux $KERNEL_NAME are missing"
+    say "the packages to boot $label are missing"
     exit "$EXIT_PACKAGE"
 }
 busybox=/bin/busybox
@@ -127,10 +134,13 @@ for f in ${VEIL_TESTBED_FILES:-}; do
 done
 
 exports="export VEIL_TESTBED=1 VEIL_REQUIRE_KVM=1 VEIL_REQUIRE_SWPROT=1"$'\n'
-exports+="export VEIL_TESTBED_KERNEL_NAME=$(quote "$KERNEL_NAME")"$'\n'
-for kv in "${KERNEL_GUEST_ENV[@]}"; do
-    exports+="export ${kv%%=*}=$(quote "${kv#*=}")"$'\n'
-done
+# An image given without a name is no known kernel: nothing is said or required of it.
+if [ -n "$kernel_name" ]; then
+    exports+="export VEIL_TESTBED_KERNEL_NAME=$(quote "$KERNEL_NAME")"$'\n'
+    for kv in ${KERNEL_GUEST_ENV[@]+"${KERNEL_GUEST_ENV[@]}"}; do
+        exports+="export ${kv%%=*}=$(quote "${kv#*=}")"$'\n'
+    done
+fi
 for var in RUST_BACKTRACE RUST_LIB_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE \
     RUST_MIN_STACK; do
     [ -n "${!var+set}" ] && exports+="export $var=$(quote "${!var}")"$'\n'
@@ -257,9 +267,9 @@ elapsed=$((SECONDS - started))
 
 if [ -z "$init_at" ] && ! grep -q "^$marker init" "$console"; then
     if [ "$outcome" = boot-timeout ]; then
-        say "BOOT FAILURE: Linux $KERNEL_NAME did not reach init within ${boot_timeout} s"
+        say "BOOT FAILURE: $label did not reach init within ${boot_timeout} s"
     else
-        say "BOOT FAILURE: the VM stopped before Linux $KERNEL_NAME reached init" \
+        say "BOOT FAILURE: the VM stopped before $label reached init" \
             "(QEMU status $qemu_status)"
         sed 's/^/  qemu: /' "$work/qemu.out" >&2
     fi
