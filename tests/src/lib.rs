@@ -54,7 +54,10 @@ pub fn kvm_or_skip(test: &str) -> bool {
 /// `eprintln!`, which libtest captures and hides for tests that pass: a skip must be
 /// seen in a plain `cargo test` run, never be silent.
 pub fn skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "skipping {test}: {reason}");
+    // One write: standard error is unbuffered, and a line written piece by piece can be
+    // split by libtest's own lines from other threads when both go to one pipe.
+    let line = format!("skipping {test}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Prints that the test `test` skips because of `reason`, or panics with the reason when
