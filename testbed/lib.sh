@@ -398,10 +398,11 @@ run_counted() {
     status=${PIPESTATUS[0]}
     set -e
     local -A result=()
-    while read -r _ name _ outcome _; do
-        # An ignored test with a reason reads "ignored, <reason>".
-        result[$name]=${outcome%,}
-    done < <(grep -E '^test [^ ]+ \.\.\. (ok|FAILED|ignored)' "$log" || true)
+    # Anywhere in a line: a test's line can land right after another thread's output
+    # that has not reached its newline yet.
+    while read -r _ name _ outcome; do
+        result[$name]=$outcome
+    done < <(grep -oE 'test [^ ]+ \.\.\. (ok|FAILED|ignored)' "$log" || true)
     SKIPPED=$((SKIPPED + $(grep -c '^skipping ' "$log" || true)))
     rm -f "$log"
     for name in "${all[@]}"; do
