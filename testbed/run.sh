@@ -4,8 +4,9 @@
 #
 # Usage: testbed/run.sh PROGRAM [ARGS...]
 #
-# The program is packed with busybox into an initramfs and booted with the testbed
-# kernel (built or found by build-kernel.sh) under QEMU's software emulation
+# The program is packed with busybox into an initramfs and booted with a testbed
+# kernel (VEIL_TESTBED_KERNEL_NAME, built or found by build-kernel.sh) under QEMU's
+# software emulation
 # (-accel tcg -cpu max: AMD SVM with nested paging), so /dev/kvm inside the VM offers
 # software-protected VMs whatever the host's own KVM can do. It works as cargo's test
 # runner: CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUNNER=/path/to/testbed/run.sh.
@@ -13,22 +14,32 @@
 # Inside the VM the program runs as root in /test with /proc, /sys, /dev and /tmp
 # mounted, stdin empty, and only these variables from the host: RUST_BACKTRACE,
 # RUST_LIB_BACKTRACE, RUST_LOG, RUST_TEST_THREADS, RUST_TEST_NOCAPTURE, RUST_MIN_STACK,
-# plus VEIL_TESTBED=1, VEIL_REQUIRE_KVM=1 and VEIL_REQUIRE_SWPROT=1 (a software-
-# protected VM type must be there) and whatever VEIL_TESTBED_ENV adds. Its stdout and
+# plus VEIL_TESTBED=1, VEIL_TESTBED_KERNEL_NAME (the kernel's name), VEIL_REQUIRE_KVM=1
+# and VEIL_REQUIRE_SWPROT=1 (a software-protected VM type must be there), the kernel's
+# own requirements (lib.sh: VEIL_REQUIRE_IN_PLACE=1 on 7.3, whose guest_memfd the host
+# can map) and whatever VEIL_TESTBED_ENV adds. Its stdout and
 # stderr come back on stdout through a serial port of their own; the guest console
 # (kernel log) is kept apart and shown only when something went wrong.
 #
 # Exit status:
 #   the program's own  it ran to the end (128+N when signal N killed it)
 #   2                  usage error
-#   121                the host side could not be prepared (packages, kernel, QEMU)
+#   118                the guest booted another kernel than the one asked for
+#   119                the kernel did not configure or build
+#   120                a package was missing and could not be installed or fetched
+#   121                the host side could not be prepared otherwise (QEMU, files)
 #   122                the program passed but the guest kernel logged WARNING/BUG/Oops
 #   123                the guest never reached its init (boot failure)
 #   124                the program did not finish within VEIL_TESTBED_TIMEOUT
 #   125                the guest ended while the program ran, without reporting a status
 #
+# Every message names the kernel.
+#
 # Knobs (environment):
-#   VEIL_TESTBED_KERNEL        bzImage to boot instead of running build-kernel.sh
+#   VEIL_TESTBED_KERNEL_NAME   the testbed kernel: 6.12 (default) or 7.3 (lib.sh)
+#   VEIL_TESTBED_KERNEL        bzImage to boot instead of running build-kernel.sh; the
+#                              guest's release is then checked against
+#                              VEIL_TESTBED_KERNEL_NAME only when that is set too
 #   VEIL_TESTBED_TIMEOUT       seconds the program may run (default 900)
 #   VEIL_TESTBED_BOOT_TIMEOUT  seconds the guest may take to reach init (default 120)
 #   VEIL_TESTBED_CPU           QEMU CPU model (default max; it must have svm and npt)
@@ -46,6 +57,16 @@
 set -uo pipefail
 SCRIPT_NAME=testbed
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+kernel_name=${VEIL_TESTBED_KERNEL_NAME:-}
+kernel_select "${kernel_name:-${TESTBED_KERNELS[0]}}" || exit 2
+# What messages call the kernel: its name, or the image given without one.
+label="Linux $KERNEL_NAME"
+if [ -n "${VEIL_TESTBED_KERNEL:-}" ] && [ -z "$kernel_name" ]; then
+    label="the kernel $VEIL_TESTBED_KERNEL"
+    SCRIPT_NAME=testbed
+else
+    SCRIPT_NAME="testbed[$KERNEL_NAME]"
+fi
 
 usage() {
     sed -n '2,/^set -uo/p' "$0" | sed -e '/^set -uo/d' -e 's/^# \{0,1\}//' >&2
@@ -69,15 +90,19 @@ for n in "$timeout" "$boot_timeout"; do
     }
 done
 
-ensure_packages "${VM_PACKAGES[@]}" || exit "$EXIT_SETUP"
+ensure_packages "${VM_PACKAGES[@]}" || {
+    say "the packages to boot $label are missing"
+    exit "$EXIT_PACKAGE"
+}
 busybox=/bin/busybox
 [ -x "$busybox" ] || {
     say "$busybox missing (Debian package busybox-static)"
-    exit "$EXIT_SETUP"
+    exit "$EXIT_PACKAGE"
 }
 kernel=${VEIL_TESTBED_KERNEL:-}
 if [ -z "$kernel" ]; then
-    kernel=$("$TESTBED_DIR/build-kernel.sh") || exit "$EXIT_SETUP"
+    kernel_name=$KERNEL_NAME
+    kernel=$("$TESTBED_DIR/build-kernel.sh" "$KERNEL_NAME") || exit $?
 fi
 [ -f "$kernel" ] || {
     say "kernel image $kernel not found"
@@ -109,6 +134,13 @@ for f in ${VEIL_TESTBED_FILES:-}; do
 done
 
 exports="export VEIL_TESTBED=1 VEIL_REQUIRE_KVM=1 VEIL_REQUIRE_SWPROT=1"$'\n'
+# An image given without a name is no known kernel: nothing is said or required of it.
+if [ -n "$kernel_name" ]; then
+    exports+="export VEIL_TESTBED_KERNEL_NAME=$(quote "$KERNEL_NAME")"$'\n'
+    for kv in ${KERNEL_GUEST_ENV[@]+"${KERNEL_GUEST_ENV[@]}"}; do
+        exports+="export ${kv%%=*}=$(quote "${kv#*=}")"$'\n'
+    done
+fi
 for var in RUST_BACKTRACE RUST_LIB_BACKTRACE RUST_LOG RUST_TEST_THREADS RUST_TEST_NOCAPTURE \
     RUST_MIN_STACK; do
     [ -n "${!var+set}" ] && exports+="export $var=$(quote "${!var}")"$'\n'
@@ -135,7 +167,7 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mount -t tmpfs tmpfs /tmp
-echo "$marker init \$(cut -d' ' -f1 /proc/uptime)"
+echo "$marker init \$(cut -d' ' -f1 /proc/uptime) \$(uname -r)"
 # ttyS1 carries the program's output to the host byte for byte.
 stty -F /dev/ttyS1 raw -echo
 cd /test
@@ -235,21 +267,30 @@ elapsed=$((SECONDS - started))
 
 if [ -z "$init_at" ] && ! grep -q "^$marker init" "$console"; then
     if [ "$outcome" = boot-timeout ]; then
-        say "BOOT FAILURE: the guest did not reach init within ${boot_timeout} s"
+        say "BOOT FAILURE: $label did not reach init within ${boot_timeout} s"
     else
-        say "BOOT FAILURE: the VM stopped before reaching init (QEMU status $qemu_status)"
+        say "BOOT FAILURE: the VM stopped before $label reached init" \
+            "(QEMU status $qemu_status)"
         sed 's/^/  qemu: /' "$work/qemu.out" >&2
     fi
     show_console
     exit "$EXIT_BOOT"
 fi
+# The guest says which kernel it runs: a run never reports one kernel's results as
+# another's.
+release=$(tr -d '\r' <"$console" | sed -n "s/^$marker init [^ ]* //p" | head -n1)
+if [ -n "$kernel_name" ] && [[ $release != "$kernel_name" && $release != "$kernel_name".* ]]; then
+    say "WRONG KERNEL: asked for Linux $kernel_name, the guest runs '$release' ($kernel)"
+    exit "$EXIT_WRONG_KERNEL"
+fi
 if [ "$outcome" = timeout ]; then
-    say "TIMEOUT: $name did not finish within ${timeout} s; the VM was stopped"
+    say "TIMEOUT: $name did not finish within ${timeout} s on Linux $release; the VM was stopped"
     show_console
     exit "$EXIT_TIMEOUT"
 fi
 if [ -z "$status_line" ]; then
-    say "CRASH: the VM ended while $name ran, without a status (QEMU status $qemu_status)"
+    say "CRASH: the VM ended while $name ran on Linux $release, without a status" \
+        "(QEMU status $qemu_status)"
     show_console 60
     exit "$EXIT_CRASH"
 fi
@@ -268,5 +309,5 @@ if grep -q "^$marker kernel-warnings" "$console"; then
         exit "$EXIT_WARNING"
     fi
 fi
-say "$name exited with status $status (VM ran ${elapsed} s)"
+say "$name exited with status $status on Linux $release (VM ran ${elapsed} s)"
 exit "$status"

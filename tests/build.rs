@@ -22,6 +22,8 @@ const GUESTS: &[(&str, &str, u64)] = &[
     ("entry32.S", "ENTRY32", 0x1a000),
     ("entry64.S", "ENTRY64", 0x1c000),
     ("pkvm_share.S", "PKVM_SHARE", 0x20_0000),
+    ("emulate.S", "EMULATE", 0x1e000),
+    ("convert_page.S", "CONVERT_PAGE", 0x20000),
 ];
 
 fn run(cmd: &mut Command, what: &str) {

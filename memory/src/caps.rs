@@ -25,6 +25,14 @@ pub use veil_abi::kvm::KVM_HC_MAP_GPA_RANGE;
 /// Where the probe looks for the PVM module (see [`HostCaps::kvm_side_mapping`]).
 pub const PVM_MODULE_PATH: &str = "/sys/module/kvm_pvm";
 
+/// Why hosts whose KVM maps guest_memfd into the guest itself still need a KVM-side
+/// mapping: observed on Linux 7.3 (gmem-only memory slots, AMD SVM without NRIP-save or
+/// decode assists), and true of x86 KVM's instruction emulator on every kernel so far.
+const EMULATOR_NEEDS_MAPPING: &str = "KVM's instruction emulator reaches guest memory only \
+     through userspace_addr, also for guest_memfd-only memory slots: without that mapping, \
+     MMIO and string I/O fail wherever they are emulated (and CPUID and HLT on CPUs without \
+     NRIP-save)";
+
 /// Why probing failed or a flavor cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum CapsError {
@@ -114,7 +122,9 @@ pub struct HostCaps {
     /// What KVM answered.
     #[serde(flatten)]
     pub probe: RawProbe,
-    /// Whether regions need a separate KVM-side mapping.
+    /// Whether regions need a separate KVM-side mapping: on every host today, since KVM
+    /// emulates some guest instructions (MMIO, string I/O) by reading guest memory through
+    /// `userspace_addr` (see [`KvmSideMapping`]).
     pub kvm_side_mapping: KvmMappingNeed,
     /// Each of veil's own flavors, whether it runs here.
     pub flavors: Vec<FlavorSupport>,
@@ -235,26 +245,27 @@ impl HostCaps {
 
     /// Decides, from raw probe answers, which of veil's flavors run and whether KVM needs
     /// its own mapping.
+    ///
+    /// The mapping is decided from what KVM really needs rather than from whether it can
+    /// map guest_memfd itself: a mapping wherever a guest may cause instruction
+    /// emulation, which on today's kernels is everywhere. Only a caller who knows its
+    /// guests never cause emulation may choose [`KvmSideMapping::Omitted`] itself.
     pub fn from_probe(p: RawProbe) -> HostCaps {
         let flavors = Flavor::BUILT_IN
             .into_iter()
             .map(|f| FlavorSupport::of(f, &p))
             .collect();
-        let kvm_side_mapping = if p.pvm_module {
-            KvmMappingNeed {
-                mapping: KvmSideMapping::Separate,
-                reason: format!(
-                    "{PVM_MODULE_PATH} exists: PVM's instruction emulator reads guest memory \
-                     through userspace_addr, even for guest_memfd slots"
-                ),
-            }
-        } else {
-            KvmMappingNeed {
-                mapping: KvmSideMapping::Omitted,
-                reason: format!(
-                    "{PVM_MODULE_PATH} is absent: KVM maps guest_memfd into the guest itself"
-                ),
-            }
+        let kvm_side_mapping = KvmMappingNeed {
+            mapping: KvmSideMapping::Separate,
+            reason: if p.pvm_module {
+                format!(
+                    "{PVM_MODULE_PATH} exists: PVM emulates guest code, and its instruction \
+                     emulator reads guest memory through userspace_addr, even for guest_memfd \
+                     slots"
+                )
+            } else {
+                EMULATOR_NEEDS_MAPPING.to_string()
+            },
         };
         HostCaps {
             probe: p,
@@ -361,7 +372,34 @@ mod tests {
         assert_eq!(caps.require(Flavor::ATTRIBUTES).unwrap().vm_type, Some(1));
         let err = caps.require(Flavor::IN_PLACE).unwrap_err();
         assert!(err.to_string().contains("KVM_CAP_GUEST_MEMFD_FLAGS (244)"));
-        assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Omitted);
+        assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Separate);
+    }
+
+    #[test]
+    fn guest_memfd_mapping_host_still_gives_kvm_a_mapping() {
+        // Linux 7.3 with CONFIG_KVM_SW_PROTECTED_VM: mmap-able guest_memfd for default VMs,
+        // attributes for software-protected ones.
+        let p = RawProbe {
+            vm_types_mask: 0b11,
+            vm_types: vec![vm(0, true, 3, 0), vm(1, true, 1, 8)],
+            pre_fault_memory: true,
+            pvm_module: false,
+            ..pvm_host()
+        };
+        let caps = HostCaps::from_probe(p);
+        assert_eq!(
+            caps.supported_flavors(),
+            [Flavor::ATTRIBUTES, Flavor::IN_PLACE, Flavor::EMULATED]
+        );
+        assert_eq!(caps.require(Flavor::ATTRIBUTES).unwrap().vm_type, Some(1));
+        assert_eq!(caps.require(Flavor::IN_PLACE).unwrap().vm_type, Some(0));
+        // KVM maps the guest_memfd into the guest, but its instruction emulator does not.
+        assert_eq!(caps.kvm_side_mapping.mapping, KvmSideMapping::Separate);
+        let reason = &caps.kvm_side_mapping.reason;
+        assert!(
+            reason.contains("emulator") && reason.contains("MMIO"),
+            "{reason}"
+        );
     }
 
     #[test]

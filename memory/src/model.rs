@@ -55,14 +55,18 @@ pub enum KvmSideMapping {
     /// A separate read-write mapping is given to KVM as `userspace_addr`. KVM's own
     /// accesses to guest memory (its instruction emulator's page-table walks and
     /// operand reads, on every x86 host today) go through `userspace_addr` even for
-    /// guest_memfd slots.
+    /// guest_memfd slots, so this is what [`HostCaps`](crate::HostCaps) decides on every
+    /// host: KVM emulates MMIO accesses and string I/O on any x86 host, CPUID and HLT on
+    /// CPUs without NRIP-save, and all guest code on PVM.
     Separate,
     /// guest_memfd-backed regions whose host view is the guest_memfd give KVM no mapping
-    /// (`userspace_addr = 0`): KVM maps the guest_memfd into the guest itself. Only for
-    /// guests that never make KVM emulate an instruction touching memory (no MMIO, no
-    /// string I/O, and on CPUs without decode assists not even CPUID or HLT): KVM cannot
-    /// read their memory then. Memfd-backed regions still get one (KVM has nothing else
-    /// to reach a memfd through).
+    /// (`userspace_addr = 0`): KVM maps the guest_memfd into the guest itself. **Only for
+    /// callers who know their guests never make KVM emulate an instruction** (no MMIO, no
+    /// string I/O, and on CPUs without NRIP-save or decode assists not even CPUID or HLT):
+    /// KVM cannot read their memory then, and such a guest gets a failed emulation (an
+    /// injected fault, a shutdown, an internal-error exit) or, after HLT, a RIP that did
+    /// not advance. Memfd-backed regions still get one (KVM has nothing else to reach a
+    /// memfd through).
     Omitted,
 }
 

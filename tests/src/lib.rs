@@ -16,6 +16,10 @@ use veil_vcpu::{VcpuSet, VmReport};
 /// The environment variable that turns a missing `/dev/kvm` from a skip into a failure.
 pub const REQUIRE_KVM: &str = "VEIL_REQUIRE_KVM";
 
+/// The environment variable that turns a missing in-place flavor (mmap-able guest_memfd)
+/// from a skip into a failure; the testbed sets it on kernels that have it (Linux 7.3).
+pub const REQUIRE_IN_PLACE: &str = "VEIL_REQUIRE_IN_PLACE";
+
 /// Whether the environment variable `name` is set to `1`.
 pub fn required(name: &str) -> bool {
     std::env::var(name).is_ok_and(|v| v == "1")
@@ -50,7 +54,19 @@ pub fn kvm_or_skip(test: &str) -> bool {
 /// `eprintln!`, which libtest captures and hides for tests that pass: a skip must be
 /// seen in a plain `cargo test` run, never be silent.
 pub fn skip(test: &str, reason: &str) {
-    let _ = writeln!(std::io::stderr().lock(), "skipping {test}: {reason}");
+    // One write: standard error is unbuffered, and a line written piece by piece can be
+    // split by libtest's own lines from other threads when both go to one pipe.
+    let line = format!("skipping {test}: {reason}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
+/// Prints that the test `test` skips because of `reason`, or panics with the reason when
+/// the environment variable `require` (a `VEIL_REQUIRE_*` name) is `1`.
+pub fn skip_unless_required(test: &str, reason: &str, require: &str) {
+    if required(require) {
+        panic!("{test}: {reason}, and {require}=1 forbids skipping");
+    }
+    skip(test, &format!("{reason} (set {require}=1 to fail instead)"));
 }
 
 /// Waits until `cond` holds, for at most `limit`; `false` if it never did.

@@ -226,11 +226,14 @@ fn debian_kernel_is_placed_privately_in_in_place_memory() {
     };
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    if let Err(e) = caps.require(Flavor::IN_PLACE) {
-        veil_tests::skip(test, &e.to_string());
-        return;
-    }
-    let vm = kvm.create_vm().unwrap();
+    let vm_type = match caps.require(Flavor::IN_PLACE) {
+        Ok(f) => f.vm_type.unwrap_or(0),
+        Err(e) => {
+            veil_tests::skip_unless_required(test, &e.to_string(), veil_tests::REQUIRE_IN_PLACE);
+            return;
+        }
+    };
+    let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
     // Low RAM and 511 MiB from 1 MiB: in-place regions on guest_memfd, keeping contents.
     const RAM: &[(u64, u64)] = &[(0, 0x9_f000), (0x10_0000, 0x1ff0_0000)];
     let mut builder = HostSafeMemory::builder()

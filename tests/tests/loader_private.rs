@@ -39,15 +39,21 @@ fn guest_for(test: &str, flavor: Flavor) -> Option<(Guest, HostCaps)> {
     if flavor == Flavor::IN_PLACE
         && let Err(e) = caps.require(Flavor::IN_PLACE)
     {
-        veil_tests::skip(test, &e.to_string());
+        veil_tests::skip_unless_required(test, &e.to_string(), veil_tests::REQUIRE_IN_PLACE);
         return None;
     }
-    let vm_type = caps
-        .probe
-        .vm_types
-        .iter()
-        .find(|t| t.guest_memfd && t.create_error.is_none())
-        .map_or(0, |t| t.vm_type);
+    // In-place memory needs the VM type whose guest_memfd maps; the others any type
+    // with guest_memfd (their attributes are recorded, not set).
+    let in_place_type = caps.require(Flavor::IN_PLACE).ok().and_then(|f| f.vm_type);
+    let vm_type = in_place_type
+        .filter(|_| flavor == Flavor::IN_PLACE)
+        .unwrap_or_else(|| {
+            caps.probe
+                .vm_types
+                .iter()
+                .find(|t| t.guest_memfd && t.create_error.is_none())
+                .map_or(0, |t| t.vm_type)
+        });
     let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
     Some((Guest { kvm, vm }, caps))
 }

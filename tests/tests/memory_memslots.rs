@@ -45,13 +45,19 @@ fn memslots_register_remove_and_register_again() {
     let caps = HostCaps::probe_with(&kvm).unwrap();
     // guest_memfd slots where the host has mmap-able guest_memfd: KVM binds a guest_memfd
     // range to one slot at a time, so registering again also shows the removal unbound it.
-    let flavor = if caps.require(Flavor::IN_PLACE).is_ok() {
-        Flavor::IN_PLACE
-    } else {
-        eprintln!("memslots_register_remove_and_register_again: emulated regions only");
-        Flavor::EMULATED
+    let (flavor, vm_type) = match caps.require(Flavor::IN_PLACE) {
+        Ok(f) => (Flavor::IN_PLACE, f.vm_type.unwrap_or(0)),
+        Err(e) => {
+            assert!(
+                !veil_tests::required(veil_tests::REQUIRE_IN_PLACE),
+                "{e}, and {}=1 forbids going without it",
+                veil_tests::REQUIRE_IN_PLACE
+            );
+            eprintln!("memslots_register_remove_and_register_again: emulated regions only");
+            (Flavor::EMULATED, 0)
+        }
     };
-    let vm = kvm.create_vm().unwrap();
+    let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
     let mapping = caps.kvm_side_mapping.mapping;
     let mem = memory(&vm, mapping, flavor, &[0, 16 * MIB]);
     assert_eq!(mem.memslots(0).len(), 2);

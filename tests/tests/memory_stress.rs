@@ -91,11 +91,18 @@ fn concurrent_conversions_agree_page_by_page() {
     }
     let kvm = Kvm::new().unwrap();
     let caps = HostCaps::probe_with(&kvm).unwrap();
-    if let Err(e) = caps.require(Flavor::IN_PLACE) {
-        veil_tests::skip("concurrent_conversions_agree_page_by_page", &e.to_string());
-        return;
-    }
-    let vm = kvm.create_vm().unwrap();
+    let vm_type = match caps.require(Flavor::IN_PLACE) {
+        Ok(f) => f.vm_type.unwrap_or(0),
+        Err(e) => {
+            veil_tests::skip_unless_required(
+                "concurrent_conversions_agree_page_by_page",
+                &e.to_string(),
+                veil_tests::REQUIRE_IN_PLACE,
+            );
+            return;
+        }
+    };
+    let vm = kvm.create_vm_with_type(vm_type.into()).unwrap();
     let size = REGION_PAGES * PAGE_SIZE;
     let mem = HostSafeMemory::builder()
         .guest_memfd_source(&vm)

@@ -149,7 +149,11 @@ fn vm(test: &str, flavor: Flavor) -> Option<Vm> {
     }
     let caps = HostCaps::probe().unwrap();
     if let Err(e) = caps.require(flavor) {
-        veil_tests::skip(test, &e.to_string());
+        if flavor == Flavor::IN_PLACE {
+            veil_tests::skip_unless_required(test, &e.to_string(), veil_tests::REQUIRE_IN_PLACE);
+        } else {
+            veil_tests::skip(test, &e.to_string());
+        }
         return None;
     }
     let vm = Vm::builder()
