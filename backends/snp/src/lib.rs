@@ -19,7 +19,7 @@ pub use digest::LaunchDigest;
 pub use firmware::SevStatus;
 pub use ioctl::{IoctlError, KvmSev, SevCommand, SevHost, SevVm};
 pub use launch::{KVM_X86_SNP_VM, SnpConfig, SnpError, SnpLaunch};
-pub use measure::{MeasureError, SnpMeasurement, SnpPage, measure, measure_plan};
+pub use measure::{MeasureError, SnpMeasurement, SnpPage, measure, measure_plan, placed_runs};
 pub use policy::{PolicyError, SnpPolicy};
 pub use recording::{Call, RecordingFirmware, Script};
 pub use vmsa::{VMSA_GPA, VcpuState};

@@ -82,7 +82,19 @@ pub enum MeasureError {
 struct Capture<'a> {
     ram: GuestRam,
     pages: std::cell::RefCell<BTreeMap<u64, Box<[u8; 4096]>>>,
-    firmware: &'a RecordingFirmware,
+    firmware: Option<&'a RecordingFirmware>,
+    sealed: std::cell::RefCell<Vec<(PageRun, Vec<u8>)>>,
+}
+
+impl<'a> Capture<'a> {
+    fn new(plan: &BootPlan<'_>, firmware: Option<&'a RecordingFirmware>) -> Self {
+        Capture {
+            ram: plan.ram.clone(),
+            pages: Default::default(),
+            firmware,
+            sealed: Default::default(),
+        }
+    }
 }
 
 impl Populate for Capture<'_> {
@@ -139,11 +151,14 @@ impl Populate for Capture<'_> {
                 page_type: run.page_type,
                 bytes: &bytes,
             };
-            launch_update(self.firmware, &launch_run, true).map_err(|e| PopulateError::Launch {
-                step: "populate",
-                range: run.range,
-                source: Box::new(e),
-            })?;
+            if let Some(firmware) = self.firmware {
+                launch_update(firmware, &launch_run, true).map_err(|e| PopulateError::Launch {
+                    step: "populate",
+                    range: run.range,
+                    source: Box::new(e),
+                })?;
+            }
+            self.sealed.borrow_mut().push((*run, bytes));
         }
         Ok(runs.iter().map(|r| r.range).collect())
     }
@@ -151,6 +166,15 @@ impl Populate for Capture<'_> {
     fn scrub(&self, _runs: &[PageRun]) -> Result<(), PopulateError> {
         Ok(())
     }
+}
+
+/// Every run of `plan` with the bytes a launch update gets for it, in the order the
+/// launch issues them: what [`measure_plan`] measures, for a second implementation to
+/// recompute.
+pub fn placed_runs(plan: &BootPlan<'_>) -> Result<Vec<(PageRun, Vec<u8>)>, MeasureError> {
+    let capture = Capture::new(plan, None);
+    plan.place(&capture)?;
+    Ok(capture.sealed.into_inner())
 }
 
 /// The launch digest of `plan` (to which the caller added the boot pages, or not) on
@@ -164,11 +188,7 @@ pub fn measure_plan(
     let vmsas = vmsa_pages(&plan.entry, vcpus, config.vmsa_features, config.host_mce);
     let firmware = RecordingFirmware::new(config.vmsa_features, vmsas);
     init(&firmware, config, config.vmsa_features)?;
-    plan.place(&Capture {
-        ram: plan.ram.clone(),
-        pages: Default::default(),
-        firmware: &firmware,
-    })?;
+    plan.place(&Capture::new(plan, Some(&firmware)))?;
     launch_finish(&firmware, config)?;
     Ok(SnpMeasurement {
         technology: TECHNOLOGY,

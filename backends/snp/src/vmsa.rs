@@ -125,8 +125,9 @@ pub struct VcpuState {
 impl VcpuState {
     /// A vCPU as KVM creates it (`init_vmcb`, `kvm_vcpu_reset`: the reset vector at
     /// `f000:fff0`, `rdx` 0x600 as no CPUID is set yet) after veil-vcpu's `setup_cpu`
-    /// (CPUID, MSRs, and `KVM_SET_FPU` with FCW 0x37f, MXCSR 0x1f80; none of the MSRs
-    /// it sets is in the VMSA with a value other than zero).
+    /// (CPUID, MSRs, and `KVM_SET_FPU` with FCW 0x37f; none of the MSRs it sets is in
+    /// the VMSA with a value other than zero). MXCSR is 0x1f80, `fpstate_init_fxstate`'s
+    /// `MXCSR_DEFAULT`: `KVM_SET_FPU` does not write MXCSR.
     pub fn reset() -> Self {
         let data = VmsaSegment::new(0, 0x92, 0xffff, 0);
         let mut gprs = [0; 16];
