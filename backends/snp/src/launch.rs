@@ -284,7 +284,7 @@ pub fn check_run(run: &LaunchRun<'_>) -> Result<u8, SnpError> {
         page_type: run.page_type,
         range,
     })?;
-    if range.start().0 % PAGE != 0 || range.len() % PAGE != 0 {
+    if !range.start().0.is_multiple_of(PAGE) || !range.len().is_multiple_of(PAGE) {
         return Err(SnpError::Misaligned { range });
     }
     if run.bytes.len() as u64 != range.len() {

@@ -200,7 +200,7 @@ impl RecordingFirmware {
                 ];
                 if !s.started
                     || s.finished
-                    || params.len % 4096 != 0
+                    || !params.len.is_multiple_of(4096)
                     || params.flags != 0
                     || !types.contains(&params.type_)
                 {

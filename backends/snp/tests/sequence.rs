@@ -219,7 +219,8 @@ fn bad_runs_are_refused_before_any_ioctl() {
     let before = fw.calls().len();
     let page = vec![0u8; 4096];
     let ones = vec![1u8; 4096];
-    let cases: Vec<(LaunchRun<'_>, bool, fn(&SnpError) -> bool)> = vec![
+    type Case<'a> = (LaunchRun<'a>, bool, fn(&SnpError) -> bool);
+    let cases: Vec<Case<'_>> = vec![
         // A vCPU state page: KVM builds VMSAs itself (§20), none comes from userspace.
         (run(0x1000, PageType::VcpuState, &page), true, |e| {
             matches!(e, SnpError::PageType { .. })
