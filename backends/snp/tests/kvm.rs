@@ -284,3 +284,39 @@ fn a_run_not_yet_private_is_refused_before_launch_update() {
     );
     assert_eq!(snp.host().calls().len(), calls, "no ioctl was issued");
 }
+
+/// `SnpLaunch::launch` plans for the VM, adds the direct boot pages and launches: the
+/// secrets and CPUID pages reach LAUNCH_UPDATE with their types.
+#[test]
+fn snp_launch_adds_the_boot_pages_itself() {
+    if !kvm_or_skip("snp_launch_adds_the_boot_pages_itself") {
+        return;
+    }
+    let snp = Arc::new(
+        SnpLaunch::with_host(SnpConfig::default(), RecordingFirmware::new(0, vec![])).unwrap(),
+    );
+    let vm = vm_with(Arc::new(OnDefaultVm(snp.clone())));
+    let source = BootSource::new(BZ_KERNEL).cmdline("veil.test=bzimage console=none");
+    let launched = snp.launch(&vm, &source, 1).unwrap();
+    let types: Vec<u8> = snp
+        .host()
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::LaunchUpdate(u) => Some(u.page_type),
+            _ => None,
+        })
+        .collect();
+    assert!(types.contains(&page_type::SECRETS), "{types:?}");
+    assert!(types.contains(&page_type::CPUID), "{types:?}");
+    assert!(snp.host().finished());
+    // The kernel is pointed at the cc_blob: boot_params.hdr.setup_data is set.
+    assert!(
+        launched
+            .loaded
+            .layout
+            .placements
+            .iter()
+            .any(|p| p.kind == ObjectKind::SetupData)
+    );
+}

@@ -233,7 +233,7 @@ pub fn capabilities(vm: &dyn TdxVm) -> Result<TdxCapabilities, TdxError> {
 
 /// The TD's CPUID configuration: each configurable leaf of `caps` with the bits the
 /// host supports (`supported`) that the module lets userspace set, and the GPAW in
-/// 0x80000008 EAX[23:16].
+/// 0x80000008 EAX bits 23:16.
 pub fn td_cpuid(
     caps: &TdxCapabilities,
     supported: &[kvm_cpuid_entry2],
