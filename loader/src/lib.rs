@@ -7,6 +7,8 @@
 // The boot protocols veil loads (PVH, the Linux x86 boot protocol, flat 64-bit code) are
 // x86-64's; what follows them (populating, page types, RAM, measurement) is not.
 #[cfg(target_arch = "x86_64")]
+mod extra;
+#[cfg(target_arch = "x86_64")]
 mod image;
 #[cfg(target_arch = "x86_64")]
 mod layout;
@@ -20,6 +22,8 @@ mod veil_memory;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
+#[cfg(target_arch = "x86_64")]
+pub use extra::{E820_RESERVED, ExtraObject, PlanEditError, SETUP_DATA_HEADER};
 #[cfg(target_arch = "x86_64")]
 pub use image::{
     BzImage, ElfSegment, FlatImage, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL,

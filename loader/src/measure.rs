@@ -49,6 +49,11 @@ pub enum ObjectKind {
     Gdt,
     /// Firmware tables the VMM built (ACPI: RSDP, XSDT, FADT, MADT, DSDT).
     FirmwareTables,
+    /// A Linux `setup_data` entry linked from the boot parameters.
+    SetupData,
+    /// A page a launch technology adds for its guest (one its firmware fills, a table
+    /// the guest reads), placed with [`BootPlan::add_objects`](crate::BootPlan::add_objects).
+    LaunchData,
 }
 
 impl ObjectKind {
@@ -64,6 +69,8 @@ impl ObjectKind {
             ObjectKind::PageTables => "page-tables",
             ObjectKind::Gdt => "gdt",
             ObjectKind::FirmwareTables => "firmware-tables",
+            ObjectKind::SetupData => "setup-data",
+            ObjectKind::LaunchData => "launch-data",
         }
     }
 }
