@@ -46,9 +46,19 @@ pub struct Backend {
     pub missing: Option<String>,
 }
 
-/// The launch backends the `veil` binary offers.
+/// The launch backends the `veil` binary offers (`veil run --backend`).
 pub fn backends() -> Vec<Box<dyn Launch>> {
-    vec![Box::new(PlainKvm)]
+    let mut all: Vec<Box<dyn Launch>> = vec![Box::new(PlainKvm)];
+    // Their default configurations are valid; a refusal here would be a bug in them.
+    match veil_snp::SnpLaunch::new(veil_snp::SnpConfig::default()) {
+        Ok(snp) => all.push(Box::new(snp)),
+        Err(e) => log::error!("the SEV-SNP backend refuses its default configuration: {e}"),
+    }
+    match veil_tdx::TdxLaunch::new(veil_tdx::TdxConfig::default()) {
+        Ok(tdx) => all.push(Box::new(tdx)),
+        Err(e) => log::error!("the TDX backend refuses its default configuration: {e}"),
+    }
+    all
 }
 
 /// Probes the host: KVM's capabilities and a guest's hypercall.
@@ -112,7 +122,7 @@ pub fn text(report: &Report) -> String {
     for b in &report.backends {
         let _ = writeln!(
             out,
-            "  {:<12} {:<10} {:<36} {}",
+            "  {:<12} {:<10} {:<46} {}",
             b.name,
             yes(b.runs),
             b.vm_types.join(", "),

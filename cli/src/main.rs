@@ -4,14 +4,16 @@
 //! `veil`: the VMM built from veil's crates.
 //!
 //! `veil` (the same as `veil demo`) runs a guest built into the binary whose memory is
-//! private from launch and shows what the host can and cannot see of it; `veil caps`
-//! reports what the host offers; `veil measure` prints a boot image's measurement.
+//! private from launch and shows what the host can and cannot see of it; `veil run`
+//! boots Linux with private RAM; `veil caps` reports what the host offers; `veil
+//! measure` prints a boot image's measurement.
 
 mod caps;
 #[cfg(target_arch = "x86_64")]
 mod demo;
 mod failure;
-mod measure;
+#[cfg(target_arch = "x86_64")]
+mod run;
 mod size;
 
 use std::io::Write as _;
@@ -50,8 +52,73 @@ enum Command {
     Demo(DemoArgs),
     /// Report what this host's KVM offers for guest-private memory.
     Caps(CapsArgs),
+    /// Boot a Linux kernel (PVH ELF or bzImage), with its RAM private from launch.
+    Run(RunArgs),
     /// Print the measurement log and launch digest of a boot image, without a VM.
     Measure(MeasureArgs),
+}
+
+/// The launch backends `veil run` and `veil measure` offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// Plain KVM: default or software-protected VMs.
+    Plain,
+    /// AMD SEV-SNP (`KVM_X86_SNP_VM`).
+    Snp,
+    /// Intel TDX (`KVM_X86_TDX_VM`).
+    Tdx,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Backend::Plain => "plain",
+            Backend::Snp => "SEV-SNP",
+            Backend::Tdx => "TDX",
+        })
+    }
+}
+
+/// `veil run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The kernel: a PVH ELF (vmlinux) or a bzImage.
+    #[arg(long, value_name = "FILE")]
+    pub kernel: PathBuf,
+    /// An initial ramdisk.
+    #[arg(long, value_name = "FILE")]
+    pub initrd: Option<PathBuf>,
+    /// The kernel command line (default: a serial console and quiet boot, see
+    /// veil-machine's LINUX_CMDLINE).
+    #[arg(long, value_name = "S")]
+    pub cmdline: Option<String>,
+    /// Guest memory (K, M, G, T suffixes: KiB, MiB...).
+    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size::parse)]
+    pub memory: u64,
+    /// vCPUs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub vcpus: u32,
+    /// How conversions are carried out: attributes, in-place or emulated (default: the
+    /// best this host runs for the guest).
+    #[arg(long, value_parser = parse_flavor)]
+    pub flavor: Option<Flavor>,
+    /// Which RAM is private at launch: all, none, or BASE+SIZE[,BASE+SIZE...]. Boot data
+    /// the flavor can only place shared stays shared; veil says which and why.
+    #[cfg(target_arch = "x86_64")]
+    #[arg(long, value_name = "all|none|RANGES", default_value = "all", value_parser = run::parse_private)]
+    pub private: veil_machine::PrivateRam,
+    /// The launch backend.
+    #[arg(long, value_enum, default_value_t = Backend::Plain)]
+    pub backend: Backend,
+    /// Write how the guest ended and the exit and conversion statistics as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Stop the guest after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Do not feed standard input to the guest's console.
+    #[arg(long)]
+    pub no_stdin: bool,
 }
 
 /// `veil demo`'s options.
@@ -86,13 +153,23 @@ pub struct MeasureArgs {
     /// An initial ramdisk.
     #[arg(long, value_name = "FILE")]
     pub initrd: Option<PathBuf>,
-    /// The kernel command line.
-    #[arg(long, value_name = "S", default_value = "")]
-    pub cmdline: String,
-    /// Guest memory the boot image is laid out in (K, M, G, T suffixes: KiB, MiB...).
+    /// The kernel command line (default: `veil run`'s).
+    #[arg(long, value_name = "S")]
+    pub cmdline: Option<String>,
+    /// Guest memory the boot image is laid out in, as for `veil run`.
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size::parse)]
     pub memory: u64,
-    /// Print the log and the digest as JSON.
+    /// vCPUs, as for `veil run` (their count is in the ACPI tables, and for SNP each has
+    /// a VMSA).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub vcpus: u32,
+    /// The SEV-SNP launch digest of the pages veil's SNP launch would issue.
+    #[arg(long, conflicts_with = "tdx")]
+    pub snp: bool,
+    /// The TDX MRTD of the pages veil's TDX launch would add.
+    #[arg(long)]
+    pub tdx: bool,
+    /// Print the log (every page, for --snp and --tdx) and the digest as JSON.
     #[arg(long)]
     pub json: bool,
 }
@@ -141,6 +218,32 @@ fn demo(args: &DemoArgs) -> Result<(), Failure> {
     demo::run(args)
 }
 
+#[cfg(target_arch = "x86_64")]
+fn run_command(args: &RunArgs) -> Result<(), Failure> {
+    run::run(args)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure(args: &MeasureArgs) -> Result<(), Failure> {
+    run::measure(args)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn run_command(_: &RunArgs) -> Result<(), Failure> {
+    Err(Failure::new(
+        Status::HostLacks,
+        "veil run boots x86-64 kernels only",
+    ))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn measure(_: &MeasureArgs) -> Result<(), Failure> {
+    Err(Failure::new(
+        Status::HostLacks,
+        "veil measure plans x86-64 kernels only",
+    ))
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 fn demo(_: &DemoArgs) -> Result<(), Failure> {
     Err(Failure::new(
@@ -156,7 +259,8 @@ fn main() {
         None => demo(&cli.demo),
         Some(Command::Demo(args)) => demo(args),
         Some(Command::Caps(args)) => caps(args),
-        Some(Command::Measure(args)) => measure::run(args),
+        Some(Command::Run(args)) => run_command(args),
+        Some(Command::Measure(args)) => measure(args),
     };
     let status = match result {
         Ok(()) => Status::Success,

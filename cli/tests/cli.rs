@@ -110,7 +110,15 @@ fn caps_reports_the_guest_hypercall_and_backends() {
         ["userspace", "kernel", "hangs"].contains(&outcome),
         "{outcome}"
     );
-    assert_eq!(json["backends"][0]["name"], "plain");
+    let names: Vec<&str> = json["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[0], "plain", "{names:?}");
+    assert_eq!(names.len(), 3, "plain, SEV-SNP and TDX: {names:?}");
+    assert_eq!(json["backends"][0]["runs"], true);
 }
 
 /// Bad usage: exit code 2 and a message naming the problem.
@@ -145,12 +153,185 @@ fn bad_usage_is_exit_code_2_with_a_reason() {
     );
     let truncated = scratch("truncated", &[0x7f, b'E', b'L', b'F', 2, 1]);
     let t = truncated.to_str().unwrap();
-    refused(&["measure", "--kernel", t], "bad kernel image");
+    refused(&["measure", "--kernel", t], "cannot load the kernel");
     refused(&["measure", "--kernel", t, "--memory", "0"], "size of 0");
     refused(
         &["measure", "--kernel", t, "--memory", "12Q"],
         "unknown suffix",
     );
+    refused(
+        &["measure", "--kernel", t, "--snp", "--tdx"],
+        "cannot be used with",
+    );
+    // veil run refuses the same before touching KVM.
+    refused(&["run"], "--kernel <FILE>");
+    refused(&["run", "--kernel", "/no/such/kernel"], "it does not exist");
+    refused(&["run", "--kernel", t], "cannot load the kernel");
+    refused(
+        &["run", "--kernel", t, "--vcpus", "0"],
+        "0 is not in 1..=64",
+    );
+    refused(&["run", "--kernel", t, "--memory", "0"], "size of 0");
+    refused(&["run", "--kernel", t, "--private", "most"], "not a range");
+    refused(
+        &["run", "--kernel", t, "--backend", "sgx"],
+        "invalid value 'sgx'",
+    );
+    let pvh = scratch("pvh.elf", &veil_tests::machine_kernels::pvh_kernel());
+    let p = pvh.to_str().unwrap();
+    let initrd = scratch("big.initrd", &vec![0u8; 3 << 20]);
+    refused(
+        &[
+            "run",
+            "--kernel",
+            p,
+            "--memory",
+            "2M",
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ],
+        "does not fit",
+    );
+    refused(
+        &[
+            "run",
+            "--kernel",
+            p,
+            "--private",
+            "0x40000000+4K",
+            "--no-stdin",
+        ],
+        "private range 0x40000000",
+    );
+}
+
+/// Runs `veil run` on a test kernel and returns its JSON report, with the console output
+/// under "console".
+fn boot(kernel: &[u8], name: &str, extra: &[&str]) -> serde_json::Value {
+    let path = scratch(name, kernel);
+    let json = scratch(&format!("{name}.json"), b"");
+    let mut args = vec![
+        "run",
+        "--kernel",
+        path.to_str().unwrap(),
+        "--memory",
+        "64M",
+        "--flavor",
+        "in-place",
+        "--no-stdin",
+        "--timeout",
+        "60",
+        "--stats-json",
+        json.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = veil(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "veil {args:?}: {stdout}\n{stderr}");
+    assert!(
+        stderr.contains("veil: RAM shared at launch: none"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("private page during the run: refused"),
+        "{stderr}"
+    );
+    let mut report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("the stats are JSON");
+    assert_eq!(report["private_read"]["result"], "refused", "{report}");
+    assert_eq!(report["flavor"], "in-place");
+    let to_private = report["memory"]["conversions"]["pages_to_private"].as_u64();
+    assert!(to_private >= Some(16384), "all 64 MiB private: {report}");
+    report["console"] = stdout.into();
+    report
+}
+
+#[test]
+fn run_boots_the_test_kernels_with_private_ram() {
+    if !veil_tests::kvm_or_skip("run_boots_the_test_kernels_with_private_ram") {
+        return;
+    }
+    if !flavors_here().iter().any(|f| f == "in-place") {
+        println!("run_boots_the_test_kernels_with_private_ram: no in-place flavor here");
+        return;
+    }
+    use veil_tests::machine_kernels::{BZIMAGE_OK, PVH_OK, bzimage_kernel, pvh_kernel};
+    let pvh = boot(&pvh_kernel(), "pvh-run.elf", &[]);
+    assert_eq!(pvh["end"]["kind"], "power-off");
+    assert_eq!(pvh["console"], PVH_OK);
+    let bz = boot(&bzimage_kernel(), "bz-run.bin", &["--vcpus", "2"]);
+    assert_eq!(bz["end"]["kind"], "reset");
+    assert_eq!(bz["vcpus"], 2);
+    assert_eq!(bz["console"], BZIMAGE_OK);
+}
+
+#[test]
+fn run_with_a_backend_the_host_lacks_creates_nothing() {
+    if !veil_tests::kvm_or_skip("run_with_a_backend_the_host_lacks_creates_nothing") {
+        return;
+    }
+    let pvh = scratch(
+        "pvh-backend.elf",
+        &veil_tests::machine_kernels::pvh_kernel(),
+    );
+    let p = pvh.to_str().unwrap();
+    for (backend, vm_type) in [("snp", "KVM_X86_SNP_VM"), ("tdx", "KVM_X86_TDX_VM")] {
+        let out = veil(&["run", "--kernel", p, "--backend", backend, "--no-stdin"]);
+        let (stdout, stderr) = text(&out);
+        assert!(
+            !out.status.success(),
+            "this host runs {backend}? {stdout}{stderr}"
+        );
+        assert_eq!(out.status.code(), Some(3), "{stderr}");
+        assert!(stderr.contains(vm_type), "{stderr}");
+        assert!(stdout.is_empty(), "no guest ran: {stdout}");
+    }
+}
+
+#[test]
+fn measure_gives_the_log_a_run_records_and_the_snp_and_tdx_digests() {
+    let pvh = scratch(
+        "pvh-measure.elf",
+        &veil_tests::machine_kernels::pvh_kernel(),
+    );
+    let p = pvh.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = veil(args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "veil {args:?}: {stderr}");
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+    };
+    let log = json(&["measure", "--kernel", p, "--memory", "64M", "--json"]);
+    let kinds: Vec<&str> = log["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"firmware-tables"),
+        "the ACPI tables are measured: {kinds:?}"
+    );
+    let snp = json(&[
+        "measure", "--kernel", p, "--memory", "64M", "--snp", "--json",
+    ]);
+    assert_eq!(snp["launch_digest"].as_str().unwrap().len(), 96, "{snp}");
+    assert!(snp["pages"].as_array().unwrap().len() > 1);
+    let two = [
+        "measure", "--kernel", p, "--memory", "64M", "--vcpus", "2", "--snp", "--json",
+    ];
+    let snp2 = json(&two);
+    assert_ne!(
+        snp["launch_digest"], snp2["launch_digest"],
+        "a second VMSA counts"
+    );
+    let tdx = json(&[
+        "measure", "--kernel", p, "--memory", "64M", "--tdx", "--json",
+    ]);
+    assert_eq!(tdx["mrtd"].as_str().unwrap().len(), 96, "{tdx}");
+    let out = veil(&["measure", "--kernel", p, "--memory", "64M"]);
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("launch digest: "), "{stdout}");
 }
 
 #[test]

@@ -21,6 +21,6 @@ mod machine;
 pub mod report;
 
 #[cfg(target_arch = "x86_64")]
-pub use machine::{Machine, MachineConfig, MachineError, PrivateRam};
+pub use machine::{BootImage, Machine, MachineConfig, MachineError, PrivateRam};
 #[cfg(target_arch = "x86_64")]
 pub use report::{GuestEnd, MachineReport, PrivateRead, SharedRange};

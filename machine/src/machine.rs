@@ -236,6 +236,15 @@ struct Sizes {
     initrd: u64,
 }
 
+impl Sizes {
+    fn of(config: &MachineConfig) -> Sizes {
+        Sizes {
+            memory: config.memory_size,
+            initrd: config.initrd.as_ref().map_or(0, |i| i.len() as u64),
+        }
+    }
+}
+
 fn vm_error(e: VmError, sizes: Sizes) -> MachineError {
     match e {
         VmError::Load(e) => load_error(e, sizes),
@@ -388,10 +397,23 @@ impl std::fmt::Debug for Machine {
     }
 }
 
-impl Machine {
-    /// Checks `config`, builds the VM and its devices, and launches the kernel on it.
-    pub fn boot(config: MachineConfig) -> Result<Machine, MachineError> {
-        // Everything that can be refused without KVM first.
+/// What a [`MachineConfig`] boots, decided without KVM: the guest-physical layout, the
+/// ACPI tables and the RAM the kernel is planned into. `veil measure` measures exactly
+/// this, so its log is the one a run records.
+#[derive(Debug)]
+pub struct BootImage {
+    /// The guest-physical layout.
+    pub layout: MemoryLayout,
+    /// The ACPI tables for the configured vCPUs.
+    pub acpi: AcpiTables,
+    /// The RAM, as veil-loader plans into it.
+    pub ram: GuestRam,
+}
+
+impl BootImage {
+    /// Checks the memory size, the vCPU count and that the kernel, initrd and command
+    /// line plan into the RAM; touches no KVM.
+    pub fn new(config: &MachineConfig) -> Result<BootImage, MachineError> {
         let layout = MemoryLayout::new(config.memory_size)?;
         let count = config.vcpus;
         if count == 0 || count > MAX_VCPUS {
@@ -406,19 +428,37 @@ impl Machine {
                 veil_loader::PopulateError::Ram(e),
             )))
         })?;
+        let image = BootImage { layout, acpi, ram };
+        veil_loader::plan(&image.source(config), &image.ram)
+            .map_err(|e| load_error(e, Sizes::of(config)))?;
+        Ok(image)
+    }
+
+    /// The boot source: `config`'s kernel, initrd and command line, with the ACPI tables.
+    pub fn source<'a>(&'a self, config: &'a MachineConfig) -> BootSource<'a> {
         let mut source = BootSource::new(&config.kernel)
             .cmdline(&config.cmdline)
-            .firmware(acpi.firmware());
+            .firmware(self.acpi.firmware());
         if let Some(initrd) = &config.initrd {
             source = source.initrd(initrd);
         }
-        let sizes = Sizes {
-            memory: config.memory_size,
-            initrd: config.initrd.as_ref().map_or(0, |i| i.len() as u64),
-        };
-        veil_loader::plan(&source, &ram).map_err(|e| load_error(e, sizes))?;
+        source
+    }
+}
+
+impl Machine {
+    /// Checks `config`, builds the VM and its devices, and launches the kernel on it.
+    pub fn boot(config: MachineConfig) -> Result<Machine, MachineError> {
+        // Everything that can be refused without KVM first.
+        let mut config = config;
+        let console = std::mem::replace(&mut config.console, Box::new(std::io::sink()));
+        let image = BootImage::new(&config)?;
+        let count = config.vcpus;
+        let sizes = Sizes::of(&config);
+        let source = image.source(&config);
+        let layout = &image.layout;
         if let PrivateRam::Ranges(ranges) = &config.private {
-            check_ranges(ranges, &layout)?;
+            check_ranges(ranges, layout)?;
         }
 
         // The host.
@@ -447,7 +487,7 @@ impl Machine {
             builder = builder.region(base, size, ContentPolicy::Retain);
         }
         let vm = builder.build().map_err(|e| vm_error(e, sizes))?;
-        create_irqchip(vm.kvm(), vm.fd(), &layout).map_err(MachineError::Irqchip)?;
+        create_irqchip(vm.kvm(), vm.fd(), layout).map_err(MachineError::Irqchip)?;
 
         // Devices.
         let end = Arc::new(EndSignal::default());
@@ -462,7 +502,7 @@ impl Machine {
             })
         };
         let com1 = Arc::new(
-            Com1::new(ConsoleSink::new(config.console).on_first_byte(hook)).map_err(|source| {
+            Com1::new(ConsoleSink::new(console).on_first_byte(hook)).map_err(|source| {
                 MachineError::Device {
                     device: "COM1 UART",
                     source,
@@ -503,6 +543,7 @@ impl Machine {
             |(_, why)| *why,
         );
         let shared = shared_ranges(vm.memory(), &layout.ram(), &kept, kept_reason);
+        let BootImage { layout, acpi, .. } = image;
         Ok(Machine {
             vcpus: launched.vcpus,
             launch_digest: launched.loaded.log.launch_digest.to_hex(),

@@ -157,3 +157,5 @@ pub mod long_mode {
         }
     }
 }
+
+pub mod machine_kernels;
