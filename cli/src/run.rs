@@ -171,6 +171,12 @@ fn summary(report: &MachineReport) -> String {
             PrivateRead::Failed { gpa, error } => format!("failed at {gpa:#x}: {error}"),
         }
     );
+    if let Some(m) = report.host_memory {
+        s += &format!(
+            "veil: veil's own resident memory when the guest ended: {} KiB ({} of it anonymous); guest memory resident in its mappings: {} KiB\n",
+            m.vmm_kib, m.vmm_anonymous_kib, m.guest_kib
+        );
+    }
     s += &format!("veil: exits: {}\n", report.exits);
     s += &format!("veil: memory: {}", report.memory);
     s

@@ -22,6 +22,20 @@
 pub const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=reliable \
      no_timer_check 8250.nr_uarts=1 i8042.noaux i8042.nomux i8042.dumbkbd cryptomgr.notests quiet";
 
+/// What [`REPORT_INIT`] prints first on its report line.
+pub const REPORT_MARKER: &str = "@@veil-linux@@";
+
+/// An `/init` for [`busybox_initramfs`] that reports and powers off: one line starting
+/// with [`REPORT_MARKER`] holding the command line (`cmdline=[...]`), the CPU count Linux
+/// brought up (`cpus=N`) and `MemTotal`, then `poweroff -f`. What veil's Linux boot tests
+/// and boot-time measurements run.
+pub const REPORT_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys
+/bin/busybox mount -t proc proc /proc
+echo "@@veil-linux@@ cmdline=[$(/bin/busybox cat /proc/cmdline)] cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo) $(/bin/busybox grep MemTotal /proc/meminfo) @@end"
+/bin/busybox poweroff -f
+"#;
+
 const MAGIC: &[u8; 6] = b"070701";
 const TRAILER: &str = "TRAILER!!!";
 
@@ -220,6 +234,13 @@ pub fn busybox_initramfs(busybox: &[u8], init: &str) -> Result<Vec<u8>, Initramf
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_report_init_prints_its_marker() {
+        assert!(REPORT_INIT.starts_with("#!/bin/busybox sh\n"));
+        assert!(REPORT_INIT.contains(&format!("echo \"{REPORT_MARKER} cmdline=[")));
+        assert!(REPORT_INIT.trim_end().ends_with("poweroff -f"));
+    }
 
     const HEADER_LEN: usize = 110;
 

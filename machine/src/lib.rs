@@ -23,4 +23,4 @@ pub mod report;
 #[cfg(target_arch = "x86_64")]
 pub use machine::{BootImage, Machine, MachineConfig, MachineError, PrivateRam};
 #[cfg(target_arch = "x86_64")]
-pub use report::{GuestEnd, MachineReport, PrivateRead, SharedRange};
+pub use report::{GuestEnd, HostMemory, MachineReport, PrivateRead, SharedRange};

@@ -30,7 +30,7 @@ use crate::devices::{
 };
 use crate::initramfs::LINUX_CMDLINE;
 use crate::layout::{LayoutError, MemoryLayout};
-use crate::report::{GuestEnd, MachineReport, PrivateRead, SharedRange};
+use crate::report::{GuestEnd, HostMemory, MachineReport, PrivateRead, SharedRange};
 
 /// Which RAM is private when the guest starts.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -601,6 +601,15 @@ impl Machine {
             fault_policy,
             vcpu_count,
         } = self;
+        // The kernel and initrd were copied into guest memory and freed, but glibc keeps
+        // freed heap pages resident (the first large free raises its mmap threshold, so
+        // later copies came from the heap): give them back before the guest runs.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim only returns free heap memory to the kernel; it is safe to
+        // call at any time from any thread.
+        unsafe {
+            libc::malloc_trim(0);
+        }
         let started = Instant::now();
         // Restored when the run ends, on every path out of here.
         let terminal = if stdin {
@@ -627,6 +636,20 @@ impl Machine {
                 break;
             }
         }
+        // The guest has ended; nothing is torn down yet.
+        let guest: Vec<(u64, u64)> = vm
+            .memory()
+            .regions()
+            .iter()
+            .flat_map(|r| {
+                [
+                    (r.host_view_addr(), r.size()),
+                    (r.kvm_userspace_addr(), r.size()),
+                ]
+            })
+            .filter(|&(addr, _)| addr != 0)
+            .collect();
+        let host_memory = HostMemory::sample(&guest);
         set.stop();
         let report = set.wait();
         drop(input);
@@ -649,6 +672,7 @@ impl Machine {
             private_read,
             console_input: stdin && crate::console::stdin_is_pollable(),
             run_millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            host_memory,
         })
     }
 }

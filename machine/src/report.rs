@@ -101,6 +101,75 @@ pub struct SharedRange {
     pub reason: String,
 }
 
+/// The VMM process's resident memory when the guest ended, from `/proc/self/smaps`
+/// (KiB), split between guest memory (the mappings of guest RAM: the host view and any
+/// mapping KVM has of its own) and everything else, which is what veil itself costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HostMemory {
+    /// Resident outside guest memory: the binary, heap, stacks, KVM's per-vCPU pages.
+    pub vmm_kib: u64,
+    /// Of that, anonymous memory (heap, stacks).
+    pub vmm_anonymous_kib: u64,
+    /// Resident in the mappings of guest memory (a page mapped twice counts twice).
+    pub guest_kib: u64,
+}
+
+impl HostMemory {
+    /// This process's figures now, with `guest` the (address, length) of every mapping
+    /// of guest memory; `None` where `/proc/self/smaps` cannot be read.
+    pub fn sample(guest: &[(u64, u64)]) -> Option<HostMemory> {
+        Some(Self::parse(
+            &std::fs::read_to_string("/proc/self/smaps").ok()?,
+            guest,
+        ))
+    }
+
+    /// The figures in the text of a `smaps` file.
+    pub fn parse(smaps: &str, guest: &[(u64, u64)]) -> HostMemory {
+        let mut m = HostMemory {
+            vmm_kib: 0,
+            vmm_anonymous_kib: 0,
+            guest_kib: 0,
+        };
+        let mut in_guest = false;
+        let kib = |rest: &str| -> u64 {
+            rest.trim()
+                .strip_suffix("kB")
+                .and_then(|n| n.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        for line in smaps.lines() {
+            // A mapping's header: "start-end perms offset dev inode [path]".
+            if let Some((start, end)) = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(a, b)| {
+                    Some((
+                        u64::from_str_radix(a, 16).ok()?,
+                        u64::from_str_radix(b, 16).ok()?,
+                    ))
+                })
+            {
+                in_guest = guest
+                    .iter()
+                    .any(|&(base, len)| start < base.saturating_add(len) && base < end);
+            } else if let Some(rest) = line.strip_prefix("Rss:") {
+                if in_guest {
+                    m.guest_kib += kib(rest);
+                } else {
+                    m.vmm_kib += kib(rest);
+                }
+            } else if let Some(rest) = line.strip_prefix("Anonymous:") {
+                if !in_guest {
+                    m.vmm_anonymous_kib += kib(rest);
+                }
+            }
+        }
+        m
+    }
+}
+
 /// What a run of the machine did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct MachineReport {
@@ -129,6 +198,8 @@ pub struct MachineReport {
     pub console_input: bool,
     /// Wall-clock time of the run, in milliseconds.
     pub run_millis: u64,
+    /// The VMM's resident memory when the guest ended (before anything was torn down).
+    pub host_memory: Option<HostMemory>,
 }
 
 #[cfg(test)]
@@ -178,6 +249,20 @@ mod tests {
         assert!(message.contains("KVM_RUN"), "{message}");
     }
 
+    /// Three mappings: the binary, the heap, and guest memory.
+    const SMAPS: &str = "\
+55d0c0000000-55d0c0100000 r-xp 00000000 08:01 1234 /usr/bin/veil
+Size:               1024 kB
+Rss:                  20 kB
+Anonymous:             0 kB
+55d0c1000000-55d0c1100000 rw-p 00000000 00:00 0 [heap]
+Rss:                 100 kB
+Anonymous:           100 kB
+7f0000000000-7f0010000000 rw-s 00000000 00:01 77 /memfd:veil (deleted)
+Rss:                4096 kB
+Anonymous:             0 kB
+";
+
     #[test]
     fn the_report_serializes() {
         let mut stats = ExitStats::default();
@@ -201,7 +286,16 @@ mod tests {
             },
             console_input: false,
             run_millis: 3,
+            host_memory: Some(HostMemory::parse(SMAPS, &[(0x7f00_0000_0000, 0x1000_0000)])),
         };
+        assert_eq!(
+            r.host_memory,
+            Some(HostMemory {
+                vmm_kib: 120,
+                vmm_anonymous_kib: 100,
+                guest_kib: 4096
+            })
+        );
         let v: serde_json::Value = serde_json::to_value(&r).unwrap();
         assert_eq!(v["end"]["kind"], "shutdown");
         assert_eq!(v["end"]["vcpu"], 0);

@@ -27,21 +27,12 @@ mod support;
 use std::time::Duration;
 
 use support::Console;
-use veil_machine::initramfs::{LINUX_CMDLINE, busybox_initramfs};
+use veil_machine::initramfs::{LINUX_CMDLINE, REPORT_INIT, REPORT_MARKER, busybox_initramfs};
 use veil_machine::{GuestEnd, Machine, MachineConfig, PrivateRam, PrivateRead};
 use veil_memory::{Flavor, HostCaps};
 use veil_tests::{kvm_or_skip, required, skip};
 
 const REQUIRE_LINUX: &str = "VEIL_REQUIRE_LINUX";
-const MARKER: &str = "@@veil-linux@@";
-
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mkdir -p /proc /sys
-/bin/busybox mount -t proc proc /proc
-echo "@@veil-linux@@ cmdline=[$(/bin/busybox cat /proc/cmdline)] cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo) $(/bin/busybox grep MemTotal /proc/meminfo) @@end"
-/bin/busybox poweroff -f
-"#;
-
 /// The file named by `var`, or why there is none.
 fn input(var: &str) -> Result<Vec<u8>, String> {
     let path = std::env::var(var).map_err(|_| format!("{var} is not set"))?;
@@ -76,7 +67,7 @@ fn linux_boots_to_init_on_two_vcpus_and_powers_off() {
 
     let console = Console::default();
     let mut c = MachineConfig::new(kernel);
-    c.initrd = Some(busybox_initramfs(&busybox, INIT).unwrap());
+    c.initrd = Some(busybox_initramfs(&busybox, REPORT_INIT).unwrap());
     c.cmdline = LINUX_CMDLINE.to_string();
     c.memory_size = 512 << 20;
     c.vcpus = 2;
@@ -107,7 +98,7 @@ fn linux_boots_to_init_on_two_vcpus_and_powers_off() {
     assert_eq!(report.end, GuestEnd::PowerOff, "{report:#?}");
     let line = text
         .lines()
-        .find(|l| l.starts_with(MARKER))
+        .find(|l| l.starts_with(REPORT_MARKER))
         .unwrap_or_else(|| panic!("no marker line on the console:\n{text}"));
     assert!(line.contains("console=ttyS0"), "{line}");
     assert!(line.contains(" cpus=2 "), "{line}");

@@ -1,0 +1,189 @@
+#!/usr/bin/env bash
+# The `veil` binary in the software-protected testbed, on each testbed kernel:
+#
+# - `veil demo` in the flavor the kernel's KVM offers best (attributes on both), and in
+#   the in-place flavor where the kernel runs it (7.3);
+# - `veil run` booting a Debian cloud kernel with an initramfs around Debian's static
+#   busybox, built here (veil-machine's report-initramfs example), on 2 vCPUs with all
+#   RAM private: the guest's /init prints a marker with /proc/cmdline, the CPU count and
+#   MemTotal, then powers off. The check wants the marker, cpus=2, a clean power-off,
+#   the host's read of a private page refused during the run, and veil's own resident
+#   memory (for a 1 GiB guest) printed against Firecracker's 5 MiB.
+#
+# Usage: testbed/veil.sh [--kernel NAME]... [--bench N]
+#
+#   --bench N   instead of the checks, boot N times with all RAM private and N times
+#               with none, alternating, and print the median boot-to-power-off time of
+#               each and their ratio (target: at most 1.05x)
+#
+# Needs VEIL_DEBIAN_KERNEL (a bzImage; .ci/run fetches Debian's 6.12 cloud kernel) and
+# VEIL_BUSYBOX (a static busybox; .ci/run fetches Debian's busybox-static). Without them
+# it says so and exits 2.
+#
+# In the attributes flavor with private RAM Linux dies on the testbed (a shutdown exit
+# as soon as KVM must emulate an instruction fetched from private memory: QEMU's SVM
+# has no decode assists, so KVM reads the instruction through the shared side), so the
+# Linux boot runs in-place where the kernel has it and emulated elsewhere.
+set -euo pipefail
+SCRIPT_NAME=testbed-veil
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$TESTBED_DIR/.."
+started=$SECONDS
+
+parse_kernels "$@" || exit 2
+set -- ${REST[@]+"${REST[@]}"}
+bench=0
+while (($#)); do
+    case $1 in
+        --bench)
+            [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
+                say "--bench needs a number of boots"
+                exit 2
+            }
+            bench=$2
+            shift 2
+            ;;
+        *)
+            say "unknown argument $1 (usage: testbed/veil.sh [--kernel NAME]... [--bench N])"
+            exit 2
+            ;;
+    esac
+done
+for var in VEIL_DEBIAN_KERNEL VEIL_BUSYBOX; do
+    if [ ! -f "${!var:-}" ]; then
+        say "$var does not name a file (.ci/run fetches it; see the top of this script)"
+        exit 2
+    fi
+done
+
+declare -A IMAGE=() KERNEL_STATUS=()
+kernel_images "${KERNELS[@]}"
+veil=$(build_static_veil) || true
+if [ -z "$veil" ] || [ ! -x "$veil" ]; then
+    say "building the veil binary failed"
+    exit "$EXIT_SETUP"
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/veil-testbed-veil.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+initrd=$work/initrd.cpio
+cargo run --quiet --locked -p veil-machine --example report-initramfs -- \
+    "$VEIL_BUSYBOX" "$initrd" || {
+    say "building the initramfs failed"
+    exit "$EXIT_SETUP"
+}
+kernel_file=$(basename "$VEIL_DEBIAN_KERNEL")
+say "Linux guest: $VEIL_DEBIAN_KERNEL, initramfs of $(stat -c %s "$initrd") bytes"
+
+# in_testbed KERNEL OUT ARGS...: runs the veil binary with ARGS in the testbed on
+# KERNEL, with the guest kernel and initramfs beside it in /test; its output goes to OUT
+# (and to stderr); returns its status.
+in_testbed() {
+    local k=$1 out=$2
+    shift 2
+    set +e
+    VEIL_TESTBED_KERNEL=${IMAGE[$k]} VEIL_TESTBED_KERNEL_NAME=$k \
+        VEIL_TESTBED_FILES="$VEIL_DEBIAN_KERNEL $initrd" \
+        VEIL_TESTBED_MEMORY=${VEIL_TESTBED_MEMORY:-2G} \
+        "$TESTBED_DIR/run.sh" "$veil" "$@" 2>&1 | tee "$out" >&2
+    local status=${PIPESTATUS[0]}
+    set -e
+    return "$status"
+}
+
+# flavor_for KERNEL: in-place where the kernel's KVM runs it, emulated elsewhere.
+flavor_for() {
+    case $1 in
+        6.12) echo emulated ;;
+        *) echo in-place ;;
+    esac
+}
+
+linux_args() {
+    echo run --kernel "/test/$kernel_file" --initrd /test/initrd.cpio --vcpus 2 \
+        --memory "$1" --flavor "$2" --private "$3" --no-stdin --timeout 600
+}
+
+final=0 summary=()
+fail() {
+    summary+=("$1")
+    final=1
+}
+
+for k in "${KERNELS[@]}"; do
+    kernel_select "$k"
+    if ((KERNEL_STATUS[$k] != 0)); then
+        final=$(worse "$final" "${KERNEL_STATUS[$k]}")
+        summary+=("testbed-veil (Linux $k): not run: $(describe "${KERNEL_STATUS[$k]}")")
+        continue
+    fi
+    flavor=$(flavor_for "$k")
+    if ((bench > 0)); then
+        declare -a private=() shared=()
+        for ((i = 0; i < bench; i++)); do
+            for mode in all none; do
+                out=$work/bench-$k-$mode-$i
+                # shellcheck disable=SC2046
+                if ! in_testbed "$k" "$out" $(linux_args 512M "$flavor" "$mode"); then
+                    fail "testbed-veil (Linux $k): a boot with --private $mode failed"
+                    continue
+                fi
+                ms=$(sed -n 's/^veil: .* backend, \([0-9]*\) ms.*/\1/p' "$out" | tail -1)
+                if [ "$mode" = all ]; then private+=("$ms"); else shared+=("$ms"); fi
+            done
+        done
+        median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+        mp=$(median "${private[@]}") ms=$(median "${shared[@]}")
+        summary+=("$(awk -v p="$mp" -v s="$ms" -v k="$k" -v n="$bench" -v f="$flavor" 'BEGIN {
+            r = p / s
+            printf "boot-bench (Linux %s, %s flavor, 2 vCPUs, 512 MiB): all RAM private %d ms, all shared %d ms (medians of %d) ratio %.3fx (target <= 1.05x) %s",
+                k, f, p, s, n, r, (r <= 1.05 ? "ok" : "MISSED") }')")
+        summary+=("boot-bench (Linux $k): private runs ${private[*]} ms; shared runs ${shared[*]} ms")
+        continue
+    fi
+
+    for demo_flavor in default $([ "$flavor" = in-place ] && echo in-place); do
+        out=$work/demo-$k-$demo_flavor
+        args=(demo --rounds 20)
+        [ "$demo_flavor" = default ] || args+=(--flavor "$demo_flavor")
+        say "veil ${args[*]} on Linux $k"
+        if in_testbed "$k" "$out" "${args[@]}" && grep -q "checks passed" "$out"; then
+            summary+=("testbed-veil (Linux $k): veil ${args[*]}: $(grep 'checks passed' "$out")")
+        else
+            fail "testbed-veil (Linux $k): veil ${args[*]} FAILED"
+        fi
+    done
+
+    out=$work/linux-$k
+    say "veil run: Debian's kernel on Linux $k, $flavor flavor, 2 vCPUs, all RAM private"
+    # shellcheck disable=SC2046
+    status=0
+    in_testbed "$k" "$out" $(linux_args 1G "$flavor" all) || status=$?
+    marker=$(grep -o '@@veil-linux@@.*@@end' "$out" | head -1 || true)
+    problems=()
+    ((status == 0)) || problems+=("veil exited with $status")
+    [ -n "$marker" ] || problems+=("no marker line")
+    [[ $marker == *" cpus=2 "* ]] || problems+=("not 2 CPUs")
+    [[ $marker == *"console=ttyS0"* ]] || problems+=("the command line is not in /proc/cmdline")
+    grep -q '^veil: the guest ended: power-off' "$out" || problems+=("no clean power-off")
+    grep -q 'private page during the run: refused' "$out" ||
+        problems+=("the host's read of a private page was not refused")
+    if grep -q '^veil: RAM shared at launch: \[' "$out" &&
+        grep '^veil: RAM shared at launch: \[' "$out" | grep -vq '(boot data'; then
+        problems+=("RAM other than boot data stayed shared")
+    fi
+    rss=$(sed -n "s/^veil: veil's own resident memory when the guest ended: \([0-9]*\) KiB.*/\1/p" "$out")
+    if ((${#problems[@]})); then
+        fail "testbed-veil (Linux $k): Linux on veil FAILED: ${problems[*]}"
+    else
+        summary+=("testbed-veil (Linux $k): Linux booted on veil, $flavor flavor, all RAM private: $marker")
+    fi
+    if [ -n "$rss" ]; then
+        summary+=("$(awk -v r="$rss" -v k="$k" 'BEGIN {
+            printf "vmm-memory (Linux %s, 1 GiB guest, at power-off): veil %d KiB outside guest memory (target <= 5120 KiB) %s",
+                k, r, (r <= 5120 ? "ok" : "MISSED") }')")
+    fi
+done
+
+say "total $((SECONDS - started)) s"
+printf '%s\n' "${summary[@]}"
+exit "$final"
