@@ -160,10 +160,10 @@ impl HostMemory {
                 } else {
                     m.vmm_kib += kib(rest);
                 }
-            } else if let Some(rest) = line.strip_prefix("Anonymous:") {
-                if !in_guest {
-                    m.vmm_anonymous_kib += kib(rest);
-                }
+            } else if let Some(rest) = line.strip_prefix("Anonymous:")
+                && !in_guest
+            {
+                m.vmm_anonymous_kib += kib(rest);
             }
         }
         m
