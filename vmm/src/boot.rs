@@ -6,7 +6,11 @@
 
 use kvm_ioctls::VcpuFd;
 use veil_abi::arch::EntryRegisters;
-use veil_loader::{BootPlan, BootSource, ByteRange, Loaded, PopulateWay};
+use veil_loader::vm_memory::GuestAddress;
+use veil_loader::{
+    BootPlan, BootSource, ByteRange, GuestRam, Loaded, PageRun, Populate, PopulateError, PopulateWay,
+};
+use veil_memory::{HostSafeMemory, Region};
 use veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_vcpu::Vcpu;
 use veil_vcpu::x86_64::X86Error;
@@ -92,6 +96,8 @@ impl Vm {
         if self.launch.populates() {
             let ctx = self.context(vcpus);
             plan.place(&LaunchPopulate::new(self.launch.as_ref(), &ctx))
+        } else if self.private_at_launch {
+            plan.place(&SealAllRam(self.memory.as_ref()))
         } else {
             plan.place(self.memory.as_ref())
         }
@@ -197,5 +203,48 @@ impl Vm {
                 )
             })
             .collect())
+    }
+}
+
+/// The memory's own way of placing boot data, except that where it writes and then
+/// converts and all RAM becomes private at launch anyway, sealing converts all of it at
+/// once: one conversion (one `mprotect` over the whole view, in the in-place flavor)
+/// instead of one for the boot data and one for the rest.
+struct SealAllRam<'m>(&'m HostSafeMemory);
+
+impl Populate for SealAllRam<'_> {
+    fn way(&self) -> PopulateWay {
+        self.0.way()
+    }
+
+    fn ram(&self) -> Result<GuestRam, PopulateError> {
+        Populate::ram(self.0)
+    }
+
+    fn prepare(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
+        self.0.prepare(runs)
+    }
+
+    fn write(&self, gpa: GuestAddress, bytes: &[u8]) -> Result<(), PopulateError> {
+        Populate::write(self.0, gpa, bytes)
+    }
+
+    fn seal(&self, runs: &[PageRun]) -> Result<Vec<ByteRange>, PopulateError> {
+        if self.way() != PopulateWay::WriteThenConvert {
+            return self.0.seal(runs);
+        }
+        let all: Vec<FrameRange> = self.0.regions().iter().map(Region::range).collect();
+        self.0
+            .convert_ranges(&all, Attributes::PRIVATE)
+            .map_err(|e| PopulateError::Convert {
+                runs: veil_loader::ranges_of(runs),
+                to: "private",
+                source: e.into(),
+            })?;
+        Ok(veil_loader::ranges_of(runs))
+    }
+
+    fn scrub(&self, runs: &[PageRun]) -> Result<(), PopulateError> {
+        self.0.scrub(runs)
     }
 }
