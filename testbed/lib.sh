@@ -466,13 +466,14 @@ build_static_tests() {
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p'
 }
 
-# build_static_veil: builds the `veil` binary statically into target/testbed, as
-# build_static_tests does, and prints its path.
+# build_static_veil [CARGO-ARGS...]: builds the `veil` binary statically into
+# target/testbed, as build_static_tests does (`--release` for a release build), and
+# prints its path.
 build_static_veil() {
     local repo
     repo=$(cd "$TESTBED_DIR/.." && pwd)
     RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-        cargo build --locked -p veil --bin veil --target x86_64-unknown-linux-gnu \
+        cargo build --locked "$@" -p veil --bin veil --target x86_64-unknown-linux-gnu \
         --target-dir "$repo/target/testbed" --message-format=json-render-diagnostics |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
 }

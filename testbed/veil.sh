@@ -58,7 +58,8 @@ done
 
 declare -A IMAGE=() KERNEL_STATUS=()
 kernel_images "${KERNELS[@]}"
-veil=$(build_static_veil) || true
+# A release build: what users run, and what the resident-memory figure is about.
+veil=$(build_static_veil --release) || true
 if [ -z "$veil" ] || [ ! -x "$veil" ]; then
     say "building the veil binary failed"
     exit "$EXIT_SETUP"
