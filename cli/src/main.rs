@@ -79,9 +79,9 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// `veil run`'s options.
+/// What to boot, as `veil run` and `veil measure` take it.
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub struct BootArgs {
     /// The kernel: a PVH ELF (vmlinux) or a bzImage.
     #[arg(long, value_name = "FILE")]
     pub kernel: PathBuf,
@@ -95,9 +95,17 @@ pub struct RunArgs {
     /// Guest memory (K, M, G, T suffixes: KiB, MiB...).
     #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size::parse)]
     pub memory: u64,
-    /// vCPUs.
+    /// vCPUs (their count is in the ACPI tables; for SNP each has a VMSA).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub vcpus: u32,
+}
+
+/// `veil run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// What to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
     /// How conversions are carried out: attributes, in-place or emulated (default: the
     /// best this host runs for the guest).
     #[arg(long, value_parser = parse_flavor)]
@@ -147,22 +155,9 @@ struct CapsArgs {
 /// `veil measure`'s options.
 #[derive(Debug, Args)]
 pub struct MeasureArgs {
-    /// The kernel: a PVH ELF (vmlinux) or a bzImage.
-    #[arg(long, value_name = "FILE")]
-    pub kernel: PathBuf,
-    /// An initial ramdisk.
-    #[arg(long, value_name = "FILE")]
-    pub initrd: Option<PathBuf>,
-    /// The kernel command line (default: `veil run`'s).
-    #[arg(long, value_name = "S")]
-    pub cmdline: Option<String>,
-    /// Guest memory the boot image is laid out in, as for `veil run`.
-    #[arg(long, value_name = "SIZE", default_value = "512M", value_parser = size::parse)]
-    pub memory: u64,
-    /// vCPUs, as for `veil run` (their count is in the ACPI tables, and for SNP each has
-    /// a VMSA).
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
-    pub vcpus: u32,
+    /// What to boot.
+    #[command(flatten)]
+    pub boot: BootArgs,
     /// The SEV-SNP launch digest of the pages veil's SNP launch would issue.
     #[arg(long, conflicts_with = "tdx")]
     pub snp: bool,

@@ -18,7 +18,7 @@ use veil_vmm::{Launch, PlainKvm, VmError};
 
 use crate::failure::{Failure, Status, chain};
 use crate::size;
-use crate::{Backend, MeasureArgs, RunArgs};
+use crate::{Backend, BootArgs, MeasureArgs, RunArgs};
 
 fn read(what: &str, path: &Path) -> Result<Vec<u8>, Failure> {
     fs::read(path).map_err(|e| Failure::unreadable(what, path, &e))
@@ -118,20 +118,18 @@ fn guard_terminal() {
     }
 }
 
-fn config(
-    kernel: &Path,
-    initrd: Option<&Path>,
-    cmdline: Option<&str>,
-    memory: u64,
-    vcpus: u32,
-) -> Result<MachineConfig, Failure> {
-    let mut config = MachineConfig::new(read("kernel", kernel)?);
-    config.initrd = initrd.map(|p| read("initrd", p)).transpose()?;
-    if let Some(cmdline) = cmdline {
-        config.cmdline = cmdline.to_string();
+fn config(boot: &BootArgs) -> Result<MachineConfig, Failure> {
+    let mut config = MachineConfig::new(read("kernel", &boot.kernel)?);
+    config.initrd = boot
+        .initrd
+        .as_deref()
+        .map(|p| read("initrd", p))
+        .transpose()?;
+    if let Some(cmdline) = &boot.cmdline {
+        config.cmdline = cmdline.clone();
     }
-    config.memory_size = memory;
-    config.vcpus = vcpus;
+    config.memory_size = boot.memory;
+    config.vcpus = boot.vcpus;
     Ok(config)
 }
 
@@ -184,13 +182,7 @@ fn summary(report: &MachineReport) -> String {
 
 /// Runs `veil run`.
 pub fn run(args: &RunArgs) -> Result<(), Failure> {
-    let mut config = config(
-        &args.kernel,
-        args.initrd.as_deref(),
-        args.cmdline.as_deref(),
-        args.memory,
-        args.vcpus,
-    )?;
+    let mut config = config(&args.boot)?;
     config.flavor = args.flavor;
     config.private = args.private.clone();
     config.launch = launch(args.backend)?;
@@ -225,19 +217,13 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
 /// Runs `veil measure`: the log a `veil run` of the same arguments records, or the SNP
 /// launch digest or TDX MRTD of the pages those backends would issue.
 pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
-    let config = config(
-        &args.kernel,
-        args.initrd.as_deref(),
-        args.cmdline.as_deref(),
-        args.memory,
-        args.vcpus,
-    )?;
+    let config = config(&args.boot)?;
     let image = veil_machine::BootImage::new(&config).map_err(failure)?;
     let source = image.source(&config);
     let measure_failed = |e: &(dyn std::error::Error + 'static)| {
         Failure::usage(format!(
             "cannot measure {}: {}",
-            args.kernel.display(),
+            args.boot.kernel.display(),
             chain(e)
         ))
     };
@@ -246,14 +232,14 @@ pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
             &source,
             &image.ram,
             &veil_snp::SnpConfig::default(),
-            args.vcpus,
+            args.boot.vcpus,
             None,
         )
         .map_err(|e| measure_failed(&e))?;
         if args.json {
             println!("{}", m.to_json());
         } else {
-            println!("SEV-SNP launch digest of {}", args.kernel.display());
+            println!("SEV-SNP launch digest of {}", args.boot.kernel.display());
             let mut by_type = std::collections::BTreeMap::<&str, usize>::new();
             for p in &m.pages {
                 *by_type.entry(p.page_type).or_default() += 1;
@@ -277,7 +263,7 @@ pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
         if args.json {
             println!("{}", m.to_json());
         } else {
-            println!("TDX MRTD of {}", args.kernel.display());
+            println!("TDX MRTD of {}", args.boot.kernel.display());
             let measured = m.pages.iter().filter(|p| p.measured).count();
             println!("  {measured:>8} measured pages");
             println!("  {:>8} unmeasured pages", m.pages.len() - measured);
@@ -290,7 +276,7 @@ pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
     if args.json {
         println!("{}", log.to_json());
     } else {
-        println!("measurement of {}", args.kernel.display());
+        println!("measurement of {}", args.boot.kernel.display());
         for entry in &log.entries {
             let at = entry
                 .gpa

@@ -8,10 +8,11 @@ use kvm_ioctls::VcpuFd;
 use veil_abi::arch::EntryRegisters;
 use veil_loader::vm_memory::GuestAddress;
 use veil_loader::{
-    BootPlan, BootSource, ByteRange, GuestRam, Loaded, PageRun, Populate, PopulateError, PopulateWay,
+    BootPlan, BootSource, ByteRange, GuestRam, Loaded, PageRun, Populate, PopulateError,
+    PopulateWay,
 };
-use veil_memory::{HostSafeMemory, Region};
 use veil_memory::veil_attrs::{Attributes, FrameRange};
+use veil_memory::{HostSafeMemory, Region};
 use veil_vcpu::Vcpu;
 use veil_vcpu::x86_64::X86Error;
 
