@@ -17,11 +17,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::dispatch::{Dispatcher, Next, PioWindow, RunError, WriteBack};
-use crate::exit::{ExitData, ExitError, KvmExit, SystemEventKind, decode_kvm};
+use crate::exit::{ExitData, ExitError, RunOutcome, SystemEventKind, decode};
 use crate::handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler};
 use crate::hypercall::Hypercalls;
 use crate::port::{PortRegisters, SavedRegisters};
@@ -416,21 +416,11 @@ where
             _ => return VcpuEnd::Stopped,
         }
 
-        let result = vcpu.fd.run();
-        // kvm-ioctls reports the annotated memory fault for a -1 return with EFAULT or
-        // EHWPOISON without saying which; errno is still that of KVM_RUN.
-        let errno = match &result {
-            Ok(VcpuExit::MemoryFault { .. }) => {
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-            }
-            _ => 0,
-        };
-        let reported = KvmExit::of(&result, errno);
-        if reported == KvmExit::Failed(libc::EINTR) {
+        let outcome = run_vcpu(&vcpu.fd);
+        if outcome == RunOutcome::Failed(libc::EINTR) {
             immediate_exit.clear();
         }
-        let map_len = vcpu.map_len;
-        let exit = decode_kvm(reported, vcpu.fd.get_kvm_run(), map_len);
+        let exit = decode(outcome, vcpu.fd.get_kvm_run(), vcpu.map_len);
         let exit = match exit {
             Ok(exit) => exit,
             Err(e) => {
@@ -485,6 +475,23 @@ where
         }
     }
 }
+
+/// One `KVM_RUN` of `fd`, issued here rather than through kvm-ioctls' `VcpuFd::run`, whose
+/// decoding of the exit [`decode`] would only repeat.
+fn run_vcpu(fd: &VcpuFd) -> RunOutcome {
+    // SAFETY: `fd` is a KVM vCPU file descriptor, and KVM_RUN takes no argument: the kernel
+    // reads and writes only the vCPU's own `kvm_run` mapping, which kvm-ioctls made when it
+    // created the `VcpuFd` and which lives as long as it.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl(fd, KVM_RUN()) };
+    if ret == 0 {
+        RunOutcome::Exited
+    } else {
+        RunOutcome::Failed(vmm_sys_util::errno::Error::last().errno())
+    }
+}
+
+// `_IO(KVMIO, 0x80)`, as in `<linux/kvm.h>` (kvm-ioctls does not export its own).
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 
 /// Writes a result into `kvm_run`; returns the value for `rax` if it goes there instead.
 fn write_run(run: &mut kvm_run, write: WriteBack) -> Option<u64> {
