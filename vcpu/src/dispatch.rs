@@ -268,6 +268,7 @@ impl<M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Dispatcher<'_, M, I> {
     }
 
     /// Runs a handler, adding the time it took to `kind`'s handler time.
+    #[inline(always)]
     fn timed<T>(&self, kind: ExitKind, f: impl FnOnce() -> T) -> T {
         let clock = self.counters.clock();
         let start = clock.now();

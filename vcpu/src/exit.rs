@@ -544,8 +544,12 @@ impl KvmExit {
 /// `run` is the vCPU's `kvm_run`; `map_len` the size of the vCPU's shared mapping, which
 /// bounds where port-I/O data may sit. Nothing here trusts a length or offset from
 /// `kvm_run` without checking it.
+#[inline]
 pub fn decode(outcome: RunOutcome, run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
     match outcome {
+        // Port I/O first: the most frequent exit, and on this path the only one decoded
+        // without a call.
+        RunOutcome::Exited if run.exit_reason == KVM_EXIT_IO => decode_io(run, map_len),
         RunOutcome::Exited => decode_exit(run, map_len),
         // A failed run says nothing more in `kvm_run` than `from_run` reads.
         RunOutcome::Failed(_) => decode_kvm(KvmExit::from_run(outcome, run), run, map_len),
@@ -687,6 +691,7 @@ fn memory_fault(run: &kvm_run) -> MemoryFault {
     }
 }
 
+#[inline]
 fn decode_io(run: &kvm_run, map_len: usize) -> Result<Exit, ExitError> {
     // SAFETY: exit_reason says the kernel filled `io`; integers only.
     let io = unsafe { run.__bindgen_anon_1.io };

@@ -130,6 +130,7 @@ impl Default for ExitCounters {
 }
 
 /// Adds `n` to a counter that only the calling thread writes.
+#[inline]
 fn bump(counter: &AtomicU64, n: u64) {
     counter.store(
         counter.load(Ordering::Relaxed).saturating_add(n),
