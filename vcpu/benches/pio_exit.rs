@@ -4,7 +4,7 @@
 //! Cost of a port-I/O exit through veil-vcpu's run loop, against a bare kvm-ioctls loop
 //! running the same guest in the same process.
 //!
-//! The guest (`benches/pio_loop.S`) does 100,000 `out` instructions and halts. A round runs
+//! The guest (`benches/pio_loop.S`) does 25,000 `out` instructions and halts. A round runs
 //! it once through each loop, each on a fresh VM, one right after the other (bare first in
 //! even rounds, veil first in odd ones), and gives one ratio: veil's CPU time per exit over
 //! the bare loop's. CPU time (user and kernel, where KVM runs the guest) leaves out the time
@@ -21,7 +21,7 @@
 //! where the two times are the medians of each loop's rounds, and the verdict is `ok` when
 //! the whole interval is at or below the target, `MISSED` when it is all above, and
 //! `undecided` when it straddles it. Rounds go on until the interval is at most 0.8
-//! percentage points wide (at least 21 rounds, at most 151, about two seconds each), so
+//! percentage points wide (at least 21 rounds, at most 151, about half a second each), so
 //! that two runs agree to within about a point. Set `VEIL_BENCH_ROUNDS` to run exactly
 //! that many rounds instead. Each round and the wall-clock figures go to stderr.
 //!
@@ -42,7 +42,7 @@ use veil_vcpu::{
     MemoryHandler, RequestOutcome, Vcpu, VcpuEnd, VcpuSet,
 };
 
-const EXITS: u64 = 100_000;
+const EXITS: u64 = 25_000;
 const LOAD: u64 = 0x1000;
 const MEM_SIZE: usize = 0x10000;
 const PORT: u16 = 0x10;

@@ -5,6 +5,7 @@
 
 mod abi;
 mod caps;
+mod clock;
 mod dispatch;
 mod exit;
 mod handler;

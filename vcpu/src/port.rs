@@ -7,12 +7,12 @@
 //! and an exit that claims to be one is an error.
 
 #[cfg(target_arch = "x86_64")]
-pub use x86::port_hypercall;
+pub(crate) use x86::PortRegisters;
 #[cfg(target_arch = "x86_64")]
-pub(crate) use x86::{PortRegisters, SavedRegisters};
+pub use x86::port_hypercall;
 
 #[cfg(not(target_arch = "x86_64"))]
-pub(crate) use other::{PortRegisters, SavedRegisters};
+pub(crate) use other::PortRegisters;
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
@@ -35,7 +35,8 @@ mod x86 {
         }
     }
 
-    /// The registers of this exit's port-I/O hypercall, read only if one happened.
+    /// The registers of this exit's port-I/O hypercall, read only if one happened, and
+    /// kept where they were read for writing the result back.
     pub(crate) struct PortRegisters<'a> {
         fd: &'a VcpuFd,
         regs: Option<kvm_regs>,
@@ -46,9 +47,20 @@ mod x86 {
             PortRegisters { fd, regs: None }
         }
 
-        /// What was read, for writing the result back.
-        pub(crate) fn into_saved(self) -> SavedRegisters {
-            SavedRegisters(self.regs)
+        /// Writes a port-I/O hypercall's result to `rax`, the other registers as read.
+        pub(crate) fn set_result(&self, rax: u64) -> Result<(), RunError> {
+            // The registers were read to decode the request, so they are there.
+            let Some(regs) = &self.regs else {
+                return Err(RunError::Kvm {
+                    op: "KVM_GET_REGS",
+                    source: vmm_sys_util::errno::Error::new(libc::EINVAL),
+                });
+            };
+            let regs = kvm_regs { rax, ..*regs };
+            self.fd.set_regs(&regs).map_err(|source| RunError::Kvm {
+                op: "KVM_SET_REGS",
+                source,
+            })
         }
     }
 
@@ -62,29 +74,7 @@ mod x86 {
                 op: "KVM_GET_SREGS",
                 source,
             })?;
-            self.regs = Some(regs);
-            Ok(port_hypercall(&regs, &sregs))
-        }
-    }
-
-    /// The registers read for a port-I/O hypercall, if one was.
-    pub(crate) struct SavedRegisters(Option<kvm_regs>);
-
-    impl SavedRegisters {
-        /// Writes a port-I/O hypercall's result to `rax`.
-        pub(crate) fn set_result(self, fd: &VcpuFd, rax: u64) -> Result<(), RunError> {
-            // The registers were read to decode the request, so they are there.
-            let Some(mut regs) = self.0 else {
-                return Err(RunError::Kvm {
-                    op: "KVM_GET_REGS",
-                    source: vmm_sys_util::errno::Error::new(libc::EINVAL),
-                });
-            };
-            regs.rax = rax;
-            fd.set_regs(&regs).map_err(|source| RunError::Kvm {
-                op: "KVM_SET_REGS",
-                source,
-            })
+            Ok(port_hypercall(self.regs.insert(regs), &sregs))
         }
     }
 
@@ -134,21 +124,13 @@ mod other {
             PortRegisters
         }
 
-        pub(crate) fn into_saved(self) -> SavedRegisters {
-            SavedRegisters
+        pub(crate) fn set_result(&self, _rax: u64) -> Result<(), RunError> {
+            Err(RunError::NoPortTransport)
         }
     }
 
     impl HypercallRegisters for PortRegisters {
         fn port_hypercall(&mut self) -> Result<Hypercall, RunError> {
-            Err(RunError::NoPortTransport)
-        }
-    }
-
-    pub(crate) struct SavedRegisters;
-
-    impl SavedRegisters {
-        pub(crate) fn set_result(self, _fd: &VcpuFd, _rax: u64) -> Result<(), RunError> {
             Err(RunError::NoPortTransport)
         }
     }

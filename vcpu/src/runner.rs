@@ -17,14 +17,14 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_run;
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuFd, VmFd};
 use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::dispatch::{Dispatcher, Next, PioWindow, RunError, WriteBack};
-use crate::exit::{ExitData, ExitError, KvmExit, SystemEventKind, decode_kvm};
+use crate::exit::{ExitData, ExitError, RunOutcome, SystemEventKind, decode};
 use crate::handler::{BoxError, FaultPolicy, IoHandler, MemoryHandler};
 use crate::hypercall::Hypercalls;
-use crate::port::{PortRegisters, SavedRegisters};
+use crate::port::PortRegisters;
 use crate::ratelimit::RateLimiter;
 use crate::stats::{ExitCounters, ExitKind, ExitStats};
 
@@ -360,17 +360,18 @@ pub trait UnknownExitHandler: Send + Sync {
     fn handle(&self, vcpu: usize, reason: u32, run: &mut kvm_run) -> Result<bool, BoxError>;
 }
 
-/// What the run loop does with an exit veil does not decode.
+/// Hands an exit veil does not decode to the hook: `Ok` re-enters the guest, an error
+/// stops the VM.
 fn unknown_exit(
     hook: Option<&dyn UnknownExitHandler>,
     vcpu: usize,
     reason: u32,
     run: &mut kvm_run,
-) -> Next {
+) -> Result<(), RunError> {
     match hook.map(|h| h.handle(vcpu, reason, run)) {
-        Some(Ok(true)) => Next::Continue,
-        None | Some(Ok(false)) => Next::Fail(RunError::Exit(ExitError::Unhandled { reason })),
-        Some(Err(source)) => Next::Fail(RunError::UnknownExit { reason, source }),
+        Some(Ok(true)) => Ok(()),
+        None | Some(Ok(false)) => Err(RunError::Exit(ExitError::Unhandled { reason })),
+        Some(Err(source)) => Err(RunError::UnknownExit { reason, source }),
     }
 }
 
@@ -416,26 +417,17 @@ where
             _ => return VcpuEnd::Stopped,
         }
 
-        let result = vcpu.fd.run();
-        // kvm-ioctls reports the annotated memory fault for a -1 return with EFAULT or
-        // EHWPOISON without saying which; errno is still that of KVM_RUN.
-        let errno = match &result {
-            Ok(VcpuExit::MemoryFault { .. }) => {
-                std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
-            }
-            _ => 0,
-        };
-        let reported = KvmExit::of(&result, errno);
-        if reported == KvmExit::Failed(libc::EINTR) {
+        let outcome = run_vcpu(&vcpu.fd);
+        if outcome == RunOutcome::Failed(libc::EINTR) {
             immediate_exit.clear();
         }
-        let map_len = vcpu.map_len;
-        let exit = decode_kvm(reported, vcpu.fd.get_kvm_run(), map_len);
-        let exit = match exit {
+        // Borrowed where it was decoded: an `Exit` is too large to copy on every exit.
+        let decoded = decode(outcome, vcpu.fd.get_kvm_run(), vcpu.map_len);
+        let exit = match &decoded {
             Ok(exit) => exit,
             Err(e) => {
                 counters.count(ExitKind::Error);
-                return VcpuEnd::Failed(Arc::new(RunError::Exit(e)));
+                return VcpuEnd::Failed(Arc::new(RunError::Exit(e.clone())));
             }
         };
 
@@ -451,32 +443,34 @@ where
         // mapping holds at least a `kvm_run` (`saturating_sub` keeps the length in bounds
         // regardless). The mapping lives as long as `vcpu.fd`, which outlives this
         // iteration; nothing else in this process touches the bytes past `kvm_run` while
-        // the slice is in use (`Registers` only issues register ioctls, the kick handler
-        // writes inside `kvm_run`), and the kernel does not write them while the vCPU is
-        // out of `KVM_RUN`.
+        // the slice is in use (`PortRegisters` only issues register ioctls, the kick
+        // handler writes inside `kvm_run`), and the kernel does not write them while the
+        // vCPU is out of `KVM_RUN`.
         let bytes =
             unsafe { std::slice::from_raw_parts_mut(start, vcpu.map_len.saturating_sub(base)) };
         let mut pio = PioWindow { base, bytes };
         let mut regs = PortRegisters::new(&vcpu.fd);
         let handled = dispatcher.handle(exit, &mut pio, &mut regs);
-        let regs = regs.into_saved();
 
-        if let Some(write) = handled.write
-            && let Err(e) = write_back(vcpu, write, regs)
-        {
-            return VcpuEnd::Failed(Arc::new(e));
-        }
-        let next = match handled.next {
-            Next::Other(reason) => {
-                unknown_exit(unknown_exits, index, reason, vcpu.fd.get_kvm_run())
+        if let Some(write) = handled.write {
+            let written = match write {
+                // The registers were read for this exit: change `rax` in them.
+                WriteBack::Rax(rax) => regs.set_result(rax),
+                write => {
+                    write_run(vcpu.fd.get_kvm_run(), write);
+                    Ok(())
+                }
+            };
+            if let Err(e) = written {
+                return VcpuEnd::Failed(Arc::new(e));
             }
-            next => next,
-        };
-        match next {
+        }
+        match handled.next {
             Next::Continue | Next::Interrupted => {}
-            // `unknown_exit` never answers `Other`; were it to, the exit stays unhandled.
             Next::Other(reason) => {
-                return VcpuEnd::Failed(Arc::new(RunError::Exit(ExitError::Unhandled { reason })));
+                if let Err(e) = unknown_exit(unknown_exits, index, reason, vcpu.fd.get_kvm_run()) {
+                    return VcpuEnd::Failed(Arc::new(e));
+                }
             }
             Next::Halt => return VcpuEnd::Halted,
             Next::Shutdown => return VcpuEnd::Shutdown,
@@ -486,20 +480,30 @@ where
     }
 }
 
-/// Writes a result into `kvm_run`; returns the value for `rax` if it goes there instead.
-fn write_run(run: &mut kvm_run, write: WriteBack) -> Option<u64> {
+/// One `KVM_RUN` of `fd`, issued here rather than through kvm-ioctls' `VcpuFd::run`, whose
+/// decoding of the exit [`decode`] would only repeat.
+fn run_vcpu(fd: &VcpuFd) -> RunOutcome {
+    // SAFETY: `fd` is a KVM vCPU file descriptor, and KVM_RUN takes no argument: the kernel
+    // reads and writes only the vCPU's own `kvm_run` mapping, which kvm-ioctls made when it
+    // created the `VcpuFd` and which lives as long as it.
+    let ret = unsafe { vmm_sys_util::ioctl::ioctl(fd, KVM_RUN()) };
+    if ret == 0 {
+        RunOutcome::Exited
+    } else {
+        RunOutcome::Failed(vmm_sys_util::errno::Error::last().errno())
+    }
+}
+
+// `_IO(KVMIO, 0x80)`, as in `<linux/kvm.h>` (kvm-ioctls does not export its own).
+vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
+
+/// Writes a result that goes into `kvm_run` (a hypercall's `ret`, MMIO read data).
+fn write_run(run: &mut kvm_run, write: WriteBack) {
     match write {
         WriteBack::HypercallRet(ret) => run.__bindgen_anon_1.hypercall.ret = ret,
         WriteBack::MmioData(data) => run.__bindgen_anon_1.mmio.data = data,
-        WriteBack::Rax(rax) => return Some(rax),
-    }
-    None
-}
-
-fn write_back(vcpu: &mut Vcpu, write: WriteBack, regs: SavedRegisters) -> Result<(), RunError> {
-    match write_run(vcpu.fd.get_kvm_run(), write) {
-        None => Ok(()),
-        Some(rax) => regs.set_result(&vcpu.fd, rax),
+        // Goes to the guest's registers, not to `kvm_run`.
+        WriteBack::Rax(_) => {}
     }
 }
 
@@ -827,19 +831,19 @@ mod tests {
         let mut run = kvm_run::default();
         assert!(matches!(
             unknown_exit(Some(&Hook(false)), 0, 40, &mut run),
-            Next::Continue
+            Ok(())
         ));
         assert!(matches!(
             unknown_exit(Some(&Hook(false)), 0, 41, &mut run),
-            Next::Fail(RunError::Exit(ExitError::Unhandled { reason: 41 }))
+            Err(RunError::Exit(ExitError::Unhandled { reason: 41 }))
         ));
         assert!(matches!(
             unknown_exit(None, 0, 40, &mut run),
-            Next::Fail(RunError::Exit(ExitError::Unhandled { reason: 40 }))
+            Err(RunError::Exit(ExitError::Unhandled { reason: 40 }))
         ));
         assert!(matches!(
             unknown_exit(Some(&Hook(true)), 0, 40, &mut run),
-            Next::Fail(RunError::UnknownExit { reason: 40, .. })
+            Err(RunError::UnknownExit { reason: 40, .. })
         ));
     }
 
@@ -848,18 +852,18 @@ mod tests {
         let mut run = kvm_run::default();
         // KVM (since 6.13) zeroes `ret` before the exit; a stale value must not survive.
         run.__bindgen_anon_1.hypercall.ret = 0xdead;
-        assert_eq!(write_run(&mut run, WriteBack::HypercallRet(22)), None);
+        write_run(&mut run, WriteBack::HypercallRet(22));
         // SAFETY: the member just written.
         assert_eq!(unsafe { run.__bindgen_anon_1.hypercall.ret }, 22);
         let mut run = kvm_run::default();
-        assert_eq!(
-            write_run(&mut run, WriteBack::MmioData([1, 2, 3, 4, 0, 0, 0, 0])),
-            None
-        );
+        write_run(&mut run, WriteBack::MmioData([1, 2, 3, 4, 0, 0, 0, 0]));
         // SAFETY: the member just written.
         let data = unsafe { run.__bindgen_anon_1.mmio.data };
         assert_eq!(data, [1, 2, 3, 4, 0, 0, 0, 0]);
-        assert_eq!(write_run(&mut run, WriteBack::Rax(11)), Some(11));
+        // `rax` is a register: `kvm_run` stays as it was.
+        write_run(&mut run, WriteBack::Rax(11));
+        // SAFETY: integers only, valid for any bits.
+        assert_eq!(unsafe { run.__bindgen_anon_1.mmio.data }, data);
     }
 
     #[test]
