@@ -654,6 +654,16 @@ impl Machine {
         let report = set.wait();
         drop(input);
         drop(terminal);
+        if timed_out {
+            // Where each vCPU was when the time ran out: what to look at first.
+            for v in &report.vcpus {
+                if let Some(vcpu) = &v.vcpu {
+                    let rip = vcpu.fd().get_regs().map(|r| r.rip);
+                    let mp = vcpu.fd().get_mp_state().map(|m| m.mp_state);
+                    log::warn!("vCPU {} stopped at rip {rip:x?}, mp_state {mp:?}", v.index);
+                }
+            }
+        }
         let end = GuestEnd::of(end.get(), timed_out, &report.reason);
         let private_read = private_read
             .lock()
