@@ -190,3 +190,27 @@ fn kvm_itself_refuses_what_validation_calls_inconsistent() {
     let sregs = entry_sregs(vcpu.fd().get_sregs().unwrap(), &good);
     vcpu.fd().set_sregs(&sregs).unwrap();
 }
+
+#[test]
+fn supported_cpuid_is_asked_once_and_matches_kvm() {
+    if !veil_tests::kvm_or_skip("supported_cpuid_is_asked_once_and_matches_kvm") {
+        return;
+    }
+    use veil_vcpu::x86_64::{normalize_cpuid, supported_cpuid};
+    let kvm = kvm_ioctls::Kvm::new().unwrap();
+    // KVM's answer carries the APIC id of the host CPU that asked (leaves 1, 0xb,
+    // 0x1f); normalize_cpuid replaces it for the guest, so compare after it.
+    let normalized = |mut c: kvm_bindings::CpuId| {
+        normalize_cpuid(&mut c, 0).unwrap();
+        c.as_slice().to_vec()
+    };
+    let fresh = normalized(
+        kvm.get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+            .unwrap(),
+    );
+    let mut first = supported_cpuid(&kvm).unwrap();
+    assert_eq!(normalized(first.clone()), fresh);
+    // Each caller gets its own copy: changing one does not change the kept answer.
+    first.as_mut_slice()[0].eax ^= 0xffff;
+    assert_eq!(normalized(supported_cpuid(&kvm).unwrap()), fresh);
+}

@@ -15,6 +15,8 @@
 use kvm_bindings::{
     CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_sregs,
 };
+use std::sync::OnceLock;
+
 use kvm_ioctls::{Kvm, VcpuFd};
 
 pub use veil_abi::x86_64::{
@@ -231,9 +233,7 @@ pub fn setup_entry(
 /// `apic_id` (see [`normalize_cpuid`]), boot MSRs and FPU. A vCPU that waits for its
 /// start-up IPI (an application processor under the in-kernel irqchip) gets only this.
 pub fn setup_cpu(kvm: &Kvm, vcpu: &VcpuFd, apic_id: u32) -> Result<(), X86Error> {
-    let mut cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut cpuid = supported_cpuid(kvm)?;
     normalize_cpuid(&mut cpuid, apic_id)?;
     vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
 
@@ -249,6 +249,23 @@ pub fn setup_cpu(kvm: &Kvm, vcpu: &VcpuFd, apic_id: u32) -> Result<(), X86Error>
         });
     }
     vcpu.set_fpu(&boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))
+}
+
+/// What `KVM_GET_SUPPORTED_CPUID` returns, asked of KVM once per process.
+///
+/// The answer depends on the host kernel and its KVM module, not on a VM, and asking
+/// is expensive where each host CPUID instruction traps (about 340 µs on a paravirtual
+/// KVM host, once per vCPU otherwise), so the first answer is kept for every later
+/// vCPU and VM. A failed ask is not kept: the next call asks again.
+pub fn supported_cpuid(kvm: &Kvm) -> Result<CpuId, X86Error> {
+    static SUPPORTED: OnceLock<CpuId> = OnceLock::new();
+    if let Some(cpuid) = SUPPORTED.get() {
+        return Ok(cpuid.clone());
+    }
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    Ok(SUPPORTED.get_or_init(|| cpuid).clone())
 }
 
 /// The register part of [`setup_entry`], after its validation: segment and control

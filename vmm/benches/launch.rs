@@ -2,19 +2,21 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Launch cost: from `VmBuilder::build` to the guest's first exit (its first `KVM_RUN`
-//! returning),
-//! with all RAM private, against a bare kvm-ioctls + vm-memory program doing the same
-//! memory setup without veil, for 1 GiB and 64 GiB guests. Target: at most 1.10x.
+//! returning), with all RAM private, against a bare kvm-ioctls + vm-memory program doing
+//! the same memory setup without veil, for 1 GiB and 64 GiB guests. Target: at most
+//! 1.10x.
 //!
 //! Both sides run the same 64-bit guest (`out 0x10, al; hlt` at 1 MiB, on identity page
-//! tables), on memory set up the way veil's in-place flavor does on this host: an
-//! mmap-able guest_memfd in a memory slot, the host's view of it (and, where the host
-//! needs one, KVM's own mapping), conversion exits enabled, all of it made private by
-//! taking the host view's access away once the boot data is written. veil also probes the
-//! host when it builds a VM; a VMM does that once and passes the result to every build
-//! (`VmBuilder::caps`), so the rounds here do, and a first round that probes is printed
-//! apart.
-//! Rounds alternate which side goes first; the result is the median of per-round ratios.
+//! tables), entered with the same CPUID, boot MSRs and FPU state, on memory set up the
+//! way veil's in-place flavor does on this host: an mmap-able guest_memfd in a memory
+//! slot, the host's view of it (and, where the host needs one, KVM's own mapping),
+//! conversion exits enabled, all of it made private by taking the host view's access
+//! away once the boot data is written. Each side asks KVM for its supported CPUID once
+//! per process. veil also probes the host when it builds a VM; a VMM does that once and
+//! passes the result to every build (`VmBuilder::caps`), so the rounds here do, and a
+//! first round that probes is printed apart. veil runs its vCPU on a thread of its own,
+//! the bare program on the thread that launched it. Rounds alternate which side goes
+//! first; the result is the median of per-round ratios.
 //!
 //! Prints `vmm-bench:` lines. Needs /dev/kvm with the in-place flavor; says why and
 //! exits otherwise.
@@ -25,14 +27,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    KVM_CAP_EXIT_HYPERCALL, KVM_MAX_CPUID_ENTRIES, KVM_MEM_GUEST_MEMFD, kvm_create_guest_memfd,
-    kvm_enable_cap, kvm_segment, kvm_userspace_memory_region2,
+    CpuId, KVM_CAP_EXIT_HYPERCALL, KVM_MAX_CPUID_ENTRIES, KVM_MEM_GUEST_MEMFD, Msrs,
+    kvm_create_guest_memfd, kvm_enable_cap, kvm_segment, kvm_userspace_memory_region2,
 };
 use kvm_ioctls::{Kvm, VcpuExit};
 use veil_memory::{
     ContentPolicy, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP, HostCaps,
     KvmSideMapping,
 };
+use veil_vcpu::x86_64::{boot_fpu, boot_msrs};
 use veil_vcpu::{BoxError, FaultPolicy, IoHandler};
 use veil_vmm::Vm;
 use veil_vmm::veil_loader::BootSource;
@@ -151,7 +154,7 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
 
 /// The same without veil: kvm-ioctls and vm-memory, the memory set up as veil's in-place
 /// flavor sets it up on this host.
-fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool) -> Cost {
+fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool, cpuid: &CpuId) -> Cost {
     let start = Stamp::now();
     let kvm = Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm_with_type(0).expect("KVM_CREATE_VM");
@@ -219,10 +222,12 @@ fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool) -> Cost {
     assert_eq!(r, 0, "mprotect");
 
     let vcpu = vm.create_vcpu(0).expect("KVM_CREATE_VCPU");
-    let cpuid = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .expect("KVM_GET_SUPPORTED_CPUID");
-    vcpu.set_cpuid2(&cpuid).expect("KVM_SET_CPUID2");
+    vcpu.set_cpuid2(cpuid).expect("KVM_SET_CPUID2");
+    // The boot MSRs and FPU state veil gives a vCPU, so that the guest starts in the
+    // same state on both sides.
+    let msrs = Msrs::from_entries(&boot_msrs()).expect("MSR list");
+    vcpu.set_msrs(&msrs).expect("KVM_SET_MSRS");
+    vcpu.set_fpu(&boot_fpu()).expect("KVM_SET_FPU");
     let mut sregs = vcpu.get_sregs().expect("KVM_GET_SREGS");
     sregs.cs = segment(0x08, true);
     let data = segment(0x10, false);
@@ -278,6 +283,11 @@ fn main() {
     }
     let kvm_mapping = caps.kvm_side_mapping.mapping == KvmSideMapping::Separate;
     let exit_hypercall = caps.map_gpa_range_exits();
+    // veil asks KVM_GET_SUPPORTED_CPUID once per process (it is a fixed answer that
+    // costs hundreds of microseconds here); so does the bare program.
+    let cpuid = Kvm::new()
+        .and_then(|kvm| kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES))
+        .expect("KVM_GET_SUPPORTED_CPUID");
     println!(
         "vmm-bench: note: a shared 2-core machine; {ROUNDS} rounds per size, alternating which side goes first"
     );
@@ -293,9 +303,9 @@ fn main() {
         for round in 0..ROUNDS {
             rounds.push(if round % 2 == 0 {
                 let v = veil_round(size, Some(&caps));
-                (v, bare_round(size, kvm_mapping, exit_hypercall))
+                (v, bare_round(size, kvm_mapping, exit_hypercall, &cpuid))
             } else {
-                let b = bare_round(size, kvm_mapping, exit_hypercall);
+                let b = bare_round(size, kvm_mapping, exit_hypercall, &cpuid);
                 (veil_round(size, Some(&caps)), b)
             });
         }
