@@ -53,7 +53,11 @@ fn demo_passes_in_every_flavor_this_host_runs() {
             out.status
         );
         assert!(stdout.contains("hello from a guest whose memory the host cannot read"));
-        assert!(stdout.contains("8 of 8 checks passed"), "{stdout}");
+        assert!(stdout.contains("9 of 9 checks passed"), "{stdout}");
+        assert!(
+            stdout.contains("ok   seccomp confined 2 of 2 vCPU threads"),
+            "{stdout}"
+        );
         assert!(!stdout.contains("FAIL"), "{stdout}");
         // 2 vCPUs x 50 round trips, and the message page's two requests.
         assert!(stdout.contains(" 202 "), "{stdout}");
