@@ -144,12 +144,12 @@ mod lists {
     };
     use libc::{
         SYS_brk, SYS_clock_gettime, SYS_clone, SYS_clone3, SYS_close, SYS_epoll_create1,
-        SYS_epoll_ctl, SYS_epoll_wait, SYS_eventfd2, SYS_exit, SYS_exit_group, SYS_fallocate,
-        SYS_fcntl, SYS_fstat, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid, SYS_ioctl,
-        SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_openat, SYS_prctl,
-        SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
-        SYS_sched_getaffinity, SYS_seccomp, SYS_set_robust_list, SYS_sigaltstack, SYS_statx,
-        SYS_tgkill, SYS_write,
+        SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_exit, SYS_exit_group,
+        SYS_fallocate, SYS_fcntl, SYS_fstat, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid,
+        SYS_ioctl, SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_openat,
+        SYS_prctl, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
+        SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp, SYS_set_robust_list, SYS_sigaltstack,
+        SYS_statx, SYS_tgkill, SYS_write,
     };
 
     const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
@@ -226,7 +226,12 @@ mod lists {
             any("munmap", SYS_munmap),
             any("madvise", SYS_madvise),
             any("futex", SYS_futex),
+            // Locks that spin a little before they sleep.
+            any("sched_yield", SYS_sched_yield),
+            // Where the vDSO cannot read the clock (a clocksource it does not map).
             any("clock_gettime", SYS_clock_gettime),
+            // The keys of a thread's first `HashMap`.
+            any("getrandom", SYS_getrandom),
             any("rt_sigreturn", SYS_rt_sigreturn),
             any("rt_sigprocmask", SYS_rt_sigprocmask),
             any("rt_sigaction", SYS_rt_sigaction),
@@ -278,7 +283,9 @@ mod lists {
     fn device() -> Vec<Allowed> {
         vec![
             any("read", SYS_read),
+            // glibc's `epoll_wait` is one of the two, by architecture and version.
             any("epoll_wait", SYS_epoll_wait),
+            any("epoll_pwait", SYS_epoll_pwait),
             any("epoll_ctl", SYS_epoll_ctl),
             one_of("fcntl", SYS_fcntl, 1, &[libc::F_GETFD as u64]),
             any("close", SYS_close),
@@ -329,7 +336,6 @@ mod lists {
             any("eventfd2", SYS_eventfd2),
             any("epoll_create1", SYS_epoll_create1),
             any("epoll_ctl", SYS_epoll_ctl),
-            any("getrandom", SYS_getrandom),
         ]
     }
 
@@ -555,25 +561,28 @@ fn si_syscall(info: *const libc::siginfo_t) -> i64 {
     i64::from(unsafe { info.cast::<u8>().add(24).cast::<i32>().read_unaligned() })
 }
 
-extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Async-signal-safe throughout: a const thread-local, stack formatting, write(2),
-    // the caller's hook (which must be async-signal-safe), _exit(2).
-    let nr = if info.is_null() { -1 } else { si_syscall(info) };
-    let (kind, index) = CONFINED_AS.try_with(Cell::get).unwrap_or((0, 0));
+/// The violation message: the thread (its kind code and vCPU index, as [`CONFINED_AS`]
+/// holds them) and the system call.
+fn violation_line(kind: u8, index: usize, nr: i64) -> Line {
     let mut line = Line {
         buf: [0; 192],
         len: 0,
     };
-    line.push(b"veil: seccomp: the ");
+    line.push(b"veil: seccomp: ");
     match ThreadKind::ALL.iter().find(|k| k.code() == kind) {
         Some(ThreadKind::Vcpu) => {
-            line.push(b"vCPU ");
+            line.push(b"the vCPU ");
             line.number(index as u64);
+            line.push(b" thread");
         }
-        Some(k) => line.push(k.name().as_bytes()),
-        None => line.push(b"unconfined"),
+        Some(k) => {
+            line.push(b"the ");
+            line.push(k.name().as_bytes());
+            line.push(b" thread");
+        }
+        None => line.push(b"a thread under the filter it inherited"),
     }
-    line.push(b" thread made system call ");
+    line.push(b" made system call ");
     line.number(nr.unsigned_abs());
     if let Some(name) = syscall_name(nr) {
         line.push(b" (");
@@ -581,6 +590,15 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
         line.push(b")");
     }
     line.push(b", which its filter does not allow: ending the VM\n");
+    line
+}
+
+extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe throughout: a const thread-local, stack formatting, write(2),
+    // the caller's hook (which must be async-signal-safe), _exit(2).
+    let nr = if info.is_null() { -1 } else { si_syscall(info) };
+    let (kind, index) = CONFINED_AS.try_with(Cell::get).unwrap_or((0, 0));
+    let line = violation_line(kind, index, nr);
     // SAFETY: write(2) of a live buffer to standard error.
     unsafe { libc::write(libc::STDERR_FILENO, line.buf.as_ptr().cast(), line.len) };
     let hook = BEFORE_EXIT.load(Ordering::SeqCst);
@@ -733,5 +751,140 @@ impl Launch for Confined {
 
     fn private_at_launch(&self) -> bool {
         self.inner.private_at_launch()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbers(kind: ThreadKind) -> Vec<i64> {
+        allow_list(kind).unwrap().iter().map(|a| a.number).collect()
+    }
+
+    #[test]
+    fn every_kind_compiles_to_a_filter() {
+        for kind in ThreadKind::ALL {
+            let program = filter(kind).unwrap();
+            assert!(
+                program.len() > allowed_count(kind),
+                "{kind}: {}",
+                program.len()
+            );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_ioctl_numbers_are_the_kernels() {
+        // As strace decodes them, from <linux/kvm.h> and <asm/ioctls.h>.
+        assert_eq!(lists::KVM_RUN, 0xae80);
+        assert_eq!(lists::KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(lists::KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(lists::KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(lists::KVM_GET_MP_STATE, 0x8004_ae98);
+        assert_eq!(lists::KVM_SET_MEMORY_ATTRIBUTES, 0x4020_aed2);
+        assert_eq!(lists::KVM_SET_USER_MEMORY_REGION, 0x4020_ae46);
+        assert_eq!(lists::KVM_SET_USER_MEMORY_REGION2, 0x40a0_ae49);
+        assert_eq!(lists::TCSETS, libc::TCSETS);
+        assert_eq!(lists::TCGETS, libc::TCGETS);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn a_vcpu_thread_may_run_and_convert_and_nothing_more() {
+        let vcpu = allow_list(ThreadKind::Vcpu).unwrap();
+        let ioctl = vcpu.iter().filter(|a| a.name == "ioctl");
+        let requests: Vec<u64> = ioctl
+            .flat_map(|a| match &a.only {
+                Only::OneOf { arg: 1, values } => values.clone(),
+                other => panic!("ioctl is narrowed by request: {other:?}"),
+            })
+            .collect();
+        for r in [lists::KVM_RUN, lists::KVM_SET_MEMORY_ATTRIBUTES] {
+            assert!(requests.contains(&r), "{r:#x}");
+        }
+        assert!(!requests.contains(&lists::KVM_SET_USER_MEMORY_REGION2));
+        let nrs = numbers(ThreadKind::Vcpu);
+        for allowed in [libc::SYS_fallocate, libc::SYS_madvise, libc::SYS_mprotect] {
+            assert!(nrs.contains(&allowed), "{allowed}");
+        }
+        for forbidden in [
+            libc::SYS_socket,
+            libc::SYS_execve,
+            libc::SYS_fork,
+            libc::SYS_clone,
+            libc::SYS_clone3,
+            libc::SYS_openat,
+            libc::SYS_ptrace,
+            libc::SYS_kill,
+            libc::SYS_seccomp,
+        ] {
+            assert!(!nrs.contains(&forbidden), "{forbidden}");
+        }
+        // Nothing a vCPU or device thread maps or protects may become executable.
+        for kind in ThreadKind::ALL {
+            for a in allow_list(kind).unwrap() {
+                if a.name == "mmap" || a.name == "mprotect" {
+                    assert_eq!(
+                        a.only,
+                        Only::Without {
+                            arg: 2,
+                            mask: libc::PROT_EXEC as u64
+                        }
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn threads_started_under_the_main_filter_can_narrow_it() {
+        // Filters stack: what a vCPU or device thread does, the main filter allows too.
+        let main = numbers(ThreadKind::Main);
+        for kind in [ThreadKind::Vcpu, ThreadKind::Device] {
+            for nr in numbers(kind) {
+                assert!(main.contains(&nr), "{kind} needs {nr}, which main forbids");
+            }
+        }
+        assert!(main.contains(&libc::SYS_clone3));
+        assert!(!main.contains(&libc::SYS_execve));
+        assert!(!main.contains(&libc::SYS_socket));
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_readme_gives_the_counts_of_the_lists() {
+        let readme = include_str!("../README.md");
+        for kind in ThreadKind::ALL {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{kind:?}` |")))
+                .unwrap_or_else(|| panic!("no row for {kind:?}"));
+            assert!(
+                row.ends_with(&format!("| {} |", allowed_count(kind))),
+                "{kind:?} allows {}: {row}",
+                allowed_count(kind)
+            );
+        }
+    }
+
+    #[test]
+    fn the_violation_message_names_the_thread_and_the_call() {
+        let text = |l: Line| String::from_utf8(l.buf[..l.len].to_vec()).unwrap();
+        assert_eq!(
+            text(violation_line(ThreadKind::Vcpu.code(), 3, libc::SYS_socket)),
+            format!(
+                "veil: seccomp: the vCPU 3 thread made system call {} (socket), which its filter does not allow: ending the VM\n",
+                libc::SYS_socket
+            )
+        );
+        assert_eq!(
+            text(violation_line(ThreadKind::Device.code(), 0, 1000)),
+            "veil: seccomp: the device thread made system call 1000, which its filter does not allow: ending the VM\n"
+        );
+        assert!(text(violation_line(0, 0, 0)).starts_with(
+            "veil: seccomp: a thread under the filter it inherited made system call 0"
+        ));
     }
 }
