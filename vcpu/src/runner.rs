@@ -344,7 +344,7 @@ pub struct ExitRouting {
     /// Run on each vCPU thread, with the vCPU's index, after the thread is set up and
     /// before its first `KVM_RUN`: where a VMM confines the thread (a seccomp filter),
     /// pins it to a CPU or names it for its own tools. An error ends that vCPU, and
-    /// with it the VM, with [`RunError::ThreadStart`](crate::RunError::ThreadStart).
+    /// with it the VM, with [`RunError::ThreadStart`].
     pub thread_start: Option<ThreadStartHook>,
 }
 
