@@ -126,6 +126,13 @@ pub enum Only {
         /// The value.
         value: u64,
     },
+    /// Argument `arg` has every bit of `bits` set.
+    WithAll {
+        /// The argument's index.
+        arg: u8,
+        /// The bits that must be set.
+        bits: u64,
+    },
     /// Argument `arg` has none of the bits of `mask` set.
     Without {
         /// The argument's index.
@@ -310,8 +317,18 @@ mod lists {
                     KVM_SET_USER_MEMORY_REGION2,
                 ],
             ),
+            // `clone3`'s flags are in memory, which seccomp cannot read: a filter of its
+            // own answers it ENOSYS (see `confine_thread`), so glibc falls back to
+            // `clone`, which may only start threads, never processes.
             any("clone3", SYS_clone3),
-            any("clone", SYS_clone),
+            Allowed {
+                name: "clone",
+                number: SYS_clone,
+                only: Only::WithAll {
+                    arg: 0,
+                    bits: libc::CLONE_THREAD as u64,
+                },
+            },
             any("set_robust_list", SYS_set_robust_list),
             any("rseq", SYS_rseq),
             one_of(
@@ -394,6 +411,15 @@ pub fn filter(kind: ThreadKind) -> Result<BpfProgram, SeccompError> {
                 SeccompCondition::new(*arg, SeccompCmpArgLen::Qword, SeccompCmpOp::Eq, *value)
                     .map_err(bad)?,
             ],
+            Only::WithAll { arg, bits } => vec![
+                SeccompCondition::new(
+                    *arg,
+                    SeccompCmpArgLen::Qword,
+                    SeccompCmpOp::MaskedEq(*bits),
+                    *bits,
+                )
+                .map_err(bad)?,
+            ],
             Only::Without { arg, mask } => vec![
                 SeccompCondition::new(
                     *arg,
@@ -439,6 +465,27 @@ pub fn allowed_count(kind: ThreadKind) -> usize {
     numbers.sort_unstable();
     numbers.dedup();
     numbers.len()
+}
+
+/// A filter that answers `clone3` with `ENOSYS` and allows everything else: stacked under
+/// the main thread's, it makes glibc start threads with `clone`, whose flags the main
+/// filter checks.
+fn no_clone3() -> Result<BpfProgram, SeccompError> {
+    let bad = |e: seccompiler::BackendError| SeccompError::Filter {
+        kind: ThreadKind::Main,
+        source: seccompiler::Error::Backend(e),
+    };
+    let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(bad)?;
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
+    SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(bad)?
+    .try_into()
+    .map_err(bad)
 }
 
 /// Whether this kernel offers seccomp filters whose action traps.
@@ -637,7 +684,11 @@ pub fn confine_thread(kind: ThreadKind, vcpu: usize) -> Result<(), SeccompError>
     }
     let program = filter(kind)?;
     install_handler()?;
-    seccompiler::apply_filter(&program).map_err(|source| SeccompError::Filter { kind, source })?;
+    let failed = |source| SeccompError::Filter { kind, source };
+    if kind == ThreadKind::Main {
+        seccompiler::apply_filter(&no_clone3()?).map_err(failed)?;
+    }
+    seccompiler::apply_filter(&program).map_err(failed)?;
     CONFINED_AS.with(|c| c.set((kind.code(), vcpu)));
     log::debug!("seccomp: {kind} thread confined");
     Ok(())

@@ -68,9 +68,27 @@ fn run_guest(launch: Arc<dyn Launch>) -> Result<(StopReason, i64), BoxError> {
     Ok((report.reason, device.fd.load(Ordering::SeqCst)))
 }
 
-/// The child's part: run the guest, confined or not, and say how it went.
+/// The child's part: run the guest, confined or not, and say how it went; or, in `fork`
+/// mode, confine this thread as a VMM's main thread, start a thread, then fork.
 fn child(mode: &str) {
     seccomp::on_violation(VIOLATION_EXIT, None);
+    if mode == "fork" {
+        if let Err(e) = seccomp::confine_thread(ThreadKind::Main, 0) {
+            println!("child: {e}");
+            std::process::exit(1);
+        }
+        let started = std::thread::spawn(|| 7).join();
+        println!("child: a thread started under the main filter: {started:?}");
+        // SAFETY: fork has no memory-safety preconditions; a child, if one were made,
+        // exits at once without touching anything.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            // SAFETY: `_exit` ends the forked child without running anything of the parent's.
+            unsafe { libc::_exit(0) };
+        }
+        println!("child: fork returned {pid}");
+        std::process::exit(0);
+    }
     let launch: Arc<dyn Launch> = match mode {
         "confined" => Arc::new(Confined::new(Arc::new(PlainKvm))),
         _ => Arc::new(PlainKvm),
@@ -146,6 +164,33 @@ fn a_forbidden_call_on_a_vcpu_thread_ends_the_vm_with_a_message() {
         "{stderr}"
     );
     assert!(!stdout.contains("the guest ended"), "{stdout}");
+}
+
+#[test]
+fn the_main_thread_may_start_threads_but_not_processes() {
+    const TEST: &str = "the_main_thread_may_start_threads_but_not_processes";
+    if let Ok(mode) = std::env::var(CHILD) {
+        child(&mode);
+        return;
+    }
+    if !seccomp::supported() {
+        veil_tests::skip(TEST, "this kernel does not offer seccomp filters");
+        return;
+    }
+    let (code, stdout, stderr) = in_child(TEST, "fork");
+    assert_eq!(code, Some(VIOLATION_EXIT), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("a thread started under the main filter: Ok(7)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("fork returned"), "{stdout}");
+    assert!(
+        stderr.contains(&format!(
+            "veil: seccomp: the main thread made system call {} (clone), which its filter does not allow",
+            libc::SYS_clone
+        )),
+        "{stderr}"
+    );
 }
 
 /// A launch technology that adds a thread start hook that fails.
