@@ -188,6 +188,10 @@ mod lists {
     pub const TCGETS: u64 = 0x5401;
     /// `TCSETS`: the terminal in raw mode, and put back.
     pub const TCSETS: u64 = 0x5402;
+    /// `TCGETS2` and `TCSETS2`: the same, as glibc issues them from 2.42 on.
+    pub const TCGETS2: u64 = 0x802c_542a;
+    /// See [`TCGETS2`].
+    pub const TCSETS2: u64 = 0x402c_542b;
 
     fn any(name: &'static str, number: i64) -> Allowed {
         Allowed {
@@ -255,7 +259,7 @@ mod lists {
                 },
             },
             any("write", SYS_write),
-            one_of("ioctl", SYS_ioctl, 1, &[TCSETS]),
+            one_of("ioctl", SYS_ioctl, 1, &[TCSETS, TCSETS2]),
             // Whether the thread is confined: it reads, and changes, nothing.
             one_of("prctl", SYS_prctl, 0, &[libc::PR_GET_SECCOMP as u64]),
             any("exit", SYS_exit),
@@ -311,6 +315,7 @@ mod lists {
                 1,
                 &[
                     TCGETS,
+                    TCGETS2,
                     KVM_GET_REGS,
                     KVM_GET_MP_STATE,
                     KVM_SET_USER_MEMORY_REGION,
@@ -839,6 +844,8 @@ mod tests {
         assert_eq!(lists::KVM_SET_USER_MEMORY_REGION2, 0x40a0_ae49);
         assert_eq!(lists::TCSETS, libc::TCSETS);
         assert_eq!(lists::TCGETS, libc::TCGETS);
+        assert_eq!(lists::TCSETS2, libc::TCSETS2);
+        assert_eq!(lists::TCGETS2, libc::TCGETS2);
     }
 
     #[cfg(target_arch = "x86_64")]
