@@ -15,8 +15,10 @@
 //!
 //! Filters stack: a thread started by a confined thread keeps its parent's filter, and
 //! its own narrows it. That is why the main thread's list also holds what starting a
-//! thread takes (`clone3`, `set_robust_list`, `rseq`, ...): the main thread is confined
+//! thread takes (`clone`, `set_robust_list`, `rseq`, ...): the main thread is confined
 //! before the vCPU and device threads start, and they narrow themselves on their way in.
+//! The main thread may start threads but not processes: `clone` needs `CLONE_THREAD`,
+//! and `clone3`, whose flags a filter cannot read, is answered `ENOSYS`.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
