@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use veil_vmm::seccomp::{self, ThreadKind};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -198,7 +199,7 @@ impl ConsoleInput {
             .spawn(move || {
                 // Started by a confined thread, the loop narrows its filter to what it
                 // needs; started by an unconfined one, it stays unconfined.
-                match veil_vmm::seccomp::narrow_if_confined(veil_vmm::seccomp::ThreadKind::Device) {
+                match seccomp::narrow_if_confined(ThreadKind::Device) {
                     Ok(true) => log::debug!("console input: confined"),
                     Ok(false) => {}
                     Err(e) => {
