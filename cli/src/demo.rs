@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use veil_vmm::seccomp::{self, Confined, ThreadKind};
 use veil_vmm::veil_attrs::FrameRange;
 use veil_vmm::veil_loader::BootSource;
 use veil_vmm::veil_memory::{ContentPolicy, Flavor, HostAccessError, HostCaps, HostSafeMemory};
 use veil_vmm::veil_vcpu::{
     BoxError, ExitKind, FaultPolicy, IoHandler, StopReason, Transport, VcpuEnd,
 };
-use veil_vmm::{GuestHypercallProbe, HypercallInstruction, Vm, VmError};
+use veil_vmm::{GuestHypercallProbe, HypercallInstruction, PlainKvm, Vm, VmError};
 
 use crate::DemoArgs;
 use crate::caps::HYPERCALL_PROBE_DEADLINE;
@@ -202,7 +203,18 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     } else {
         ContentPolicy::Discard
     };
-    let vm = Vm::builder()
+    // The vCPU threads, where the guest's requests are handled, run under their seccomp
+    // filter; the main thread stays unconfined, as it forks the child that shows the
+    // raw read faulting.
+    let seccomp = crate::run::seccomp_wanted(args.no_seccomp);
+    let confined = seccomp
+        .is_ok()
+        .then(|| Arc::new(Confined::new(Arc::new(PlainKvm))));
+    let mut builder = Vm::builder();
+    if let Some(c) = &confined {
+        builder = builder.launch(c.clone());
+    }
+    let vm = builder
         .flavor(flavor)
         .region(0, RAM, policy)
         .private_at_launch(true)
@@ -445,6 +457,21 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     );
     log::info!("exits: {exits}");
     log::info!("memory: {}", vm.stats());
+
+    match (&seccomp, &confined) {
+        (Ok(()), Some(c)) => check(
+            &mut checks,
+            c.vcpu_threads() == args.vcpus as usize,
+            format!(
+                "seccomp confined {} of {} vCPU threads ({} system calls allowed)",
+                c.vcpu_threads(),
+                args.vcpus,
+                seccomp::allowed_count(ThreadKind::Vcpu)
+            ),
+        ),
+        (Err(off), _) => println!("  seccomp {off}"),
+        (Ok(()), None) => {}
+    }
 
     let passed = checks.iter().filter(|c| c.passed).count();
     println!("{passed} of {} checks passed", checks.len());

@@ -24,6 +24,9 @@ pub enum Status {
     HostLacks = 3,
     /// The guest ran but failed a check (`veil demo`), or ended abnormally (`veil run`).
     GuestFailed = 4,
+    /// A veil thread made a system call its seccomp filter does not allow, and veil
+    /// ended the VM (the message names the thread and the call).
+    Confinement = 5,
 }
 
 /// The help text's table of exit codes.
@@ -32,7 +35,8 @@ pub const EXIT_CODES: &str = "Exit codes:
   1  VM error: KVM or the VM failed while veil used it
   2  bad usage: an unknown flag, a bad value, a file that is missing or malformed
   3  the host lacks what was asked for: /dev/kvm, permission to open it, a capability
-  4  the guest failed a check, or ended abnormally";
+  4  the guest failed a check, or ended abnormally
+  5  a veil thread made a system call its seccomp filter does not allow; veil ended the VM";
 
 /// A failure: its exit code and the whole message.
 #[derive(Debug)]

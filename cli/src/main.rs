@@ -127,6 +127,10 @@ pub struct RunArgs {
     /// Do not feed standard input to the guest's console.
     #[arg(long)]
     pub no_stdin: bool,
+    /// Do not confine veil's threads with seccomp filters (by default each thread kind
+    /// gets its own allow-list once the guest runs, where the kernel offers filters).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// `veil demo`'s options.
@@ -142,6 +146,10 @@ pub struct DemoArgs {
     /// Round trips (to shared and back to private) each vCPU makes.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub rounds: u64,
+    /// Do not confine the vCPU threads with their seccomp filter (by default they run
+    /// the guest under it, where the kernel offers filters).
+    #[arg(long)]
+    pub no_seccomp: bool,
 }
 
 /// `veil caps`' options.

@@ -14,6 +14,7 @@ use std::time::Duration;
 use veil_machine::{
     GuestEnd, Machine, MachineConfig, MachineError, MachineReport, PrivateRam, PrivateRead,
 };
+use veil_vmm::seccomp::{self, Confined, ThreadKind};
 use veil_vmm::{Launch, PlainKvm, VmError};
 
 use crate::failure::{Failure, Status, chain};
@@ -98,6 +99,39 @@ extern "C" fn restore_terminal_and_die(sig: libc::c_int) {
     }
 }
 
+/// Puts back the terminal settings saved before the guest ran, if any. Async-signal-safe:
+/// the seccomp violation handler calls it on whichever thread broke its filter.
+fn restore_terminal() {
+    if let Some(saved) = SAVED_TERMINAL.get() {
+        // SAFETY: tcsetattr is async-signal-safe; `saved` is a valid termios that
+        // tcgetattr filled for standard input.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, saved) };
+    }
+}
+
+/// Whether veil's threads run under seccomp filters: `Ok(())` if so (and a violation
+/// then ends veil with [`Status::Confinement`] and the terminal restored), or why not.
+pub fn seccomp_wanted(no_seccomp: bool) -> Result<(), &'static str> {
+    if no_seccomp {
+        return Err("off (--no-seccomp)");
+    }
+    if !seccomp::supported() {
+        log::warn!("this kernel does not offer seccomp filters: veil runs unconfined");
+        return Err("off (this kernel does not offer seccomp filters)");
+    }
+    seccomp::on_violation(Status::Confinement as i32, Some(restore_terminal));
+    Ok(())
+}
+
+/// A seccomp error as a failure: veil does not run a guest it was asked to confine but
+/// could not.
+pub fn seccomp_failure(e: &seccomp::SeccompError) -> Failure {
+    Failure::new(
+        Status::VmError,
+        format!("{} (--no-seccomp runs without)", chain(e)),
+    )
+}
+
 /// Makes Ctrl-C, SIGTERM and SIGHUP restore the terminal before they end veil.
 fn guard_terminal() {
     // SAFETY: `termios` is plain data that tcgetattr fills or leaves alone.
@@ -131,6 +165,24 @@ fn config(boot: &BootArgs) -> Result<MachineConfig, Failure> {
     config.memory_size = boot.memory;
     config.vcpus = boot.vcpus;
     Ok(config)
+}
+
+/// What the seccomp filters covered, read back from the threads themselves.
+fn seccomp_line(confined: &Confined, vcpus: u32) -> String {
+    let main = if seccomp::thread_is_confined() {
+        format!(
+            "the main thread ({} system calls allowed)",
+            seccomp::allowed_count(ThreadKind::Main)
+        )
+    } else {
+        "NOT the main thread".to_string()
+    };
+    format!(
+        "on: {main}, {} of {vcpus} vCPU threads ({}), device threads ({})",
+        confined.vcpu_threads(),
+        seccomp::allowed_count(ThreadKind::Vcpu),
+        seccomp::allowed_count(ThreadKind::Device),
+    )
 }
 
 fn summary(report: &MachineReport) -> String {
@@ -191,9 +243,29 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
     if config.stdin {
         guard_terminal();
     }
+    let seccomp = seccomp_wanted(args.no_seccomp);
+    let confined = seccomp
+        .is_ok()
+        .then(|| Arc::new(Confined::new(config.launch.clone())));
+    if let Some(c) = &confined {
+        config.launch = c.clone();
+    }
     let machine = Machine::boot(config).map_err(failure)?;
+    // The guest runs from here on: the main thread is confined before it starts the
+    // vCPU and console threads, which narrow their filters on their way in.
+    if confined.is_some() {
+        seccomp::confine_thread(ThreadKind::Main, 0).map_err(|e| seccomp_failure(&e))?;
+    }
     let report = machine.run().map_err(failure)?;
     eprintln!("{}", summary(&report));
+    eprintln!(
+        "veil: seccomp: {}",
+        match (&seccomp, &confined) {
+            (Err(off), _) => off.to_string(),
+            (Ok(()), Some(c)) => seccomp_line(c, report.vcpus),
+            (Ok(()), None) => "off".to_string(),
+        }
+    );
     if let Some(path) = &args.stats_json {
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::new(Status::VmError, format!("cannot format JSON: {e}")))?;

@@ -53,7 +53,11 @@ fn demo_passes_in_every_flavor_this_host_runs() {
             out.status
         );
         assert!(stdout.contains("hello from a guest whose memory the host cannot read"));
-        assert!(stdout.contains("8 of 8 checks passed"), "{stdout}");
+        assert!(stdout.contains("9 of 9 checks passed"), "{stdout}");
+        assert!(
+            stdout.contains("ok   seccomp confined 2 of 2 vCPU threads"),
+            "{stdout}"
+        );
         assert!(!stdout.contains("FAIL"), "{stdout}");
         // 2 vCPUs x 50 round trips, and the message page's two requests.
         assert!(stdout.contains(" 202 "), "{stdout}");
@@ -236,6 +240,17 @@ fn boot(kernel: &[u8], name: &str, extra: &[&str]) -> serde_json::Value {
         stderr.contains("private page during the run: refused"),
         "{stderr}"
     );
+    if !extra.contains(&"--no-seccomp") {
+        let vcpus = extra
+            .iter()
+            .position(|a| *a == "--vcpus")
+            .map_or("1", |i| extra[i + 1]);
+        assert!(
+            stderr.contains("veil: seccomp: on: the main thread (")
+                && stderr.contains(&format!("), {vcpus} of {vcpus} vCPU threads (")),
+            "{stderr}"
+        );
+    }
     let mut report: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).unwrap()).expect("the stats are JSON");
     assert_eq!(report["private_read"]["result"], "refused", "{report}");
@@ -263,6 +278,66 @@ fn run_boots_the_test_kernels_with_private_ram() {
     assert_eq!(bz["end"]["kind"], "reset");
     assert_eq!(bz["vcpus"], 2);
     assert_eq!(bz["console"], BZIMAGE_OK);
+}
+
+#[test]
+fn no_seccomp_turns_the_filters_off() {
+    if !veil_tests::kvm_or_skip("no_seccomp_turns_the_filters_off") {
+        return;
+    }
+    if !flavors_here().iter().any(|f| f == "in-place") {
+        println!("no_seccomp_turns_the_filters_off: no in-place flavor here");
+        return;
+    }
+    let pvh = boot(
+        &veil_tests::machine_kernels::pvh_kernel(),
+        "pvh-unconfined.elf",
+        &["--no-seccomp"],
+    );
+    assert_eq!(pvh["end"]["kind"], "power-off");
+    let out = veil(&["demo", "--rounds", "5", "--no-seccomp"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("seccomp off (--no-seccomp)"), "{stdout}");
+    assert!(!stdout.contains("seccomp confined"), "{stdout}");
+    assert!(stdout.contains("8 of 8 checks passed"), "{stdout}");
+}
+
+/// With standard input a pipe, the console thread starts, narrows its filter and feeds
+/// the guest; the run still ends as the guest does.
+#[test]
+fn run_confines_the_console_thread_too() {
+    if !veil_tests::kvm_or_skip("run_confines_the_console_thread_too") {
+        return;
+    }
+    let pvh = scratch(
+        "pvh-console.elf",
+        &veil_tests::machine_kernels::pvh_kernel(),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["run", "--kernel", pvh.to_str().unwrap(), "--memory", "64M"])
+        .args(["--timeout", "60"])
+        .env("RUST_LOG", "debug")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot run the veil binary");
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().expect("a pipe");
+        // The guest may have ended already; a closed pipe is fine.
+        let _ = stdin.write_all(b"input for the console\n");
+    }
+    let out = child.wait_with_output().expect("veil ran");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{:?}: {stdout}\n{stderr}", out.status);
+    assert!(
+        stderr.contains("veil: seccomp: on: the main thread"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("console input: confined"), "{stderr}");
+    assert!(!stderr.contains("its filter does not allow"), "{stderr}");
 }
 
 #[test]

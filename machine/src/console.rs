@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use veil_vmm::seccomp::{self, ThreadKind};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
@@ -196,6 +197,17 @@ impl ConsoleInput {
         let thread = std::thread::Builder::new()
             .name("console-in".into())
             .spawn(move || {
+                // Started by a confined thread, the loop narrows its filter to what it
+                // needs; started by an unconfined one, it stays unconfined.
+                match seccomp::narrow_if_confined(ThreadKind::Device) {
+                    Ok(true) => log::debug!("console input: confined"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        // Stopping input is safer than reading it with a wider filter.
+                        log::error!("console input off: {e}");
+                        return;
+                    }
+                }
                 while !stopped.load(Ordering::SeqCst) {
                     if let Err(e) = manager.run_with_timeout(100) {
                         log::warn!("console input stopped: {e:?}");

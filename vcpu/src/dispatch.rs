@@ -81,6 +81,14 @@ pub enum RunError {
         #[source]
         source: BoxError,
     },
+    /// The VMM's thread start hook ([`ExitRouting::thread_start`](crate::ExitRouting))
+    /// failed on this vCPU's thread, before its first `KVM_RUN`.
+    #[error("the vCPU thread's start hook failed")]
+    ThreadStart {
+        /// The hook's error.
+        #[source]
+        source: BoxError,
+    },
     /// A KVM ioctl other than `KVM_RUN` failed while handling an exit.
     #[error("{op} failed")]
     Kvm {

@@ -39,8 +39,8 @@ pub use request::{
     GuestLayout, HypercallResult, MapGpaRange, MapGpaRangeArgs, PageSize, RequestError,
 };
 pub use runner::{
-    ExitRouting, KICK_SIGNAL_OFFSET, RunnerError, StopReason, UnknownExitHandler, Vcpu, VcpuEnd,
-    VcpuReport, VcpuSet, VmReport,
+    ExitRouting, KICK_SIGNAL_OFFSET, RunnerError, StopReason, ThreadStartHook, UnknownExitHandler,
+    Vcpu, VcpuEnd, VcpuReport, VcpuSet, VmReport,
 };
 pub use stats::{ExitKind, ExitStats};
 #[cfg(target_arch = "x86_64")]

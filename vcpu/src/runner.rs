@@ -330,9 +330,10 @@ impl Drop for ImmediateExit {
 }
 
 /// What a VM's vCPUs route exits to besides the memory and I/O handlers: the hypercall
-/// ABIs, and a hook for exit reasons veil does not decode.
+/// ABIs, a hook for exit reasons veil does not decode, and a hook each vCPU thread runs
+/// before it first enters the guest.
 ///
-/// The default routes `KVM_HC_MAP_GPA_RANGE` on both transports and has no hook, so an
+/// The default routes `KVM_HC_MAP_GPA_RANGE` on both transports and has no hooks, so an
 /// unknown exit reason stops the VM with [`ExitError::Unhandled`](crate::ExitError).
 #[derive(Clone, Default)]
 pub struct ExitRouting {
@@ -340,13 +341,23 @@ pub struct ExitRouting {
     pub hypercalls: Hypercalls,
     /// Where exits veil does not decode go.
     pub unknown_exits: Option<Arc<dyn UnknownExitHandler>>,
+    /// Run on each vCPU thread, with the vCPU's index, after the thread is set up and
+    /// before its first `KVM_RUN`: where a VMM confines the thread (a seccomp filter),
+    /// pins it to a CPU or names it for its own tools. An error ends that vCPU, and
+    /// with it the VM, with [`RunError::ThreadStart`].
+    pub thread_start: Option<ThreadStartHook>,
 }
+
+/// The hook [`ExitRouting::thread_start`] holds: called with the vCPU's index, on the
+/// vCPU's own thread.
+pub type ThreadStartHook = Arc<dyn Fn(usize) -> Result<(), BoxError> + Send + Sync>;
 
 impl std::fmt::Debug for ExitRouting {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ExitRouting")
             .field("hypercalls", &self.hypercalls)
             .field("unknown_exits", &self.unknown_exits.is_some())
+            .field("thread_start", &self.thread_start.is_some())
             .finish()
     }
 }
@@ -649,13 +660,22 @@ impl VcpuSet {
                         let me = unsafe { libc::pthread_self() };
                         inner.threads.push((index, KickTarget(me)));
                     }
+                    let started = match &routing.thread_start {
+                        Some(hook) => hook(index).map_err(|source| {
+                            VcpuEnd::Failed(Arc::new(RunError::ThreadStart { source }))
+                        }),
+                        None => Ok(()),
+                    };
                     let handlers = Handlers {
                         memory: &*memory,
                         io: &*io,
                         routing: &routing,
                         policy,
                     };
-                    let end = run_loop(&mut vcpu, index, handlers, &control, &c);
+                    let end = match started {
+                        Ok(()) => run_loop(&mut vcpu, index, handlers, &control, &c),
+                        Err(end) => end,
+                    };
                     guard.end = Some(end.clone());
                     drop(guard);
                     VcpuReport {

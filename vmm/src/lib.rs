@@ -10,6 +10,8 @@ pub mod launch;
 mod populate;
 #[cfg(target_arch = "x86_64")]
 mod reach;
+#[cfg(target_os = "linux")]
+pub mod seccomp;
 mod vm;
 
 #[cfg(target_arch = "x86_64")]
