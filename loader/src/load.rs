@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use veil_abi::x86_64::{EntryRegisters, boot_gdt_bytes};
 use vm_memory::{ByteValued, GuestAddress};
 
+use crate::igvm::{IgvmError, IgvmPlan};
 use crate::image::{ImageError, KernelFormat, KernelImage};
 use crate::layout::{Layout, LayoutError};
 use crate::measure::MeasurementLog;
@@ -191,6 +192,9 @@ pub enum LoadError {
         /// Its page type.
         second: PageType,
     },
+    /// The IGVM file was refused.
+    #[error("bad IGVM file")]
+    Igvm(#[from] IgvmError),
     /// Writing into guest memory failed; what was written has been scrubbed.
     #[error("populating guest memory failed")]
     Populate(#[from] PopulateError),
@@ -244,6 +248,8 @@ pub struct BootPlan<'a> {
     pub objects: Vec<PlannedObject<'a>>,
     /// Their measurement.
     pub log: MeasurementLog,
+    /// What an IGVM file gave the plan beyond its pages (`None` for a kernel).
+    pub igvm: Option<IgvmPlan>,
 }
 
 /// What [`BootPlan::place`] did.
@@ -279,7 +285,12 @@ pub struct Loaded {
 
 /// Plans `source` for a guest with `ram`: parses and checks, lays out, builds boot data,
 /// cross-checks with linux-loader and measures. Touches no guest memory.
+///
+/// An IGVM file ([`KernelFormat::Igvm`]) is planned by [`plan_igvm`](crate::plan_igvm).
 pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>, LoadError> {
+    if let Some(KernelFormat::Igvm { platform }) = source.format {
+        return crate::igvm::plan_igvm(source, platform, ram);
+    }
     let image = match source.format {
         Some(format) => KernelImage::parse_as(source.kernel, format)?,
         None => KernelImage::parse(source.kernel)?,
@@ -323,12 +334,22 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         ram,
     )?;
     image.cross_check(GuestAddress(layout.kernel_load))?;
+    // Layout::compute_with places all three for every kernel it lays out.
+    let (Some(gdt), Some(boot_params_at), Some(cmdline_at)) =
+        (layout.gdt, layout.boot_params, layout.cmdline)
+    else {
+        return Err(LoadError::Layout(LayoutError::NoRoom {
+            what: "boot data",
+            size: boot_params_len,
+            limit: crate::layout::LOW_LIMIT,
+        }));
+    };
 
     // PVH kernels and flat images get an `hvm_start_info`.
     let start_info = || {
         pvh_start_info(
-            layout.boot_params.start().0,
-            layout.cmdline,
+            boot_params_at.start().0,
+            cmdline_at,
             layout.initrd,
             &map,
             rsdp,
@@ -339,7 +360,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             let params = linux_zero_page(
                 bz,
                 layout.kernel_load,
-                layout.cmdline,
+                cmdline_at,
                 layout.initrd,
                 &map,
                 rsdp,
@@ -347,27 +368,23 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             let tables = layout.page_tables.map(|r| r.start().0).unwrap_or_default();
             let entry = linux64_entry(
                 layout.kernel_load,
-                layout.boot_params.start().0,
+                boot_params_at.start().0,
                 tables,
-                layout.gdt.start().0,
+                gdt.start().0,
             );
             (params.as_slice().to_vec(), entry)
         }
         KernelImage::PvhElf(elf) => (
             start_info(),
-            pvh_entry(
-                elf.entry(),
-                layout.boot_params.start().0,
-                layout.gdt.start().0,
-            ),
+            pvh_entry(elf.entry(), boot_params_at.start().0, gdt.start().0),
         ),
         KernelImage::Flat(f) => (
             start_info(),
             flat64_entry(
                 f.entry(),
-                layout.boot_params.start().0,
+                boot_params_at.start().0,
                 layout.page_tables.map(|r| r.start().0).unwrap_or_default(),
-                layout.gdt.start().0,
+                gdt.start().0,
             ),
         ),
     };
@@ -399,13 +416,13 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             }),
         Some(PlannedObject {
             kind: ObjectKind::CommandLine,
-            range: layout.cmdline,
+            range: cmdline_at,
             bytes: Cow::Owned(cmdline),
             page_type: PageType::Normal,
         }),
         Some(PlannedObject {
             kind: ObjectKind::BootParams,
-            range: layout.boot_params,
+            range: boot_params_at,
             bytes: Cow::Owned(boot_params),
             page_type: PageType::Normal,
         }),
@@ -417,7 +434,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         }),
         Some(PlannedObject {
             kind: ObjectKind::Gdt,
-            range: layout.gdt,
+            range: gdt,
             bytes: Cow::Owned(boot_gdt_bytes()),
             page_type: PageType::Normal,
         }),
@@ -458,6 +475,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         entry,
         objects,
         log,
+        igvm: None,
     })
 }
 
