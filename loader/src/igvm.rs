@@ -300,6 +300,74 @@ pub fn check_fixed_header(file: &[u8]) -> Result<(), IgvmError> {
             "the variable headers do not lie between the fixed header and the end",
         ));
     }
+    check_variable_headers(file, offset as usize, end as usize)
+}
+
+/// Walks the variable headers in `file[start..end]` and checks what the `igvm` crate
+/// computes with unchecked arithmetic: every file data offset lies in the file data
+/// section (after the headers) and a parameter area's or CoRIM document's data fits the
+/// file. Relocation headers are refused here: veil does not relocate, and the crate's
+/// check of their sizes can overflow.
+fn check_variable_headers(file: &[u8], start: usize, end: usize) -> Result<(), IgvmError> {
+    let len = file.len() as u64;
+    let bad = |reason| IgvmError::Header { len, reason };
+    let data_start = end as u64;
+    let u32_at = |at: usize| -> Option<u32> {
+        Some(u32::from_le_bytes(
+            file.get(at..at.checked_add(4)?)?.try_into().ok()?,
+        ))
+    };
+    let u64_at = |at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(
+            file.get(at..at.checked_add(8)?)?.try_into().ok()?,
+        ))
+    };
+    let mut at = start;
+    let mut index = 0;
+    while at < end {
+        let (Some(typ), Some(length)) = (u32_at(at), u32_at(at + 4)) else {
+            return Err(bad("a variable header runs past the header section"));
+        };
+        let body = at + 8;
+        let body_end = body as u64 + u64::from(length);
+        if body_end > end as u64 {
+            return Err(bad("a variable header runs past the header section"));
+        }
+        // Where the body holds a file data offset, and how many bytes it points at
+        // (`None`: at most a page, which may end the file short).
+        let data: Option<(usize, Option<u64>)> = match typ {
+            // IGVM_VHT_RELOCATABLE_REGION, IGVM_VHT_PAGE_TABLE_RELOCATION_REGION
+            0x102 | 0x103 => {
+                return Err(IgvmError::Unsupported {
+                    index,
+                    what: "relocation",
+                });
+            }
+            // IGVM_VHT_CORIM_DOCUMENT, IGVM_VHT_CORIM_SIGNATURE: mask, offset, size.
+            0x104 | 0x105 => Some((4, Some(u32_at(body + 8).map_or(0, u64::from)))),
+            // IGVM_VHT_PARAMETER_AREA: number_of_bytes, index, offset.
+            0x301 => Some((12, Some(u64_at(body).unwrap_or(u64::MAX)))),
+            // IGVM_VHT_PAGE_DATA, IGVM_VHT_VP_CONTEXT: gpa, mask, offset.
+            0x302 | 0x304 => Some((12, None)),
+            _ => None,
+        };
+        if let Some((field, size)) = data
+            && u64::from(length) >= field as u64 + 4
+        {
+            let offset = u32_at(body + field).map_or(0, u64::from);
+            let fits = |size: u64| {
+                offset >= data_start && offset.checked_add(size).is_some_and(|e| e <= len)
+            };
+            // An offset of 0 means no data.
+            if offset != 0 && !fits(size.unwrap_or(0)) {
+                return Err(bad(
+                    "a header's file data lies outside the file data section",
+                ));
+            }
+        }
+        at = (body_end.div_ceil(8) * 8) as usize;
+        index += 1;
+    }
     Ok(())
 }
 
@@ -622,17 +690,6 @@ fn plan_file<'a>(
         return Err(IgvmError::CommandLineUnused);
     }
 
-    let entry = match platform {
-        IgvmPlatform::SevSnp => {
-            let v = vmsa.as_ref().ok_or(IgvmError::NoVpContext)?;
-            entry_of_vmsa(&v.bytes)?
-        }
-        // A TD's vCPUs start at the reset vector in the state the TDX module gives
-        // them; the entry is that vector's, which no TDX launch writes.
-        IgvmPlatform::Tdx => EntryRegisters::protected32(0xffff_fff0, 0),
-    };
-    entry.validate().map_err(IgvmError::Entry)?;
-
     let placements: Vec<Placement> = objects
         .iter()
         .map(|o| Placement {
@@ -645,6 +702,17 @@ fn plan_file<'a>(
         .map(|p| p.range)
         .reduce(|a, b| a.hull(&b))
         .ok_or(IgvmError::Empty { platform })?;
+    let entry = match platform {
+        IgvmPlatform::SevSnp => {
+            let v = vmsa.as_ref().ok_or(IgvmError::NoVpContext)?;
+            entry_of_vmsa(&v.bytes)?
+        }
+        // A TD's vCPUs start at the reset vector in the state the TDX module gives
+        // them; the entry is that vector's, which no TDX launch writes.
+        IgvmPlatform::Tdx => EntryRegisters::protected32(0xffff_fff0, 0),
+    };
+    entry.validate().map_err(IgvmError::Entry)?;
+
     let layout = Layout {
         placements,
         kernel_reserved: span,
