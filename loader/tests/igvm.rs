@@ -8,6 +8,7 @@
 mod igvm_files;
 
 use igvm::IgvmDirectiveHeader;
+use igvm::snp_defs::{SevSelector, SevVmsa};
 use igvm_defs::{IgvmPageDataFlags, IgvmPageDataType};
 use igvm_files::*;
 use veil_loader::veil_abi::x86_64::{CpuMode, EntryRegisters};
@@ -16,6 +17,66 @@ use veil_loader::{
     LoadError, ObjectKind, PageType, SharedOnly, load, plan,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zerocopy::{FromZeros, IntoBytes};
+
+/// The entry the samples' VMSA holds: 64-bit at the first page, on a GDT at 0x1000.
+pub fn sample_entry() -> EntryRegisters {
+    let mut e = EntryRegisters::long_mode(BASE, 0x9000, 0x1000);
+    e.regs.rsi = 0x7000;
+    e.regs.rsp = 0x8000;
+    e
+}
+
+fn selector(s: &EntryRegisters, which: u8) -> SevSelector {
+    let k = match which {
+        0 => &s.code,
+        1 => &s.data,
+        _ => &s.tss,
+    };
+    let attrib = u16::from(k.type_)
+        | u16::from(k.s) << 4
+        | u16::from(k.dpl) << 5
+        | u16::from(k.present) << 7
+        | u16::from(k.avl) << 8
+        | u16::from(k.l) << 9
+        | u16::from(k.db) << 10
+        | u16::from(k.g) << 11;
+    SevSelector {
+        selector: k.selector,
+        attrib,
+        limit: k.limit,
+        base: k.base,
+    }
+}
+
+/// A VMSA holding `e` (segments packed as SVM packs them, EFER with SVME): enough for
+/// the loader to decode, not the whole VMSA KVM would build.
+pub fn vmsa_of(e: &EntryRegisters) -> Vec<u8> {
+    let mut v = SevVmsa::new_zeroed();
+    let data = selector(e, 1);
+    v.es = data;
+    v.ss = data;
+    v.ds = data;
+    v.fs = data;
+    v.gs = data;
+    v.cs = selector(e, 0);
+    v.tr = selector(e, 2);
+    v.gdtr = SevSelector {
+        selector: 0,
+        attrib: 0,
+        limit: e.gdt.limit.into(),
+        base: e.gdt.base,
+    };
+    v.efer = e.efer | 1 << 12;
+    v.cr0 = e.cr0;
+    v.cr3 = e.cr3;
+    v.cr4 = e.cr4;
+    v.rip = e.regs.rip;
+    v.rflags = e.regs.rflags;
+    v.rsp = e.regs.rsp;
+    v.rsi = e.regs.rsi;
+    v.as_bytes().to_vec()
+}
 
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
 const CMDLINE: &str = "console=hvc0 veil.igvm=1";
