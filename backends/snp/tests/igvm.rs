@@ -208,3 +208,38 @@ fn a_tdx_plan_is_refused() {
         Err(veil_snp::MeasureError::Load(LoadError::Igvm(_)))
     ));
 }
+
+/// The committed IGVM fixture (`loader/tests/fixtures/sample.igvm`, which `veil
+/// measure --igvm` is tested on) is the sample built here, and its digests are the
+/// golden values, which are the igvm crate's. `VEIL_REBUILD_FIXTURES=1` rewrites it.
+const FIXTURE: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../loader/tests/fixtures/sample.igvm"
+);
+/// The fixture's SNP launch digest on one vCPU (policy 0x30000).
+const FIXTURE_SNP_DIGEST: &str = "65eed7e415dd110df49fb6b37668a73f06f457695c7d9ddab1d69140466a25037b45a7cc6990bd7e45d163f2950659bf";
+/// The fixture's MRTD.
+const FIXTURE_MRTD: &str = "56693fdb6fca331591470914c8e4a61a67db98181c6e96f635d3a72aa5243d137ec0c3a5e0650bd49ecf978049aa0637";
+
+#[test]
+fn committed_fixture_is_the_sample_and_its_digests_the_igvm_crates() {
+    let (file, parsed) = file_and_headers(sample_directives(
+        &kvm_vmsa(),
+        veil_snp::measure::placeholder_cpuid_page(),
+    ));
+    if std::env::var("VEIL_REBUILD_FIXTURES").is_ok_and(|v| v == "1") {
+        std::fs::write(FIXTURE, &file).unwrap();
+    }
+    assert_eq!(
+        std::fs::read(FIXTURE).unwrap(),
+        file,
+        "rebuild with VEIL_REBUILD_FIXTURES=1"
+    );
+    let snp = generate_snp_measurement(parsed.initializations(), parsed.directives(), SNP).unwrap();
+    let tdx = igvm::measurement::generate_tdx_measurement(parsed.directives(), TDX).unwrap();
+    assert_eq!(hex(&snp), FIXTURE_SNP_DIGEST);
+    assert_eq!(hex(&tdx), FIXTURE_MRTD);
+    let ram = GuestRam::new(RAM).unwrap();
+    let ours = measure(&source(&file), &ram, &SnpConfig::default(), 1, None).unwrap();
+    assert_eq!(ours.launch_digest, FIXTURE_SNP_DIGEST);
+}
