@@ -224,7 +224,7 @@ pub fn placeholder_cpuid_page() -> Vec<u8> {
 /// vCPUs with `config`, the direct boot pages added as [`SnpLaunch::launch`] adds them
 /// (`cpuid`: the table to place, [`placeholder_cpuid_page`] where no host is at hand; it does
 /// not change the digest). An IGVM file (`KernelFormat::Igvm`) gets no boot pages: it
-/// brings its own, and its VMSA is checked with [`check_igvm`](crate::launch::check_igvm).
+/// brings its own, and its VMSA is checked with [`check_igvm`].
 ///
 /// [`SnpLaunch::launch`]: crate::SnpLaunch::launch
 pub fn measure(
