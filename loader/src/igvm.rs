@@ -147,7 +147,9 @@ pub enum IgvmError {
     /// A directive or initialization header veil does not carry out.
     #[error("directive {index} ({what}) is not supported")]
     Unsupported {
-        /// Its index among the file's directives (or initialization headers).
+        /// Its index among the file's directives, or among its initialization headers,
+        /// or (relocation, refused before the file is parsed) among all its variable
+        /// headers.
         index: usize,
         /// What it is.
         what: &'static str,
@@ -391,6 +393,9 @@ pub fn plan_igvm<'a>(
     platform: IgvmPlatform,
     ram: &GuestRam,
 ) -> Result<BootPlan<'a>, LoadError> {
+    if let Some(offset) = source.cmdline.bytes().position(|b| b == 0) {
+        return Err(LoadError::CommandLineNul { offset });
+    }
     Ok(plan_file(source, platform, ram)?)
 }
 

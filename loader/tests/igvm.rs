@@ -608,3 +608,28 @@ fn command_lines_and_other_inputs_the_file_cannot_take_are_refused() {
         IgvmError::RequiredMemory { .. }
     ));
 }
+
+#[test]
+fn relocation_headers_are_refused_before_parsing() {
+    // The guest policy header (the third variable header) made a relocatable region.
+    let mut f = sample_file();
+    assert_eq!(u32::from_le_bytes(f[0x48..0x4c].try_into().unwrap()), 0x101);
+    f[0x48..0x4c].copy_from_slice(&0x102u32.to_le_bytes());
+    fix_checksum(&mut f);
+    assert!(matches!(
+        igvm_error(snp(&f, "")),
+        IgvmError::Unsupported {
+            index: 2,
+            what: "relocation"
+        }
+    ));
+}
+
+#[test]
+fn a_command_line_with_a_nul_is_refused() {
+    let file = sample_file();
+    assert!(matches!(
+        snp(&file, "quiet\0x"),
+        Err(LoadError::CommandLineNul { offset: 5 })
+    ));
+}
