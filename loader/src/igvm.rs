@@ -4,8 +4,9 @@
 //! IGVM files as a boot source: their page data, page types, parameter areas and vCPU
 //! state become a [`BootPlan`] that a launch technology issues like any other.
 //!
-//! The file is read with the `igvm` crate after veil has checked its fixed header (the
-//! crate's own arithmetic on it is not checked), for one platform: SEV-SNP or TDX. Its
+//! The file is read with the `igvm` crate for one platform, SEV-SNP or TDX, after veil
+//! has checked the header sizes and file data offsets the crate computes with unchecked
+//! arithmetic ([`check_fixed_header`]). Its
 //! directives are then taken in file order, and everything veil cannot carry out exactly
 //! as the file asks is refused with an [`IgvmError`] before a plan exists:
 //!
@@ -24,8 +25,8 @@
 //! native, VBS and AArch64 VP contexts, the VP count, environment info, SRAT, MADT, SLIT,
 //! PPTT, MMIO ranges and device tree parameters, error ranges, SNP ID blocks, VBS
 //! measurements, and every initialization header but the guest policy (relocatable
-//! regions, page table relocation, CoRIM documents and signatures, CCA policies). A TD has no VP context:
-//! its vCPUs start where the TDX module puts them.
+//! regions, page table relocation, CoRIM documents and signatures, CCA policies). A TD
+//! has no VP context: its vCPUs start where the TDX module puts them.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -260,8 +261,8 @@ pub enum IgvmError {
     },
 }
 
-/// Checks the fixed header's sizes and offsets against the file, which the `igvm`
-/// crate reads with unchecked arithmetic.
+/// Checks the fixed header's sizes and offsets against the file, then walks the
+/// variable headers: what the `igvm` crate reads with unchecked arithmetic.
 pub fn check_fixed_header(file: &[u8]) -> Result<(), IgvmError> {
     let len = file.len() as u64;
     let bad = |reason| IgvmError::Header { len, reason };
@@ -721,10 +722,11 @@ fn plan_file<'a>(
     let layout = Layout {
         placements,
         kernel_reserved: span,
-        gdt: None,
+        // The file's own pages are its boot data.
+        gdt: span,
         page_tables: None,
-        boot_params: None,
-        cmdline: None,
+        boot_params: span,
+        cmdline: span,
         initrd: None,
         kernel_load: span.start().0,
         firmware: None,
@@ -757,7 +759,7 @@ fn plan_file<'a>(
     })
 }
 
-/// Checks placements against RAM: what [`plan_igvm`] does once the layout exists.
+/// Checks that every placement lies in one RAM range and none overlaps another.
 fn check_layout(layout: &Layout, ram: &GuestRam) -> Result<(), LayoutError> {
     if let Some(p) = layout.placements.iter().find(|p| !ram.holds(&p.range)) {
         return Err(LayoutError::OutsideRam {

@@ -105,6 +105,9 @@ pub enum LayoutError {
 }
 
 /// The computed layout.
+///
+/// An IGVM image's boot data is the file's own pages, which `placements` lists: for one,
+/// `gdt`, `boot_params`, `cmdline` and `kernel_reserved` are the span of those pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Every placed object in placement order: kernel segments (or the kernel), initrd,
@@ -113,15 +116,14 @@ pub struct Layout {
     /// The memory a bzImage needs from its load address (`init_size`): no other object
     /// may be placed there. For an ELF kernel, the span of its segments.
     pub kernel_reserved: ByteRange,
-    /// Where the GDT is (`None` for an IGVM image, which brings its own boot data).
-    pub gdt: Option<ByteRange>,
+    /// Where the GDT is.
+    pub gdt: ByteRange,
     /// Where the page tables are, for a 64-bit entry.
     pub page_tables: Option<ByteRange>,
-    /// Where the boot parameters are (`None` for an IGVM image).
-    pub boot_params: Option<ByteRange>,
-    /// Where the command line is, with its NUL (`None` for an IGVM image, whose command
-    /// line, if it takes one, is in a parameter area).
-    pub cmdline: Option<ByteRange>,
+    /// Where the boot parameters are.
+    pub boot_params: ByteRange,
+    /// Where the command line is (with its NUL).
+    pub cmdline: ByteRange,
     /// Where the initrd is.
     pub initrd: Option<ByteRange>,
     /// The bzImage's load address, or the lowest ELF segment address.
@@ -371,10 +373,10 @@ impl Layout {
         let layout = Layout {
             placements,
             kernel_reserved,
-            gdt: Some(gdt),
+            gdt,
             page_tables,
-            boot_params: Some(boot_params),
-            cmdline: Some(cmdline),
+            boot_params,
+            cmdline,
             initrd,
             kernel_load: kernel_reserved.start().0,
             firmware,

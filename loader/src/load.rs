@@ -334,22 +334,12 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         ram,
     )?;
     image.cross_check(GuestAddress(layout.kernel_load))?;
-    // Layout::compute_with places all three for every kernel it lays out.
-    let (Some(gdt), Some(boot_params_at), Some(cmdline_at)) =
-        (layout.gdt, layout.boot_params, layout.cmdline)
-    else {
-        return Err(LoadError::Layout(LayoutError::NoRoom {
-            what: "boot data",
-            size: boot_params_len,
-            limit: crate::layout::LOW_LIMIT,
-        }));
-    };
 
     // PVH kernels and flat images get an `hvm_start_info`.
     let start_info = || {
         pvh_start_info(
-            boot_params_at.start().0,
-            cmdline_at,
+            layout.boot_params.start().0,
+            layout.cmdline,
             layout.initrd,
             &map,
             rsdp,
@@ -360,7 +350,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             let params = linux_zero_page(
                 bz,
                 layout.kernel_load,
-                cmdline_at,
+                layout.cmdline,
                 layout.initrd,
                 &map,
                 rsdp,
@@ -368,23 +358,27 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             let tables = layout.page_tables.map(|r| r.start().0).unwrap_or_default();
             let entry = linux64_entry(
                 layout.kernel_load,
-                boot_params_at.start().0,
+                layout.boot_params.start().0,
                 tables,
-                gdt.start().0,
+                layout.gdt.start().0,
             );
             (params.as_slice().to_vec(), entry)
         }
         KernelImage::PvhElf(elf) => (
             start_info(),
-            pvh_entry(elf.entry(), boot_params_at.start().0, gdt.start().0),
+            pvh_entry(
+                elf.entry(),
+                layout.boot_params.start().0,
+                layout.gdt.start().0,
+            ),
         ),
         KernelImage::Flat(f) => (
             start_info(),
             flat64_entry(
                 f.entry(),
-                boot_params_at.start().0,
+                layout.boot_params.start().0,
                 layout.page_tables.map(|r| r.start().0).unwrap_or_default(),
-                gdt.start().0,
+                layout.gdt.start().0,
             ),
         ),
     };
@@ -416,13 +410,13 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
             }),
         Some(PlannedObject {
             kind: ObjectKind::CommandLine,
-            range: cmdline_at,
+            range: layout.cmdline,
             bytes: Cow::Owned(cmdline),
             page_type: PageType::Normal,
         }),
         Some(PlannedObject {
             kind: ObjectKind::BootParams,
-            range: boot_params_at,
+            range: layout.boot_params,
             bytes: Cow::Owned(boot_params),
             page_type: PageType::Normal,
         }),
@@ -434,7 +428,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         }),
         Some(PlannedObject {
             kind: ObjectKind::Gdt,
-            range: gdt,
+            range: layout.gdt,
             bytes: Cow::Owned(boot_gdt_bytes()),
             page_type: PageType::Normal,
         }),

@@ -106,7 +106,7 @@ fn setup_data_is_linked_and_ram_reserved_in_the_zero_page() {
 
     let mem = memory(RAM);
     let loaded = plan.place(&SharedOnly::new(&mem)).unwrap();
-    let zp = loaded.layout.boot_params.unwrap().start().0;
+    let zp = loaded.layout.boot_params.start().0;
     let bp = read(&mem, zp, 4096);
     // hdr.setup_data (0x250) heads the list: the newest entry first.
     assert_eq!(u64_at(&bp, 0x250), second.start().0);

@@ -75,7 +75,7 @@ fn bzimage_gets_the_rsdp_and_an_e820_without_the_tables() {
     assert_eq!(l.firmware, Some(range));
     assert_eq!(read(&mem, BASE, t.len()), t);
 
-    let zp = read(&mem, l.boot_params.unwrap().start().0, 4096);
+    let zp = read(&mem, l.boot_params.start().0, 4096);
     assert_eq!(u64_at(&zp, 0x70), RSDP, "boot_params.acpi_rsdp_addr");
     assert_eq!(e820(&zp), expected_map());
 
@@ -119,12 +119,12 @@ fn pvh_gets_the_rsdp_and_a_memory_map_without_the_tables() {
         .cmdline(PVH_CMDLINE)
         .firmware(firmware(&t));
     let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
-    let info = read(&mem, loaded.layout.boot_params.unwrap().start().0, 512);
+    let info = read(&mem, loaded.layout.boot_params.start().0, 512);
     assert_eq!(u32_at(&info, 0), PVH_START_MAGIC);
     assert_eq!(u64_at(&info, 32), RSDP, "hvm_start_info.rsdp_paddr");
     let memmap = u64_at(&info, 40);
     let entries = u32_at(&info, 48) as usize;
-    let at = (memmap - loaded.layout.boot_params.unwrap().start().0) as usize;
+    let at = (memmap - loaded.layout.boot_params.start().0) as usize;
     let map: Vec<(u64, u64, u32)> = (0..entries)
         .map(|i| {
             let o = at + 24 * i;
@@ -137,7 +137,7 @@ fn pvh_gets_the_rsdp_and_a_memory_map_without_the_tables() {
         .collect();
     assert_eq!(map, expected_map());
     assert_eq!(
-        loaded.layout.boot_params.unwrap().len(),
+        loaded.layout.boot_params.len(),
         56 + 24 * expected_map().len() as u64
     );
 }
@@ -147,7 +147,7 @@ fn without_tables_nothing_changes() {
     let mem = memory(RAM);
     let source = BootSource::new(BZ_KERNEL).cmdline(BZ_CMDLINE);
     let loaded = load(&source, &SharedOnly::new(&mem)).unwrap();
-    let zp = read(&mem, loaded.layout.boot_params.unwrap().start().0, 4096);
+    let zp = read(&mem, loaded.layout.boot_params.start().0, 4096);
     assert_eq!(u64_at(&zp, 0x70), 0);
     assert_eq!(
         e820(&zp),

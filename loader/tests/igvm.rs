@@ -219,10 +219,14 @@ fn snp_file_becomes_a_plan_with_every_page_type() {
     assert_eq!(vmsa.bytes, vmsa_of(&sample_entry()));
 
     // No boot data of veil's own; the log has the whole file, then every object.
+    let span = veil_loader::ByteRange::new(BASE, 0x9000).unwrap();
     assert_eq!(
         (p.layout.gdt, p.layout.boot_params, p.layout.cmdline),
-        (None, None, None)
+        (span, span, span),
+        "the file's pages are its boot data"
     );
+    assert_eq!(p.layout.kernel_reserved, span);
+    assert_eq!(p.layout.page_tables, None);
     assert_eq!(p.layout.kernel_load, BASE);
     assert_eq!(p.log.entries.len(), 1 + p.objects.len());
     assert_eq!(p.log.entries[0].kind, ObjectKind::KernelImage);

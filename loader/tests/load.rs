@@ -68,7 +68,7 @@ fn pvh_loads_into_plain_memory() {
     assert_eq!(read(&mem, 0x10_2000, 1), [0xcc]);
 
     // Command line with its NUL.
-    let cmd = layout.cmdline.unwrap();
+    let cmd = layout.cmdline;
     assert_eq!(cmd.len() as usize, PVH_CMDLINE.len() + 1);
     let mut expected = PVH_CMDLINE.as_bytes().to_vec();
     expected.push(0);
@@ -85,8 +85,8 @@ fn pvh_loads_into_plain_memory() {
     // hvm_start_info.
     let si = read(
         &mem,
-        layout.boot_params.unwrap().start().0,
-        layout.boot_params.unwrap().len() as usize,
+        layout.boot_params.start().0,
+        layout.boot_params.len() as usize,
     );
     assert_eq!(u32_at(&si, 0), PVH_START_MAGIC);
     assert_eq!(u32_at(&si, 4), 1);
@@ -109,7 +109,7 @@ fn pvh_loads_into_plain_memory() {
     }
 
     // GDT, and no page tables for a 32-bit entry.
-    let gdt = read(&mem, layout.gdt.unwrap().start().0, 40);
+    let gdt = read(&mem, layout.gdt.start().0, 40);
     for (i, word) in BOOT_GDT.iter().enumerate() {
         assert_eq!(u64_at(&gdt, i * 8), *word);
     }
@@ -119,8 +119,8 @@ fn pvh_loads_into_plain_memory() {
     let e = loaded.entry;
     assert_eq!(e.mode, CpuMode::Protected32);
     assert_eq!(e.regs.rip, 0x10_0000);
-    assert_eq!(e.regs.rbx, layout.boot_params.unwrap().start().0);
-    assert_eq!(e.gdt.base, layout.gdt.unwrap().start().0);
+    assert_eq!(e.regs.rbx, layout.boot_params.start().0);
+    assert_eq!(e.gdt.base, layout.gdt.start().0);
     assert_eq!(e.code.selector, BOOT_CODE32);
     assert_eq!(e.data.selector, BOOT_DATA);
     assert_eq!(e.tss.selector, BOOT_TSS);
@@ -163,7 +163,7 @@ fn bzimage_loads_into_plain_memory() {
         &BZ_KERNEL[0x400..]
     );
 
-    let bp = read(&mem, l.boot_params.unwrap().start().0, 4096);
+    let bp = read(&mem, l.boot_params.start().0, 4096);
     // The setup header is the image's, up to its declared end (0x26c).
     assert_eq!(bp[0x1f1], BZ_KERNEL[0x1f1]);
     assert_eq!(&bp[0x202..0x206], b"HdrS");
@@ -171,7 +171,7 @@ fn bzimage_loads_into_plain_memory() {
     assert_eq!(bp[0x210], 0xff, "type_of_loader");
     assert_eq!(bp[0x211], 0x01, "loadflags: LOADED_HIGH only");
     assert_eq!(u32_at(&bp, 0x214), 0x100_0000, "code32_start");
-    assert_eq!(u32_at(&bp, 0x228) as u64, l.cmdline.unwrap().start().0);
+    assert_eq!(u32_at(&bp, 0x228) as u64, l.cmdline.start().0);
     let ird = l.initrd.unwrap();
     assert_eq!(u32_at(&bp, 0x218) as u64, ird.start().0);
     assert_eq!(u32_at(&bp, 0x21c) as usize, initrd.len());
@@ -193,7 +193,7 @@ fn bzimage_loads_into_plain_memory() {
     let e = loaded.entry;
     assert_eq!(e.mode, CpuMode::Long64);
     assert_eq!(e.regs.rip, 0x100_0200);
-    assert_eq!(e.regs.rsi, l.boot_params.unwrap().start().0);
+    assert_eq!(e.regs.rsi, l.boot_params.start().0);
     assert_eq!(e.cr3, pt.start().0);
     assert_eq!(e.code.selector, BOOT_CODE64);
     assert_eq!(e.code.l, 1);
@@ -499,7 +499,7 @@ fn empty_initrd_is_no_initrd() {
     assert_eq!(empty.layout, none.layout);
     assert_eq!(empty.log, none.log);
     assert_eq!(
-        none.layout.boot_params.unwrap().len(),
+        none.layout.boot_params.len(),
         56 + 2 * 24,
         "start info and memory map only"
     );
@@ -517,7 +517,7 @@ fn loader_values_replace_the_images_ramdisk_fields() {
         &SharedOnly::new(&mem),
     )
     .unwrap();
-    let bp = read(&mem, loaded.layout.boot_params.unwrap().start().0, 4096);
+    let bp = read(&mem, loaded.layout.boot_params.start().0, 4096);
     assert_eq!((u32_at(&bp, 0x218), u32_at(&bp, 0x21c)), (0, 0));
 }
 
@@ -535,10 +535,10 @@ fn flat_image_loads_at_its_address_with_a_start_info() {
     e.validate().unwrap();
     assert_eq!(e.mode, CpuMode::Long64);
     assert_eq!(e.regs.rip, 0x20_0000);
-    assert_eq!(e.regs.rbx, l.boot_params.unwrap().start().0);
+    assert_eq!(e.regs.rbx, l.boot_params.start().0);
     assert_eq!(e.cr3, l.page_tables.unwrap().start().0);
     assert_eq!(e.code.selector, BOOT_CODE64);
-    let info = read(&mem, l.boot_params.unwrap().start().0, 48);
+    let info = read(&mem, l.boot_params.start().0, 48);
     assert_eq!(
         u32::from_le_bytes(info[0..4].try_into().unwrap()),
         PVH_START_MAGIC
@@ -574,5 +574,5 @@ fn flat_images_that_cannot_be_placed_are_refused() {
     ));
     // The boot data moves out of its way.
     let low = plan(&BootSource::flat(&code, 0x1000), &ram).unwrap();
-    assert!(low.layout.gdt.unwrap().start().0 >= 0x2000);
+    assert!(low.layout.gdt.start().0 >= 0x2000);
 }

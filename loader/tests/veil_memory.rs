@@ -119,7 +119,7 @@ fn a_private_page_in_the_way_stops_loading_before_any_write() {
     let source = BootSource::new(PVH_KERNEL).cmdline(PVH_CMDLINE);
     let planned = plan(&source, &GuestRam::new(RAM).unwrap()).unwrap();
     // Make the GDT's page private beforehand.
-    let gdt = planned.layout.gdt.unwrap().page_aligned().unwrap();
+    let gdt = planned.layout.gdt.page_aligned().unwrap();
     mem.convert_gpa(gdt.start().0, gdt.len(), Attributes::PRIVATE)
         .unwrap();
     let err = load(&source, &mem).unwrap_err();
