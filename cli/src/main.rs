@@ -172,6 +172,10 @@ pub struct MeasureArgs {
     /// The TDX MRTD of the pages veil's TDX launch would add.
     #[arg(long)]
     pub tdx: bool,
+    /// The --kernel file is an IGVM file, read for --snp or --tdx: its own pages and
+    /// vCPU state, the command line (if given) in its command line parameter.
+    #[arg(long)]
+    pub igvm: bool,
     /// Print the log (every page, for --snp and --tdx) and the digest as JSON.
     #[arg(long)]
     pub json: bool,

@@ -289,6 +289,10 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
 /// Runs `veil measure`: the log a `veil run` of the same arguments records, or the SNP
 /// launch digest or TDX MRTD of the pages those backends would issue.
 pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
+    if args.igvm {
+        print!("{}", measure_igvm(args)?);
+        return Ok(());
+    }
     let config = config(&args.boot)?;
     let image = veil_machine::BootImage::new(&config).map_err(failure)?;
     let source = image.source(&config);
@@ -366,9 +370,144 @@ pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `veil measure --igvm`: the IGVM file planned for the platform asked for, in the RAM
+/// `veil run` would give the guest, and measured as that platform's launch would issue
+/// it: the report `veil measure` prints. SNP uses the file's guest policy where it
+/// names one.
+fn measure_igvm(args: &MeasureArgs) -> Result<String, Failure> {
+    use std::fmt::Write as _;
+    use veil_vmm::veil_loader::{BootSource, GuestRam, IgvmPlatform, KernelFormat};
+    let platform = match (args.snp, args.tdx) {
+        (true, _) => IgvmPlatform::SevSnp,
+        (_, true) => IgvmPlatform::Tdx,
+        _ => {
+            return Err(Failure::usage(
+                "--igvm needs --snp or --tdx: an IGVM file is read for one platform",
+            ));
+        }
+    };
+    if args.boot.initrd.is_some() {
+        return Err(Failure::usage(
+            "--igvm takes no --initrd: an IGVM file brings its own pages",
+        ));
+    }
+    let file = read("IGVM file", &args.boot.kernel)?;
+    let failed = |e: &(dyn std::error::Error + 'static)| {
+        Failure::usage(format!(
+            "cannot measure {}: {}",
+            args.boot.kernel.display(),
+            chain(e)
+        ))
+    };
+    let layout =
+        veil_machine::layout::MemoryLayout::new(args.boot.memory).map_err(|e| failed(&e))?;
+    let ram = GuestRam::new(&layout.ram()).map_err(|e| failed(&e))?;
+    let source = BootSource::new(&file)
+        .format(KernelFormat::Igvm { platform })
+        .cmdline(args.boot.cmdline.as_deref().unwrap_or(""));
+    let plan = veil_vmm::veil_loader::plan(&source, &ram).map_err(|e| failed(&e))?;
+    let mut out = String::new();
+    if platform == IgvmPlatform::Tdx {
+        let m = veil_tdx::measure_plan(&plan, &veil_tdx::TdxConfig::default())
+            .map_err(|e| failed(&e))?;
+        if args.json {
+            let _ = writeln!(out, "{}", m.to_json());
+        } else {
+            let measured = m.pages.iter().filter(|p| p.measured).count();
+            let _ = writeln!(
+                out,
+                "TDX MRTD of the IGVM file {}",
+                args.boot.kernel.display()
+            );
+            let _ = writeln!(out, "  {measured:>8} measured pages");
+            let _ = writeln!(out, "  {:>8} unmeasured pages", m.pages.len() - measured);
+            let _ = writeln!(out, "MRTD: {} (--json lists every page)", m.mrtd);
+        }
+        return Ok(out);
+    }
+    let mut config = veil_snp::SnpConfig::default();
+    if let Some(policy) = plan.igvm.as_ref().and_then(|i| i.guest_policy) {
+        config.policy = veil_snp::SnpPolicy::new(policy).map_err(|e| failed(&e))?;
+    }
+    let m = veil_snp::measure_plan(&plan, &config, args.boot.vcpus).map_err(|e| failed(&e))?;
+    if args.json {
+        let _ = writeln!(out, "{}", m.to_json());
+    } else {
+        let _ = writeln!(
+            out,
+            "SEV-SNP launch digest of the IGVM file {}",
+            args.boot.kernel.display()
+        );
+        let mut by_type = std::collections::BTreeMap::<&str, usize>::new();
+        for p in &m.pages {
+            *by_type.entry(p.page_type).or_default() += 1;
+        }
+        for (t, n) in by_type {
+            let _ = writeln!(out, "  {n:>8} {t} pages");
+        }
+        let _ = writeln!(
+            out,
+            "launch digest: {} ({} pages, {} vCPUs, policy {:#x}; --json lists every page)",
+            m.launch_digest,
+            m.pages.len(),
+            m.vcpus,
+            m.policy
+        );
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const IGVM: &[u8] = include_bytes!("../../loader/tests/fixtures/sample.igvm");
+    /// The fixture's digests, the igvm crate's own (veil-snp's `tests/igvm.rs`).
+    const IGVM_SNP_DIGEST: &str = "65eed7e415dd110df49fb6b37668a73f06f457695c7d9ddab1d69140466a25037b45a7cc6990bd7e45d163f2950659bf";
+    const IGVM_MRTD: &str = "56693fdb6fca331591470914c8e4a61a67db98181c6e96f635d3a72aa5243d137ec0c3a5e0650bd49ecf978049aa0637";
+
+    fn igvm_args(file: &Path, extra: &[&str]) -> MeasureArgs {
+        use clap::Parser;
+        let mut argv = vec!["veil", "measure", "--igvm", "--kernel"];
+        let path = file.to_str().unwrap();
+        argv.push(path);
+        argv.extend_from_slice(extra);
+        match crate::Cli::try_parse_from(argv).unwrap().command {
+            Some(crate::Command::Measure(m)) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn measure_igvm_gives_the_files_digests_or_says_why_not() {
+        let path = std::env::temp_dir().join(format!("veil-cli-{}.igvm", std::process::id()));
+        fs::write(&path, IGVM).unwrap();
+        let snp = measure_igvm(&igvm_args(&path, &["--snp", "--json"])).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&snp).unwrap();
+        assert_eq!(v["launch_digest"], IGVM_SNP_DIGEST);
+        assert_eq!(v["policy"], 0x30000);
+        assert_eq!(v["pages"].as_array().unwrap().len(), 10);
+        let text = measure_igvm(&igvm_args(&path, &["--snp", "--cmdline", "quiet"])).unwrap();
+        assert!(text.contains(IGVM_SNP_DIGEST), "{text}");
+        let tdx = measure_igvm(&igvm_args(&path, &["--tdx"])).unwrap();
+        assert!(tdx.contains(IGVM_MRTD), "{tdx}");
+
+        let refused = |extra: &[&str], says: &str| {
+            let e = measure_igvm(&igvm_args(&path, extra)).unwrap_err();
+            assert!(e.message.contains(says), "{}", e.message);
+            assert_eq!(e.status, Status::Usage);
+        };
+        refused(&[], "needs --snp or --tdx");
+        refused(&["--snp", "--initrd", "/dev/null"], "no --initrd");
+        refused(&["--snp", "--cmdline", &"x".repeat(5000)], "does not fit");
+        refused(
+            &["--snp", "--vcpus", "2", "--memory", "1M"],
+            "not inside one RAM range",
+        );
+        fs::write(&path, &IGVM[..1000]).unwrap();
+        refused(&["--tdx"], "truncated");
+        let _ = fs::remove_file(&path);
+    }
 
     #[test]
     fn private_ranges_parse_or_say_why() {

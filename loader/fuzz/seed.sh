@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Seeds the fuzz corpus with the test fixtures, one copy per flags byte (see harness.rs).
+# Seeds the fuzz corpora with the test fixtures, one copy per flags byte (see harness.rs
+# and igvm_harness.rs).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 corpus="$here/corpus/load"
@@ -8,4 +9,9 @@ for f in pvh-test-kernel.elf bzimage-test-kernel.bin; do
     for flags in 0 4 8 12 1 2; do
         { printf "\\x$(printf %02x "$flags")"; cat "$here/../tests/fixtures/$f"; } > "$corpus/$f.$flags"
     done
+done
+corpus="$here/corpus/igvm"
+mkdir -p "$corpus"
+for flags in 0 1 2 3 4 5 6 7; do
+    { printf "\\x$(printf %02x "$flags")"; cat "$here/../tests/fixtures/sample.igvm"; } > "$corpus/sample.igvm.$flags"
 done

@@ -133,6 +133,10 @@ pub enum ImageError {
         /// What is wrong.
         reason: &'static str,
     },
+    /// An IGVM file where a kernel was expected: it is planned for a platform
+    /// ([`KernelFormat::Igvm`]), not parsed as a kernel.
+    #[error("an IGVM file is not a kernel: plan it as KernelFormat::Igvm for SEV-SNP or TDX")]
+    Igvm,
     /// The ELF carries no PVH entry note (`XEN_ELFNOTE_PHYS32_ENTRY`).
     #[error("ELF has no PVH entry note")]
     NoPvhNote,
@@ -202,6 +206,12 @@ pub enum KernelFormat {
         /// The guest-physical address of its first byte, and its entry point (4 KiB
         /// aligned, below 4 GiB).
         load: u64,
+    },
+    /// An IGVM file, read for one platform ([`plan_igvm`](crate::plan_igvm)). It is a
+    /// boot image of its own, not a kernel: its pages and vCPU state come from the file.
+    Igvm {
+        /// The platform its directives are taken for.
+        platform: crate::igvm::IgvmPlatform,
     },
 }
 
@@ -380,6 +390,9 @@ impl<'a> KernelImage<'a> {
         if bytes.get(0x202..0x206) == Some(&HDRS.to_le_bytes()[..]) {
             return Self::parse_bzimage(bytes);
         }
+        if bytes.starts_with(b"IGVM") {
+            return Err(ImageError::Igvm);
+        }
         Err(ImageError::UnknownFormat)
     }
 
@@ -389,6 +402,7 @@ impl<'a> KernelImage<'a> {
             KernelFormat::PvhElf => Self::parse_elf(bytes),
             KernelFormat::BzImage => Self::parse_bzimage(bytes),
             KernelFormat::Flat64 { load } => Self::parse_flat(bytes, load),
+            KernelFormat::Igvm { .. } => Err(ImageError::Igvm),
         }
     }
 

@@ -105,6 +105,9 @@ pub enum LayoutError {
 }
 
 /// The computed layout.
+///
+/// An IGVM image's boot data is the file's own pages, which `placements` lists: for one,
+/// `gdt`, `boot_params`, `cmdline` and `kernel_reserved` are the span of those pages.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Layout {
     /// Every placed object in placement order: kernel segments (or the kernel), initrd,

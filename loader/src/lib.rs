@@ -9,6 +9,8 @@
 #[cfg(target_arch = "x86_64")]
 mod extra;
 #[cfg(target_arch = "x86_64")]
+pub mod igvm;
+#[cfg(target_arch = "x86_64")]
 mod image;
 #[cfg(target_arch = "x86_64")]
 mod layout;
@@ -24,6 +26,8 @@ mod x86;
 
 #[cfg(target_arch = "x86_64")]
 pub use extra::{E820_RESERVED, ExtraObject, PlanEditError, SETUP_DATA_HEADER};
+#[cfg(target_arch = "x86_64")]
+pub use igvm::{IgvmError, IgvmPlan, IgvmPlatform, SnpVmsa, plan_igvm};
 #[cfg(target_arch = "x86_64")]
 pub use image::{
     BzImage, ElfSegment, FlatImage, ImageError, KernelFormat, KernelImage, MIN_BOOT_PROTOCOL,

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use veil_abi::x86_64::{EntryRegisters, boot_gdt_bytes};
 use vm_memory::{ByteValued, GuestAddress};
 
+use crate::igvm::{IgvmError, IgvmPlan};
 use crate::image::{ImageError, KernelFormat, KernelImage};
 use crate::layout::{Layout, LayoutError};
 use crate::measure::MeasurementLog;
@@ -191,6 +192,9 @@ pub enum LoadError {
         /// Its page type.
         second: PageType,
     },
+    /// The IGVM file was refused.
+    #[error("bad IGVM file")]
+    Igvm(#[from] IgvmError),
     /// Writing into guest memory failed; what was written has been scrubbed.
     #[error("populating guest memory failed")]
     Populate(#[from] PopulateError),
@@ -244,6 +248,8 @@ pub struct BootPlan<'a> {
     pub objects: Vec<PlannedObject<'a>>,
     /// Their measurement.
     pub log: MeasurementLog,
+    /// What an IGVM file gave the plan beyond its pages (`None` for a kernel).
+    pub igvm: Option<IgvmPlan>,
 }
 
 /// What [`BootPlan::place`] did.
@@ -279,7 +285,12 @@ pub struct Loaded {
 
 /// Plans `source` for a guest with `ram`: parses and checks, lays out, builds boot data,
 /// cross-checks with linux-loader and measures. Touches no guest memory.
+///
+/// An IGVM file ([`KernelFormat::Igvm`]) is planned by [`plan_igvm`](crate::plan_igvm).
 pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>, LoadError> {
+    if let Some(KernelFormat::Igvm { platform }) = source.format {
+        return crate::igvm::plan_igvm(source, platform, ram);
+    }
     let image = match source.format {
         Some(format) => KernelImage::parse_as(source.kernel, format)?,
         None => KernelImage::parse(source.kernel)?,
@@ -458,6 +469,7 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         entry,
         objects,
         log,
+        igvm: None,
     })
 }
 

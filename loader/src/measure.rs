@@ -54,6 +54,10 @@ pub enum ObjectKind {
     /// A page a launch technology adds for its guest (one its firmware fills, a table
     /// the guest reads), placed with [`BootPlan::add_objects`](crate::BootPlan::add_objects).
     LaunchData,
+    /// A page of an IGVM file's page data.
+    IgvmPage,
+    /// An IGVM parameter area, filled by veil and inserted where the file says.
+    IgvmParameters,
 }
 
 impl ObjectKind {
@@ -71,6 +75,8 @@ impl ObjectKind {
             ObjectKind::FirmwareTables => "firmware-tables",
             ObjectKind::SetupData => "setup-data",
             ObjectKind::LaunchData => "launch-data",
+            ObjectKind::IgvmPage => "igvm-page",
+            ObjectKind::IgvmParameters => "igvm-parameters",
         }
     }
 }

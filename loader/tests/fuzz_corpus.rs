@@ -4,10 +4,15 @@
 //! The fuzz harness (`fuzz/harness.rs`, the body of the cargo-fuzz target) run in every
 //! `cargo test`: over the fixtures with every flags byte, and over a fixed set of
 //! pseudo-random mutations of them (byte flips, random header words, truncations,
-//! splices). No input may panic.
+//! splices). No input may panic. The IGVM harness (`fuzz/igvm_harness.rs`) likewise,
+//! over `fixtures/sample.igvm` and mutations of its headers with the checksum repaired.
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
+#[path = "../fuzz/igvm_harness.rs"]
+mod igvm_harness;
+
+const IGVM: &[u8] = include_bytes!("fixtures/sample.igvm");
 
 const FIXTURES: [&[u8]; 2] = [
     include_bytes!("fixtures/pvh-test-kernel.elf"),
@@ -88,5 +93,60 @@ fn pseudo_random_mutations() {
             }
         }
         harness::run(&with_flags(rng.below(16) as u8, &k));
+    }
+}
+
+#[test]
+fn igvm_fixture_with_every_flag_combination() {
+    for flags in 0..8u8 {
+        igvm_harness::run(&with_flags(flags, IGVM));
+    }
+    igvm_harness::run(&[4]);
+    igvm_harness::run(&with_flags(4, &IGVM[..24]));
+}
+
+#[test]
+fn igvm_pseudo_random_mutations() {
+    let mut rng = Rng(0x4947_564d_4947_564d);
+    let headers_end = {
+        let w = |at: usize| u32::from_le_bytes(IGVM[at..at + 4].try_into().unwrap()) as usize;
+        w(8) + w(12)
+    };
+    for _ in 0..5000 {
+        let mut f = IGVM.to_vec();
+        match rng.below(4) {
+            // Flip a few bits of the headers.
+            0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let at = rng.below(headers_end);
+                    f[at] ^= 1 << rng.below(8);
+                }
+            }
+            // A random 32-bit word at a header offset.
+            1 => {
+                let at = rng.below(headers_end - 4) & !3;
+                let word = match rng.below(4) {
+                    0 => u32::MAX - rng.below(0x1000) as u32,
+                    1 => rng.next() as u32 & 0xffff,
+                    2 => IGVM.len() as u32 + rng.below(0x2000) as u32 - 0x1000,
+                    _ => rng.next() as u32,
+                };
+                f[at..at + 4].copy_from_slice(&word.to_le_bytes());
+            }
+            // Truncate, with the total size made to agree.
+            2 => {
+                f.truncate(24 + rng.below(f.len() - 24));
+                let len = f.len() as u32;
+                f[16..20].copy_from_slice(&len.to_le_bytes());
+            }
+            // A byte of file data.
+            _ => {
+                let at = headers_end + rng.below(f.len() - headers_end);
+                f[at] = rng.next() as u8;
+            }
+        }
+        // Mostly with the checksum repaired, so the parser sees the change.
+        let flags = rng.below(8) as u8 | if rng.below(8) != 0 { 4 } else { 0 };
+        igvm_harness::run(&with_flags(flags, &f));
     }
 }

@@ -20,7 +20,7 @@ use veil_vmm::kvm_bindings::{
     kvm_sev_snp_launch_update,
 };
 use veil_vmm::kvm_ioctls::{Kvm, VmFd};
-use veil_vmm::veil_loader::{BootPlan, BootSource, ByteRange, PageType};
+use veil_vmm::veil_loader::{BootPlan, BootSource, ByteRange, IgvmPlatform, PageType};
 use veil_vmm::veil_memory::HostSafeMemory;
 use veil_vmm::veil_memory::veil_attrs::{Attributes, FrameRange};
 use veil_vmm::{Launch, LaunchError, LaunchRun, LaunchVm, Launched, Vm, VmError};
@@ -30,6 +30,7 @@ use crate::digest::page_type;
 use crate::firmware::SevStatus;
 use crate::ioctl::{IoctlError, KvmSev, SevCommand, SevHost, SevVm};
 use crate::policy::{PolicyError, SnpPolicy};
+use crate::vmsa::{VMSA_GPA, VcpuState};
 
 /// `KVM_X86_SNP_VM`.
 pub const KVM_X86_SNP_VM: u32 = 4;
@@ -195,6 +196,43 @@ pub enum SnpError {
     /// The boot pages could not be made.
     #[error("cannot make the direct boot pages")]
     BootPages(#[from] BootPagesError),
+    /// An IGVM plan made for another platform than SEV-SNP.
+    #[error("the IGVM plan was made for {0}, not SEV-SNP")]
+    IgvmPlatform(IgvmPlatform),
+    /// An IGVM plan without vCPU 0's VMSA.
+    #[error("the IGVM plan has no VMSA for vCPU 0")]
+    IgvmNoVmsa,
+    /// The IGVM file measures its VMSA at another GPA than KVM does.
+    #[error(
+        "the IGVM file measures its VMSA at {gpa:#x}; KVM measures every VMSA at {VMSA_GPA:#x}"
+    )]
+    IgvmVmsaGpa {
+        /// The file's GPA.
+        gpa: u64,
+    },
+    /// The VMSA KVM would build for vCPU 0 is not the IGVM file's: the file sets state
+    /// KVM does not take from userspace (or sets it otherwise).
+    #[error(
+        "the IGVM file's VMSA differs from the one KVM builds at offset {offset:#x}: the file has {file:#018x}, KVM {kvm:#018x}"
+    )]
+    IgvmVmsa {
+        /// The offset of the first differing 8-byte word.
+        offset: usize,
+        /// The file's word there.
+        file: u64,
+        /// KVM's word there.
+        kvm: u64,
+    },
+    /// The IGVM file asks for another guest policy than the launch's.
+    #[error(
+        "the IGVM file asks for guest policy {file:#x}; the launch is configured with {config:#x}"
+    )]
+    IgvmPolicy {
+        /// The file's policy.
+        file: u64,
+        /// The configuration's.
+        config: u64,
+    },
 }
 
 impl SnpError {
@@ -409,6 +447,50 @@ pub fn launch_finish(vm: &dyn SevVm, config: &SnpConfig) -> Result<(), SnpError>
         })
 }
 
+/// Checks an IGVM plan against what an SNP launch on KVM does with it, before any
+/// ioctl: made for SEV-SNP, with vCPU 0's VMSA measured where KVM measures VMSAs
+/// ([`VMSA_GPA`]), that VMSA exactly the one KVM builds from the entry state the plan
+/// gives vCPU 0 (so the launch digest is the one the file was built for), and the
+/// file's guest policy, if it names one, the configuration's. Plans of kernels pass.
+pub fn check_igvm(plan: &BootPlan<'_>, config: &SnpConfig) -> Result<(), SnpError> {
+    let Some(igvm) = &plan.igvm else {
+        return Ok(());
+    };
+    if igvm.platform != IgvmPlatform::SevSnp {
+        return Err(SnpError::IgvmPlatform(igvm.platform));
+    }
+    if let Some(file) = igvm.guest_policy
+        && file != config.policy.bits()
+    {
+        return Err(SnpError::IgvmPolicy {
+            file,
+            config: config.policy.bits(),
+        });
+    }
+    let vmsa = igvm.vmsa.as_ref().ok_or(SnpError::IgvmNoVmsa)?;
+    if vmsa.gpa != VMSA_GPA {
+        return Err(SnpError::IgvmVmsaGpa { gpa: vmsa.gpa });
+    }
+    let kvm = VcpuState::entry(&plan.entry).vmsa(config.vmsa_features, config.host_mce);
+    let word = |b: &[u8], at: usize| {
+        b.get(at..at + 8)
+            .and_then(|w| w.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0)
+    };
+    match (0..kvm.len().max(vmsa.bytes.len()))
+        .step_by(8)
+        .find(|&at| word(&kvm, at) != word(&vmsa.bytes, at) || vmsa.bytes.len() != kvm.len())
+    {
+        Some(offset) => Err(SnpError::IgvmVmsa {
+            offset,
+            file: word(&vmsa.bytes, offset),
+            kvm: word(&kvm, offset),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Whether every page of `range` is private in `memory`'s record.
 pub fn is_private(memory: &HostSafeMemory, range: ByteRange) -> bool {
     FrameRange::from_gpa(range.start().0, range.len())
@@ -537,7 +619,8 @@ impl<H: SevHost> SnpLaunch<H> {
     }
 
     /// Plans `source` for `vm`, adds the direct boot pages, and launches it on `vcpus`
-    /// vCPUs ([`Vm::launch_plan`]).
+    /// vCPUs ([`Vm::launch_plan`]). An IGVM file (`KernelFormat::Igvm`) brings its own
+    /// secrets and CPUID pages: none are added, and [`check_igvm`] runs first.
     pub fn launch(
         &self,
         vm: &Vm,
@@ -545,11 +628,17 @@ impl<H: SevHost> SnpLaunch<H> {
         vcpus: u32,
     ) -> Result<Launched, VmError> {
         let mut plan = vm.plan(source)?;
-        self.prepare_plan(vm.kvm(), &mut plan)
-            .map_err(|e| VmError::Launch {
-                technology: TECHNOLOGY,
-                source: self.step("adding the direct boot pages")(e),
-            })?;
+        let prepared = if plan.igvm.is_some() {
+            check_igvm(&plan, &self.config).map_err(|e| (e, "checking the IGVM file"))
+        } else {
+            self.prepare_plan(vm.kvm(), &mut plan)
+                .map(drop)
+                .map_err(|e| (e, "adding the direct boot pages"))
+        };
+        prepared.map_err(|(e, step)| VmError::Launch {
+            technology: TECHNOLOGY,
+            source: self.step(step)(e),
+        })?;
         vm.launch_plan(&plan, vcpus)
     }
 }

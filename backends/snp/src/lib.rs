@@ -18,7 +18,7 @@ pub use boot::{BootPages, BootPagesError, add_boot_pages, cpuid_page};
 pub use digest::LaunchDigest;
 pub use firmware::SevStatus;
 pub use ioctl::{IoctlError, KvmSev, SevCommand, SevHost, SevVm};
-pub use launch::{KVM_X86_SNP_VM, SnpConfig, SnpError, SnpLaunch};
+pub use launch::{KVM_X86_SNP_VM, SnpConfig, SnpError, SnpLaunch, check_igvm};
 pub use measure::{MeasureError, SnpMeasurement, SnpPage, measure, measure_plan, placed_runs};
 pub use policy::{PolicyError, SnpPolicy};
 pub use recording::{Call, RecordingFirmware, Script};

@@ -20,7 +20,7 @@ use veil_vmm::veil_loader::{
 use crate::boot::{BootPages, add_boot_pages, cpuid_page};
 use crate::digest::{hex, page_type};
 use crate::launch::{
-    SnpConfig, SnpError, TECHNOLOGY, init, launch_finish, launch_update, snp_page_type,
+    SnpConfig, SnpError, TECHNOLOGY, check_igvm, init, launch_finish, launch_update, snp_page_type,
 };
 use crate::recording::RecordingFirmware;
 use crate::vmsa::vmsa_pages;
@@ -185,6 +185,7 @@ pub fn measure_plan(
     config: &SnpConfig,
     vcpus: u32,
 ) -> Result<SnpMeasurement, MeasureError> {
+    check_igvm(plan, config)?;
     let vmsas = vmsa_pages(&plan.entry, vcpus, config.vmsa_features, config.host_mce);
     let firmware = RecordingFirmware::new(config.vmsa_features, vmsas);
     init(&firmware, config, config.vmsa_features)?;
@@ -222,7 +223,8 @@ pub fn placeholder_cpuid_page() -> Vec<u8> {
 /// `veil measure --snp`: the launch digest of booting `source` in `ram` on `vcpus`
 /// vCPUs with `config`, the direct boot pages added as [`SnpLaunch::launch`] adds them
 /// (`cpuid`: the table to place, [`placeholder_cpuid_page`] where no host is at hand; it does
-/// not change the digest).
+/// not change the digest). An IGVM file (`KernelFormat::Igvm`) gets no boot pages: it
+/// brings its own, and its VMSA is checked with [`check_igvm`].
 ///
 /// [`SnpLaunch::launch`]: crate::SnpLaunch::launch
 pub fn measure(
@@ -233,6 +235,10 @@ pub fn measure(
     cpuid: Option<&CpuId>,
 ) -> Result<SnpMeasurement, MeasureError> {
     let mut plan = veil_vmm::veil_loader::plan(source, ram)?;
+    // An IGVM file brings its own secrets and CPUID pages.
+    if plan.igvm.is_some() {
+        return measure_plan(&plan, config, vcpus);
+    }
     let table = match cpuid {
         Some(c) => cpuid_page(c).map_err(SnpError::from)?,
         None => placeholder_cpuid_page(),

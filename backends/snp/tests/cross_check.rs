@@ -2,8 +2,10 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! veil's SNP launch digest against a second implementation: sev-snp-measure 0.0.13's
-//! `GCTX`, fed every page veil reports (its bytes, for normal and VMSA pages), on three
-//! launch plans; and veil's VMSA of a vCPU at reset against sev-snp-measure's VMSA
+//! `GCTX`, fed every page veil reports (its bytes, for normal and VMSA pages), on four
+//! launch plans (a PVH kernel, a bzImage with initrd and command line, every page type,
+//! an IGVM file built with the igvm crate, whose digest is also the igvm crate's own
+//! measurement); and veil's VMSA of a vCPU at reset against sev-snp-measure's VMSA
 //! builder.
 //!
 //! The Python interpreter comes from `VEIL_SNP_MEASURE_PYTHON` (`tests/setup-venv.sh`
@@ -26,6 +28,9 @@ const PVH_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/pvh-tes
 const BZ_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/bzimage-test-kernel.bin");
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/snp_measure.py");
+
+#[path = "../../../loader/tests/common/igvm_files.rs"]
+mod igvm_files;
 
 fn python(test: &str) -> Option<PathBuf> {
     match std::env::var_os("VEIL_SNP_MEASURE_PYTHON") {
@@ -180,6 +185,40 @@ fn every_page_type() {
         .collect();
     assert_eq!(types.len(), 5, "{types:?}");
     cross_check("every_page_type", &plan, 3);
+}
+
+/// An IGVM file with page data of every IGVM type (measured pages, one short and one
+/// empty, an unmeasured page, command line and memory map parameter areas, a secrets and
+/// a CPUID page) and vCPU 0's VMSA, built and serialized with the igvm crate: veil's
+/// digest is sev-snp-measure's over the pages veil reports, and the igvm crate's
+/// `generate_snp_measurement` over the file's own headers.
+#[test]
+fn igvm_file_with_every_igvm_page_type() {
+    use igvm_files::*;
+    let mut entry = veil_vmm::veil_abi::x86_64::EntryRegisters::long_mode(BASE, 0x9000, 0x1000);
+    entry.regs.rsi = 0x7000;
+    let vmsa = VcpuState::entry(&entry).vmsa(0, true);
+    let (file, parsed) = file_and_headers(sample_directives(&vmsa, placeholder_cpuid()));
+    let source = BootSource::new(&file)
+        .format(veil_vmm::veil_loader::KernelFormat::Igvm {
+            platform: veil_vmm::veil_loader::IgvmPlatform::SevSnp,
+        })
+        .cmdline("console=ttyS0");
+    let plan = veil_vmm::veil_loader::plan(&source, &ram()).unwrap();
+    let theirs = igvm::measurement::generate_snp_measurement(
+        parsed.initializations(),
+        parsed.directives(),
+        SNP,
+    )
+    .unwrap();
+    assert_eq!(
+        measure_plan(&plan, &SnpConfig::default(), 1)
+            .unwrap()
+            .launch_digest,
+        hex(&theirs),
+        "the igvm crate's measurement"
+    );
+    cross_check("igvm_file_with_every_igvm_page_type", &plan, 1);
 }
 
 /// veil's VMSA of a vCPU at reset against sev-snp-measure's builder for the reset

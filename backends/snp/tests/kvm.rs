@@ -25,6 +25,9 @@ const PVH_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/pvh-tes
 const BZ_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/bzimage-test-kernel.bin");
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
 
+#[path = "../../../loader/tests/common/igvm_files.rs"]
+mod igvm_files;
+
 /// The SNP backend launched on a VM type this host has: every hook but `vm_types` is
 /// the backend's own.
 struct OnDefaultVm(Arc<SnpLaunch<RecordingFirmware>>);
@@ -318,5 +321,99 @@ fn snp_launch_adds_the_boot_pages_itself() {
             .placements
             .iter()
             .any(|p| p.kind == ObjectKind::SetupData)
+    );
+}
+
+/// An IGVM file through `SnpLaunch::launch` on real KVM: no direct boot pages, one
+/// update per run with the file's page types, vCPU 0 given the state the file's VMSA
+/// holds, and the digest the igvm crate computes for the file. A file whose VMSA KVM
+/// would not build is refused before any LAUNCH_UPDATE.
+#[test]
+fn an_igvm_file_launches_with_its_page_types_and_digest() {
+    if !kvm_or_skip("an_igvm_file_launches_with_its_page_types_and_digest") {
+        return;
+    }
+    use igvm_files::*;
+    use veil_vmm::veil_loader::{IgvmPlatform, KernelFormat};
+    let config = SnpConfig::default();
+    let mut entry = veil_vmm::veil_abi::x86_64::EntryRegisters::long_mode(BASE, 0x9000, 0x1000);
+    entry.regs.rsi = 0x7000;
+    let vmsa = VcpuState::entry(&entry).vmsa(0, config.host_mce);
+    let cpuid = veil_snp::measure::placeholder_cpuid_page();
+    let (file, parsed) = file_and_headers(sample_directives(&vmsa, cpuid.clone()));
+    let source = BootSource::new(&file)
+        .format(KernelFormat::Igvm {
+            platform: IgvmPlatform::SevSnp,
+        })
+        .cmdline("console=ttyS0");
+    let snp = Arc::new(
+        SnpLaunch::with_host(
+            config.clone(),
+            RecordingFirmware::new(0, vec![vmsa.clone()]),
+        )
+        .unwrap(),
+    );
+    let vm = vm_with(Arc::new(OnDefaultVm(snp.clone())));
+    let launched = snp.launch(&vm, &source, 1).unwrap();
+
+    let updates: Vec<(u64, u64, u8)> = snp
+        .host()
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::LaunchUpdate(u) => Some((u.gfn_start << 12, u.len, u.page_type)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        updates,
+        vec![
+            (BASE, 0x4000, page_type::NORMAL),
+            (BASE + 0x4000, 0x3000, page_type::UNMEASURED),
+            (BASE + 0x7000, 0x1000, page_type::SECRETS),
+            (BASE + 0x8000, 0x1000, page_type::CPUID),
+        ]
+    );
+    assert!(snp.host().finished());
+    let theirs = igvm::measurement::generate_snp_measurement(
+        parsed.initializations(),
+        parsed.directives(),
+        SNP,
+    )
+    .unwrap();
+    assert_eq!(snp.host().digest().to_hex(), veil_snp::digest::hex(&theirs));
+    // vCPU 0 holds what the VMSA holds, so KVM would build that VMSA from it.
+    let bsp = launched.vcpus[0].fd();
+    let (sregs, regs) = (bsp.get_sregs().unwrap(), bsp.get_regs().unwrap());
+    let model = VcpuState::entry(&entry);
+    assert_eq!(VmsaSegment::from_kvm(&sregs.cs), model.segments[1]);
+    assert_eq!(VmsaSegment::from_kvm(&sregs.ds), model.segments[3]);
+    assert_eq!(VmsaSegment::from_kvm(&sregs.tr), model.tr);
+    assert_eq!((regs.rip, regs.rsi, sregs.cr3), (BASE, 0x7000, 0x9000));
+
+    // A VMSA with state KVM does not take from userspace: refused before any update.
+    let mut bad = vmsa_struct(&vmsa);
+    bad.star = 1;
+    let file = sample(zerocopy::IntoBytes::as_bytes(&bad), cpuid);
+    let source = BootSource::new(&file).format(KernelFormat::Igvm {
+        platform: IgvmPlatform::SevSnp,
+    });
+    let snp =
+        Arc::new(SnpLaunch::with_host(config, RecordingFirmware::new(0, vec![vmsa])).unwrap());
+    let vm = vm_with(Arc::new(OnDefaultVm(snp.clone())));
+    let err = snp.launch(&vm, &source, 1).unwrap_err();
+    assert!(
+        matches!(
+            err.launch_backend::<SnpError>(),
+            Some(SnpError::IgvmVmsa { offset: 0x200, .. })
+        ),
+        "{err:?}"
+    );
+    assert!(
+        !snp.host()
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::LaunchUpdate(_))),
+        "no update was issued"
     );
 }

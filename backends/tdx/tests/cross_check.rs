@@ -2,8 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! veil's MRTD against a second implementation (`tests/tdx_mrtd.py`, hashlib only,
-//! written from the TDX module's record formats) and against golden values committed
-//! here. The script runs under `VEIL_SNP_MEASURE_PYTHON` or, without it, `python3`;
+//! written from the TDX module's record formats), against golden values committed
+//! here, and for an IGVM file against the igvm crate's own TDX measurement. The script runs under `VEIL_SNP_MEASURE_PYTHON` or, without it, `python3`;
 //! with neither it prints why it skips (and fails under `VEIL_REQUIRE_SNP_MEASURE=1`).
 
 use std::io::Write;
@@ -19,6 +19,9 @@ const PVH_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/pvh-tes
 const BZ_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/bzimage-test-kernel.bin");
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tdx_mrtd.py");
+
+#[path = "../../../loader/tests/common/igvm_files.rs"]
+mod igvm_files;
 
 fn initrd() -> Vec<u8> {
     (0..5000u32).map(|i| (i * 7 + 3) as u8).collect()
@@ -117,4 +120,44 @@ fn bzimage_with_initrd_and_command_line() {
     assert_eq!(measure(&source, &ram, &debug).unwrap().mrtd, ours.mrtd);
     let json: Value = serde_json::from_str(&ours.to_json()).unwrap();
     assert_eq!(json["pages"].as_array().unwrap().len(), ours.pages.len());
+}
+
+/// An IGVM file built with the igvm crate (measured pages, one short and one empty, an
+/// unmeasured page, command line and memory map parameter areas; the SNP-only pages and
+/// VMSA are not TDX's): the MRTD of its plan is the igvm crate's
+/// `generate_tdx_measurement` over the file's headers, and the second implementation's
+/// over the pages veil adds.
+#[test]
+fn igvm_file_matches_the_igvm_crates_measurement() {
+    use igvm_files::*;
+    use veil_vmm::veil_loader::{IgvmPlatform, KernelFormat};
+    let (file, parsed) = file_and_headers(sample_directives(&[0; 4096], vec![1]));
+    let source = BootSource::new(&file)
+        .format(KernelFormat::Igvm {
+            platform: IgvmPlatform::Tdx,
+        })
+        .cmdline("console=hvc0");
+    let ram = GuestRam::new(RAM).unwrap();
+    let ours = measure(&source, &ram, &TdxConfig::default()).unwrap();
+    let theirs = igvm::measurement::generate_tdx_measurement(parsed.directives(), TDX).unwrap();
+    assert_eq!(ours.mrtd, hex(&theirs));
+    let measured: Vec<bool> = ours.pages.iter().map(|p| p.measured).collect();
+    assert_eq!(measured, [true, true, true, true, false, false, false]);
+    let plan = veil_vmm::veil_loader::plan(&source, &ram).unwrap();
+    if let Some(reference) = reference("igvm_file_matches_the_igvm_crates_measurement", &plan) {
+        assert_eq!(reference, ours.mrtd);
+    }
+    // One changed byte of a measured page changes both alike.
+    let mut d = sample_directives(&[0; 4096], vec![1]);
+    d[1] = page(BASE + 0x1000, SNP | TDX, pattern(23, 4096));
+    let (changed, parsed) = file_and_headers(d);
+    let source = BootSource::new(&changed)
+        .format(KernelFormat::Igvm {
+            platform: IgvmPlatform::Tdx,
+        })
+        .cmdline("console=hvc0");
+    let changed = measure(&source, &ram, &TdxConfig::default()).unwrap();
+    let theirs = igvm::measurement::generate_tdx_measurement(parsed.directives(), TDX).unwrap();
+    assert_eq!(changed.mrtd, hex(&theirs));
+    assert_ne!(changed.mrtd, ours.mrtd);
 }

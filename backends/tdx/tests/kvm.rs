@@ -22,6 +22,9 @@ use veil_vmm::{Launch, LaunchError, LaunchRun, LaunchVm, Vm, VmError};
 const PVH_KERNEL: &[u8] = include_bytes!("../../../loader/tests/fixtures/pvh-test-kernel.elf");
 const RAM: &[(u64, u64)] = &[(0, 0xa_0000), (0x10_0000, 0x3f0_0000)];
 
+#[path = "../../../loader/tests/common/igvm_files.rs"]
+mod igvm_files;
+
 struct OnDefaultVm(Arc<TdxLaunch<RecordingTdx>>);
 
 impl Launch for OnDefaultVm {
@@ -256,4 +259,40 @@ fn bad_runs_reach_the_caller_typed_and_issue_nothing() {
         matches!(err.backend::<TdxError>(), Some(TdxError::NotPrivate { .. })),
         "{err:?}"
     );
+}
+
+/// An IGVM file through `Vm::launch` on real KVM: the file's runs reach
+/// KVM_TDX_INIT_MEM_REGION, measured where the file measures them, and the MRTD is the
+/// igvm crate's.
+#[test]
+fn an_igvm_file_launches_with_its_pages_and_mrtd() {
+    if !kvm_or_skip("an_igvm_file_launches_with_its_pages_and_mrtd") {
+        return;
+    }
+    use igvm_files::*;
+    use veil_vmm::veil_loader::{IgvmPlatform, KernelFormat};
+    let (file, parsed) = file_and_headers(sample_directives(&[0; 4096], vec![1]));
+    let source = BootSource::new(&file).format(KernelFormat::Igvm {
+        platform: IgvmPlatform::Tdx,
+    });
+    let tdx = tdx();
+    let vm = vm_with(Arc::new(OnDefaultVm(tdx.clone())));
+    vm.launch(&source, 1).unwrap();
+    let regions: Vec<(u64, u64, bool)> = tdx
+        .host()
+        .calls()
+        .iter()
+        .filter_map(|c| match c {
+            Call::InitMemRegion {
+                gpa,
+                nr_pages,
+                measure,
+                ..
+            } => Some((*gpa, *nr_pages, *measure)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(regions, vec![(BASE, 4, true), (BASE + 0x4000, 3, false)]);
+    let theirs = igvm::measurement::generate_tdx_measurement(parsed.directives(), TDX).unwrap();
+    assert_eq!(tdx.host().mrtd(), theirs);
 }
