@@ -351,8 +351,9 @@ impl HostSafeMemory {
     /// of every later one. It waits for a conversion in progress, and conversions wait for
     /// `subscribed` to return.
     ///
-    /// Do not call it from a listener (it would wait for itself) or while holding a
-    /// slice of this memory on a thread a conversion to private waits for.
+    /// Do not call it from a listener (it would wait for itself), nor while this thread
+    /// holds a slice of this memory (a conversion to private in progress would wait for
+    /// the slice, and this for the conversion).
     pub fn subscribe(&self, listener: Arc<dyn ConversionListener>) -> Subscription {
         let l = &self.listeners;
         let id = ListenerId(l.next.fetch_add(1, Ordering::Relaxed));
