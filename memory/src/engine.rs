@@ -9,14 +9,17 @@
 //! ones first, discards last) through the memory's [`Syscalls`](crate::Syscalls), undoes
 //! the reversible ones run by changed run if one fails, and publishes the new state only
 //! when all succeeded. Conversions to private hold host accesses off while they take
-//! access away; listeners hear each change, in order, after it is visible.
+//! access away; listeners hear each change, in order, after it is visible, and one that
+//! subscribes starts from the state the changes it then hears apply to.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use smallvec::SmallVec;
-use veil_attrs::{AttrMapWriter, Attributes, FrameRange, PAGE_SHIFT, PageState, RangeError};
+use veil_attrs::{
+    AttrMap, AttrMapWriter, Attributes, FrameRange, PAGE_SHIFT, PageState, RangeError,
+};
 
 use crate::lease::ExclusiveGuard;
 use crate::memory::HostSafeMemory;
@@ -52,20 +55,60 @@ pub struct Conversion {
     pub changes: StateChanges,
 }
 
-/// Told about every sub-range a conversion changed, after the conversion, in order.
+/// Told the state of guest memory when it subscribes, then every sub-range a conversion
+/// changes, in order.
 ///
-/// For device mappings (VFIO), balloons, snapshots. Listeners run one conversion at a
-/// time, in the order the conversions took effect, after the new state is visible to
-/// readers. A listener may read guest memory and its state; it must not convert (that
-/// deadlocks).
+/// For device mappings (VFIO, vhost-user), balloons, snapshots: anything that mirrors
+/// which ranges are shared. [`HostSafeMemory::subscribe`] first hands the listener the
+/// state it starts from ([`subscribed`](Self::subscribed)), then every change made after
+/// that state, each exactly once ([`converted`](Self::converted)): a mirror built from
+/// the first and updated by the others agrees with the memory, whatever conversions were
+/// in flight while it subscribed, like the replay of populated ranges QEMU's
+/// `RamDiscardManager` gives a listener it registers. A conversion that fails is undone
+/// before anyone hears of it, and is never delivered.
+///
+/// Listeners run one call at a time, in the order the conversions took effect, after the
+/// new state is visible to readers; a conversion's listeners all run before the next
+/// conversion is published. A listener may read guest memory and its state; it must not
+/// convert or change tags (that deadlocks), and it should be quick: the next conversion
+/// waits for it.
 pub trait ConversionListener: Send + Sync {
-    /// `change` took effect.
+    /// The listener is subscribed and `start` is the state every later change applies
+    /// to; called once, before any [`converted`](Self::converted). A mirror builds itself
+    /// from it (every shared range, say). The default does nothing, for listeners that
+    /// only count or log changes.
+    ///
+    /// Tags ([`HostSafeMemory::set_tag`]) are not conversions: `start` holds the tags set
+    /// so far, and later tag changes are not delivered.
+    fn subscribed(&self, start: &AttrMap) {
+        let _ = start;
+    }
+
+    /// `change` took effect: every frame of `change.range` went from `change.old` to
+    /// `change.new`.
     fn converted(&self, change: &StateChange);
 }
 
 /// Identifies a subscribed [`ConversionListener`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ListenerId(u64);
+
+/// What [`HostSafeMemory::subscribe`] returns: the listener's id and the state it
+/// started from.
+#[derive(Debug, Clone)]
+#[must_use = "the id is needed to unsubscribe"]
+pub struct Subscription {
+    /// For [`HostSafeMemory::unsubscribe`].
+    pub id: ListenerId,
+    /// The state of guest memory the listener's changes apply to: the map
+    /// [`ConversionListener::subscribed`] was given. It holds every conversion published
+    /// before the listener was subscribed and none after; the listener hears exactly
+    /// those after.
+    ///
+    /// A snapshot: while it is alive, conversions cannot reuse its copy of the map (see
+    /// [`ConcurrentAttrMap`](veil_attrs::ConcurrentAttrMap)), so drop it when done.
+    pub start: Arc<AttrMap>,
+}
 
 /// Why a conversion failed. Whatever the variant, the guest memory's state (veil's
 /// record, KVM's attributes, host protections) is as it was before the call, except
@@ -266,9 +309,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// The regions one range covers: their indices.
 type Covering = SmallVec<[usize; 2]>;
 
+/// The listeners a conversion tells.
+type Told = SmallVec<[Arc<dyn ConversionListener>; 2]>;
+
+/// What a conversion carries out of the attribute map's update: what it did, the
+/// notification lock with the listeners to tell (if any were subscribed), and the
+/// host-access lock (if it took access away).
 type Held<'a> = (
     Conversion,
-    Option<MutexGuard<'a, ()>>,
+    Option<(MutexGuard<'a, ()>, Told)>,
     Option<ExclusiveGuard<'a>>,
 );
 
@@ -290,17 +339,43 @@ fn undo(op: &Op, changes: &[StateChange], to: Attributes) -> Ops {
 }
 
 impl HostSafeMemory {
-    /// Subscribes `listener` to every conversion that starts after this returns.
-    pub fn subscribe(&self, listener: Arc<dyn ConversionListener>) -> ListenerId {
+    /// Subscribes `listener`: hands it the current state of guest memory
+    /// ([`ConversionListener::subscribed`]), then every change conversions make after
+    /// that state, each once, in order. Returns its id and that starting state.
+    ///
+    /// Conversions running meanwhile are either wholly in the starting state or wholly
+    /// delivered, never both and never neither: subscribing takes the attribute map's
+    /// writer lock, which conversions hold from setting the map until they have chosen
+    /// whom to tell, and then the lock that orders notifications, so the listener's
+    /// `subscribed` runs after the listeners of every earlier conversion and before those
+    /// of every later one. It waits for a conversion in progress, and conversions wait for
+    /// `subscribed` to return.
+    ///
+    /// Do not call it from a listener (it would wait for itself), nor while this thread
+    /// holds a slice of this memory (a conversion to private in progress would wait for
+    /// the slice, and this for the conversion).
+    pub fn subscribe(&self, listener: Arc<dyn ConversionListener>) -> Subscription {
         let l = &self.listeners;
         let id = ListenerId(l.next.fetch_add(1, Ordering::Relaxed));
-        let mut list = lock(&l.list);
-        list.push((id, listener));
-        l.count.store(list.len(), Ordering::Release);
-        id
+        // As the only writer, which changes nothing and so publishes nothing: no
+        // conversion is between setting the map and choosing whom to tell.
+        let (start, notify) = self.attrs.update(|_| {
+            // The conversion before has chosen its listeners; wait until it has told them.
+            let notify = lock(&self.notify);
+            let mut list = lock(&l.list);
+            list.push((id, Arc::clone(&listener)));
+            l.count.store(list.len(), Ordering::Release);
+            (self.attrs.snapshot(), notify)
+        });
+        // Holding only the notification lock: readers and vCPUs carry on, the next
+        // conversion waits to tell its listeners until this one has its start.
+        listener.subscribed(&start);
+        drop(notify);
+        Subscription { id, start }
     }
 
-    /// Unsubscribes a listener; `false` if it was not subscribed.
+    /// Unsubscribes a listener; `false` if it was not subscribed. A conversion already
+    /// telling its listeners may still tell this one its changes.
     pub fn unsubscribe(&self, id: ListenerId) -> bool {
         let l = &self.listeners;
         let mut list = lock(&l.list);
@@ -388,10 +463,17 @@ impl HostSafeMemory {
             if changes.is_empty() {
                 return Ok((Conversion::default(), None, None));
             }
-            // Only conversions that start with listeners subscribed are told; without
+            // The listeners subscribed now, as the writer, are the ones told: a listener
+            // subscribing later starts from a state holding this conversion. Without
             // any, there is no order to keep.
-            let notify =
-                (self.listeners.count.load(Ordering::Acquire) > 0).then(|| lock(&self.notify));
+            let notify = (self.listeners.count.load(Ordering::Acquire) > 0).then(|| {
+                let order = lock(&self.notify);
+                let told: Told = lock(&self.listeners.list)
+                    .iter()
+                    .map(|(_, l)| Arc::clone(l))
+                    .collect();
+                (order, told)
+            });
             // Taking host access away: wait until no host access is in flight, and keep
             // new ones out until the new state is published.
             let exclusive =
@@ -434,17 +516,13 @@ impl HostSafeMemory {
         };
         let (conversion, notify, exclusive) = outcome?;
         drop(exclusive);
-        if let Some(notify) = notify {
-            let listeners: SmallVec<[Arc<dyn ConversionListener>; 2]> = lock(&self.listeners.list)
-                .iter()
-                .map(|(_, l)| Arc::clone(l))
-                .collect();
+        if let Some((order, told)) = notify {
             for change in &conversion.changes {
-                for l in &listeners {
+                for l in &told {
                     l.converted(change);
                 }
             }
-            drop(notify);
+            drop(order);
         }
         Ok(conversion)
     }

@@ -30,7 +30,7 @@ pub use caps::{
 };
 pub use engine::{
     Conversion, ConversionListener, ConversionStats, ConvertError, ListenerId, StateChange,
-    StateChanges,
+    StateChanges, Subscription,
 };
 pub use lease::{HostAccessLease, HostAccessLeases};
 pub use memory::HostSafeMemory;
@@ -49,5 +49,7 @@ pub use kvm_ioctls;
 pub use veil_attrs;
 pub use vm_memory;
 
+#[cfg(test)]
+mod listener_tests;
 #[cfg(test)]
 mod tests;

@@ -675,22 +675,38 @@ fn attributes_checkerboard_is_two_calls() {
     assert_eq!(vm.calls(), vec![(fr(0, pages - 1), SHARED)]);
 }
 
-#[test]
-fn listeners_are_told_each_change_in_order() {
-    #[derive(Default)]
-    struct Log(Mutex<Vec<StateChange>>);
-    impl ConversionListener for Log {
-        fn converted(&self, change: &StateChange) {
-            self.0.lock().unwrap().push(*change);
-        }
+/// Every change a listener hears, after the state it started from.
+#[derive(Default)]
+struct Log {
+    start: Mutex<Option<veil_attrs::AttrMap>>,
+    changes: Mutex<Vec<StateChange>>,
+}
+
+impl ConversionListener for Log {
+    fn subscribed(&self, start: &veil_attrs::AttrMap) {
+        *self.start.lock().unwrap() = Some(start.clone());
     }
+
+    fn converted(&self, change: &StateChange) {
+        self.changes.lock().unwrap().push(*change);
+    }
+}
+
+#[test]
+fn listeners_start_from_the_state_then_hear_each_change_in_order() {
     let mem = emulated();
+    mem.convert(fr(0x104, 1), PRIVATE).unwrap();
     let log = Arc::new(Log::default());
-    let id = mem.subscribe(log.clone());
+    let sub = mem.subscribe(log.clone());
+    // The start holds the conversion before subscribing, and is what the listener got.
+    assert_eq!(sub.start.get(Gfn(0x104)).unwrap(), PageState::PRIVATE);
+    assert_eq!(log.start.lock().unwrap().as_ref(), Some(&*sub.start));
+    let id = sub.id;
+    drop(sub);
     mem.convert(fr(0x102, 2), PRIVATE).unwrap();
     mem.convert(fr(0x106, 1), PRIVATE).unwrap();
     mem.convert(fr(0x100, 8), SHARED).unwrap();
-    let got = log.0.lock().unwrap().clone();
+    let got = log.changes.lock().unwrap().clone();
     let ch = |s, n, old, new| StateChange {
         range: fr(s, n),
         old,
@@ -702,14 +718,40 @@ fn listeners_are_told_each_change_in_order() {
         vec![
             ch(0x102, 2, s, p),
             ch(0x106, 1, s, p),
-            ch(0x102, 2, p, s),
+            ch(0x102, 3, p, s),
             ch(0x106, 1, p, s),
         ]
     );
     assert!(mem.unsubscribe(id));
     assert!(!mem.unsubscribe(id));
     mem.convert(fr(0x100, 1), PRIVATE).unwrap();
-    assert_eq!(log.0.lock().unwrap().len(), 4);
+    assert_eq!(log.changes.lock().unwrap().len(), 4);
+}
+
+#[test]
+fn a_rolled_back_conversion_is_never_delivered() {
+    let syscalls = Arc::new(FailingSyscalls::new());
+    let vm = Arc::new(RecordingAttributesVm::new());
+    let mem = attributes_with(&vm, syscalls.clone());
+    let log = Arc::new(Log::default());
+    let _ = mem.subscribe(log.clone());
+    // The attributes call succeeds, the discard after it fails: undone, untold.
+    syscalls.fail_after(1, libc::EIO);
+    let err = mem.convert(fr(4, 2), PRIVATE).unwrap_err();
+    assert!(matches!(err, ConvertError::Step { .. }), "{err}");
+    assert_eq!(vm.calls(), [(fr(4, 2), PRIVATE), (fr(4, 2), SHARED)]);
+    assert!(log.changes.lock().unwrap().is_empty());
+    // The next conversion is told, from the state the failed one left untouched.
+    mem.convert(fr(4, 2), PRIVATE).unwrap();
+    let got = log.changes.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        [StateChange {
+            range: fr(4, 2),
+            old: PageState::SHARED,
+            new: PageState::PRIVATE
+        }]
+    );
 }
 
 #[test]

@@ -36,7 +36,7 @@ fn malformed_map_gpa_range_changes_nothing() {
         return;
     };
     let changes = Arc::new(Changes::default());
-    vm.memory().subscribe(changes.clone());
+    let _ = vm.memory().subscribe(changes.clone());
     let page = DATA.0 + 0x3000;
     let end = DATA.0 + DATA.1;
     let vcpu = long_mode_vcpu(&vm, 0, guests::bad_requests(), |r| {

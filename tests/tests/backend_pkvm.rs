@@ -147,7 +147,7 @@ fn pkvm_guest_shares_writes_unshares_and_reads_back() {
 
     // From here on, only the guest converts: exactly its share and its unshare.
     let heard = Arc::new(Heard::default());
-    memory.subscribe(heard.clone());
+    let _ = memory.subscribe(heard.clone());
     let before = memory.stats();
     let host = Arc::new(Host {
         memory: memory.clone(),

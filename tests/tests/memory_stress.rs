@@ -124,7 +124,7 @@ fn concurrent_conversions_agree_page_by_page() {
         let touched = Arc::new(Touched(
             (0..PAGES).map(|_| AtomicBool::new(false)).collect(),
         ));
-        let id = mem.subscribe(touched.clone());
+        let id = mem.subscribe(touched.clone()).id;
         // Even rounds: each thread in its own quarter (disjoint); odd rounds: anywhere
         // (overlapping, crossing the region boundary).
         std::thread::scope(|s| {
