@@ -26,7 +26,8 @@ use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
 const BLOCK_SHIFT: u32 = 21;
 /// The bytes of guest memory one word of the lock covers: 2 MiB, a huge page. A
 /// conversion to private waits for the leases on the blocks it makes pages private in,
-/// and no others. The words cost 8 bytes per block, 1/262,144 of guest memory.
+/// and no others. The words cost 8 bytes per block, 1/262,144 of the guest-physical
+/// address range, of which only the pages of words in use are touched.
 pub(crate) const BLOCK_SIZE: u64 = 1 << BLOCK_SHIFT;
 
 /// Set while a conversion holds the block.
@@ -119,9 +120,18 @@ impl AccessLock {
     /// A lock for guest memory of `bytes` bytes from guest-physical 0 (at least one
     /// block).
     pub(crate) fn new(bytes: u64) -> AccessLock {
-        let blocks = bytes.div_ceil(BLOCK_SIZE).max(1);
+        let blocks = bytes.div_ceil(BLOCK_SIZE).max(1) as usize;
+        // Zeroed by the allocator (`vec!` of zeros asks it for zeroed memory), so the
+        // words of blocks no access ever touches (a sparse guest-physical layout) cost no
+        // memory where it hands out fresh pages.
+        let zeroed = Box::into_raw(vec![0usize; blocks].into_boxed_slice());
+        const _: () = assert!(align_of::<AtomicUsize>() == align_of::<usize>());
         AccessLock {
-            blocks: (0..blocks).map(|_| AtomicUsize::new(0)).collect(),
+            // SAFETY: `AtomicUsize` has the size and bit validity of `usize` (std's
+            // documentation) and, checked above, its alignment, so the allocation is a
+            // valid `[AtomicUsize]` of the same length, owned by the box alone; each word
+            // is 0: no lease, no flag.
+            blocks: unsafe { Box::from_raw(zeroed as *mut [AtomicUsize]) },
             sleep: Mutex::new(()),
             wake: Condvar::new(),
             sleeps: AtomicUsize::new(0),
