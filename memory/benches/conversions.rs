@@ -17,6 +17,11 @@
 //! - Host reads: 16-byte and 4 KiB reads through `vm-memory`'s `Bytes::read_slice`, as a
 //!   device model reads descriptors and buffers, from an emulated region (a memfd)
 //!   against `vm-memory`'s own `GuestMemoryMmap` over a memfd mapped the same way.
+//! - Conversions behind a slow reader: two device threads read 16-byte descriptors from
+//!   one buffer while the guest side converts single pages elsewhere to private and back
+//!   (emulated flavor). In one round every read drops its slice at once; in the other,
+//!   one read in 64 of each thread holds its slice across three thread yields, as a device that blocks
+//!   mid-access does. Conversions far from the buffer should not notice.
 //!
 //! Conversions need `/dev/kvm` with mmap-able guest_memfd (and, for the in-place
 //! checkerboard, a `vm.max_map_count` above the 131,072 mappings alternate protections
@@ -24,7 +29,8 @@
 //! no KVM.
 //!
 //! `cargo bench -p veil-memory -- 4KiB` runs one workload (`4KiB`, `2MiB`,
-//! `checkerboard`, `host-read`, or one size of it: `host-read-16B`, `host-read-4KiB`).
+//! `checkerboard`, `host-read`, or one size of it: `host-read-16B`, `host-read-4KiB`;
+//! `slow-reader`).
 //! Each side of a comparison is one function that is never inlined, `veil_round_trip`
 //! and `raw_round_trip` (`veil_host_reads` and `vm_memory_host_reads` for host reads), so
 //! that an instruction profile tells them apart: run the bench binary as
@@ -35,6 +41,8 @@
 use std::hint::black_box;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::kvm_create_guest_memfd;
@@ -394,6 +402,74 @@ fn host_reads_against_vm_memory(wanted: impl Fn(&str) -> bool) {
     }
 }
 
+/// Conversions to private and back of single pages far from a buffer that two device
+/// threads read (with the converting thread, more threads than the machine's two cores),
+/// per second, with the readers dropping every slice at once (`slow` false) or holding
+/// one slice in 64 across three yields (`slow` true), for `window`.
+fn conversions_beside_reader(mem: &HostSafeMemory, slow: bool, window: Duration) -> u64 {
+    /// The device's buffer: a descriptor table of 256 entries at 16 MiB.
+    const BUFFER: u64 = 16 << 20;
+    /// The guest converts the pages of [32 MiB, 48 MiB), one at a time.
+    const CONVERTED: u64 = 32 << 20;
+    const CONVERTED_PAGES: u64 = (16 << 20) / PAGE_SIZE;
+    let stop = AtomicBool::new(false);
+    thread::scope(|s| {
+        for device in 0..2u64 {
+            let stop = &stop;
+            s.spawn(move || {
+                let mut buf = [0u8; 16];
+                let mut n = device * 128;
+                while !stop.load(Ordering::Relaxed) {
+                    let addr = GuestAddress(BUFFER + (n % 256) * 16);
+                    let slice = mem.get_slice(addr, buf.len()).unwrap();
+                    if slow && n % 64 == 0 {
+                        for _ in 0..3 {
+                            thread::yield_now();
+                        }
+                    }
+                    slice.copy_to(&mut buf);
+                    drop(slice);
+                    black_box(&mut buf);
+                    n += 1;
+                }
+            });
+        }
+        let start = Instant::now();
+        let mut done = 0;
+        while start.elapsed() < window {
+            let page = Gfn((CONVERTED >> 12) + done % CONVERTED_PAGES);
+            let range = FrameRange::new(page, 1).unwrap();
+            black_box(mem.convert(range, Attributes::PRIVATE).unwrap());
+            black_box(mem.convert(range, Attributes::empty()).unwrap());
+            done += 1;
+        }
+        stop.store(true, Ordering::Relaxed);
+        // Two conversions per round trip, per second.
+        (2 * done) as f64 / start.elapsed().as_secs_f64()
+    }) as u64
+}
+
+/// [`conversions_beside_reader`] without and with the slow reader, in alternating
+/// windows so that load from elsewhere on the machine hits both alike.
+fn conversions_behind_slow_reader() {
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(0, 64 << 20, Flavor::EMULATED).policy(ContentPolicy::Preserve))
+        .build()
+        .expect("emulated memory");
+    let window = Duration::from_millis(500);
+    let (mut quick, mut slow) = (0, 0);
+    for _ in 0..4 {
+        quick += conversions_beside_reader(&mem, false, window);
+        slow += conversions_beside_reader(&mem, true, window);
+    }
+    let (quick, slow) = (quick / 4, slow / 4);
+    println!(
+        "memory-bench: slow-reader: conversions elsewhere without the slow reader {quick} /s \
+         with it {slow} /s ratio {:.2}x target <= 1.2x",
+        quick as f64 / slow.max(1) as f64
+    );
+}
+
 /// Raises `vm.max_map_count` to at least `want` for the run; the old value to restore.
 fn raise_max_map_count(want: u64) -> Option<u64> {
     let old: u64 = std::fs::read_to_string(MAX_MAP_COUNT)
@@ -507,6 +583,9 @@ fn main() {
         .any(&wanted)
     {
         host_reads_against_vm_memory(wanted);
+    }
+    if wanted("slow-reader") {
+        conversions_behind_slow_reader();
     }
     if !["4KiB", "2MiB", "checkerboard"].into_iter().any(wanted) {
         return;

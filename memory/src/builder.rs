@@ -289,7 +289,7 @@ impl<'a> GuestMemoryBuilder<'a> {
 
         let map = AttrMap::new(end).map_err(|source| BuildError::Range { index: 0, source })?;
         let attrs = Arc::new(ConcurrentAttrMap::new(map));
-        let lock = Arc::new(AccessLock::default());
+        let lock = Arc::new(AccessLock::new(end));
         let mut spans: Vec<GuestSpan> = Vec::new();
         for r in &regions {
             match spans.last_mut() {

@@ -417,7 +417,8 @@ impl HostSafeMemory {
     /// call is undone (see [`ConvertError`]). Readers see the state before or after the
     /// whole conversion, never a mix, and a host access never faults on a page that
     /// becomes private under it: conversions to private wait for outstanding
-    /// [`HostAccessLease`](crate::HostAccessLease)s.
+    /// [`HostAccessLease`](crate::HostAccessLease)s on the 2 MiB blocks of the pages they
+    /// make private (and only those).
     ///
     /// Listeners are told after the new state is visible. Do not call this while holding
     /// a slice of this memory on the same thread (a conversion to private would wait for
@@ -474,10 +475,16 @@ impl HostSafeMemory {
                     .collect();
                 (order, told)
             });
-            // Taking host access away: wait until no host access is in flight, and keep
-            // new ones out until the new state is published.
-            let exclusive =
-                (to.is_private() && !plan.reversible.is_empty()).then(|| self.lock.write());
+            // Taking host access away: wait until no host access to the blocks of the
+            // pages made private is in flight, and keep new ones out of those blocks
+            // until the new state is published. Accesses elsewhere carry on.
+            let exclusive = (to.is_private() && !plan.reversible.is_empty()).then(|| {
+                let made_private = changes
+                    .iter()
+                    .filter(|c| !c.old.attributes.is_private())
+                    .map(|c| c.range);
+                self.lock.write_frames(made_private)
+            });
             if let Err(e) = self.execute(&plan, &changes, to, map) {
                 restore(map, &changes);
                 return Err(e);

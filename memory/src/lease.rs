@@ -9,59 +9,83 @@
 //! descriptors all the time), so taking, cloning and dropping a lease is one atomic
 //! read-modify-write on one word, with no lock and no allocation. The mutex and condition
 //! variable are only for threads that must wait.
+//!
+//! The lock is kept per block of guest memory ([`BLOCK_SIZE`]): a lease holds the blocks
+//! its access touches, a conversion to private the blocks of the pages it makes private,
+//! so a device thread's long access to one buffer holds back only conversions near it.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
+use smallvec::SmallVec;
+use veil_attrs::{FrameRange, PAGE_SHIFT};
 use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
 
-/// Set while a conversion holds the lock.
+/// log2 of [`BLOCK_SIZE`].
+const BLOCK_SHIFT: u32 = 21;
+/// The bytes of guest memory one word of the lock covers: 2 MiB, a huge page. A
+/// conversion to private waits for the leases on the blocks it makes pages private in,
+/// and no others. The words cost 8 bytes per block, 1/262,144 of the guest-physical
+/// address range, of which only the pages of words in use are touched.
+pub(crate) const BLOCK_SIZE: u64 = 1 << BLOCK_SHIFT;
+
+/// Set while a conversion holds the block.
 const CONVERTING: usize = 1 << 0;
-/// Set while some thread may be asleep on the condition variable, or about to be: whoever
-/// clears [`CONVERTING`] or drops the last lease then takes the mutex to wake it.
+/// Set while some thread may be asleep on the condition variable waiting for the block,
+/// or about to be: whoever clears [`CONVERTING`] or drops the block's last lease then
+/// takes the mutex to wake it.
 const PARKED: usize = 1 << 1;
 /// One lease, in the count that takes the bits above the flags.
 const ONE_LEASE: usize = 1 << 2;
 /// The bits that count leases.
 const LEASES: usize = !(CONVERTING | PARKED);
 
-/// A reader-preferring lock: host accesses share it, a conversion that removes host
-/// access holds it alone while it changes protections and publishes the new state.
+/// A reader-preferring lock per block of guest memory: host accesses share the blocks
+/// they touch, a conversion that removes host access holds the blocks it changes alone
+/// while it changes protections and publishes the new state.
 ///
-/// Readers only wait while a conversion holds it, never for a waiting conversion, so a
-/// thread that already holds a lease can take another without deadlock. A conversion can
-/// therefore wait as long as leases keep overlapping.
+/// Readers only wait while a conversion holds a block they touch, never for a waiting
+/// conversion, so a thread that already holds a lease can take another without
+/// deadlock. A conversion can therefore wait as long as leases on its blocks keep
+/// overlapping. Conversions on other blocks do not wait at all.
 ///
 /// # How it works
 ///
-/// Everything is in `state`: the number of leases alive, [`CONVERTING`] and [`PARKED`].
-/// Taking a lease is a compare-and-swap that adds [`ONE_LEASE`] where [`CONVERTING`] is
-/// clear; cloning one adds [`ONE_LEASE`]; dropping one subtracts it. A conversion swaps
-/// a state of 0 for [`CONVERTING`] and clears the bit when it is done.
+/// Every block has a word: the number of leases alive on it, [`CONVERTING`] and
+/// [`PARKED`]. Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
+/// where [`CONVERTING`] is clear; cloning one adds [`ONE_LEASE`]; dropping one subtracts
+/// it. An access that crosses into the next block takes each block in address order. A
+/// conversion swaps a word with no lease and no [`CONVERTING`] for one with
+/// [`CONVERTING`], for every block it needs, and clears the bits when it is done. It
+/// takes its blocks all or none: if one has leases, it gives back the ones it took, waits
+/// for that one, and starts again. So a conversion never holds a block while it waits,
+/// and readers, who wait only for blocks held, cannot wait for each other through it.
 ///
-/// A thread that must wait takes `sleep`, then sets [`PARKED`] with a compare-and-swap
-/// that also confirms what it waits for still holds, and sleeps on `wake`, which gives
-/// `sleep` back only once the thread is asleep. A thread that lets a waiter go on (the
-/// last lease dropped, or a conversion done) changes `state` first, and only if the old
-/// value had [`PARKED`] takes `sleep`, clears [`PARKED`] and wakes every sleeper; those
-/// that must still wait set it again. No wake-up is lost: if the waker took `sleep`
-/// before the waiter did, the waker's change to `state` happens before the waiter's look
-/// at it, which then sees the change and does not sleep; otherwise the waker takes
-/// `sleep` after the waiter is asleep, and wakes it. [`PARKED`] is only cleared under
-/// `sleep`, so it cannot vanish between a waiter's look and its sleep.
+/// A thread that must wait for a block takes `sleep`, then sets [`PARKED`] in the
+/// block's word with a compare-and-swap that also confirms what it waits for still
+/// holds, and sleeps on `wake`, which gives `sleep` back only once the thread is asleep.
+/// A thread that lets a waiter go on (a block's last lease dropped, or a conversion
+/// done) changes the word first, and only if the old value had [`PARKED`] takes `sleep`,
+/// clears [`PARKED`] in that word and wakes every sleeper; those that must still wait
+/// set it again. No wake-up is lost: if the waker took `sleep` before the waiter did, the
+/// waker's change to the word happens before the waiter's look at it, which then sees the
+/// change and does not sleep; otherwise the waker takes `sleep` after the waiter is
+/// asleep, and wakes it. [`PARKED`] is only cleared under `sleep`, so it cannot vanish
+/// between a waiter's look and its sleep. Sleepers waiting for other blocks wake too,
+/// find their block's [`PARKED`] still set, and sleep again.
 ///
-/// Orderings: taking a lease and taking the lock are `Acquire`, dropping either is
+/// Orderings: taking a lease and taking a block are `Acquire`, dropping either is
 /// `Release`. So whatever a lease holder did with guest memory (its reads and writes,
-/// all before the drop) happens before the conversion that next takes the lock changes
+/// all before the drop) happens before the conversion that next takes the block changes
 /// protections, and whatever a conversion did (new protections, the new attributes
-/// published) happens before any lease taken after it lets go; compare-and-swaps that
-/// fail and [`PARKED`] need no ordering of their own (the mutex orders waiters and
-/// wakers). Cloning is `Relaxed`, like `Arc::clone`: the clone's holder already holds a
-/// lease, so it learns nothing new.
-#[derive(Default)]
+/// published) happens before any lease taken on its blocks after it lets go. A lease on
+/// other blocks needs no order with that conversion: none of its pages changes.
+/// Compare-and-swaps that fail and [`PARKED`] need no ordering of their own (the mutex
+/// orders waiters and wakers). Cloning is `Relaxed`, like `Arc::clone`: the clone's
+/// holder already holds a lease, so it learns nothing new.
 pub(crate) struct AccessLock {
-    state: AtomicUsize,
+    blocks: Box<[AtomicUsize]>,
     /// Guards no data: it orders waiters' sleeping against wakers' waking.
     sleep: Mutex<()>,
     wake: Condvar,
@@ -70,64 +94,201 @@ pub(crate) struct AccessLock {
     sleeps: AtomicUsize,
 }
 
+impl Default for AccessLock {
+    /// A lock of one block (tests).
+    fn default() -> Self {
+        AccessLock::new(0)
+    }
+}
+
 impl fmt::Debug for AccessLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.state.load(Ordering::Relaxed);
+        let words = || self.blocks.iter().map(|b| b.load(Ordering::Relaxed));
         f.debug_struct("AccessLock")
-            .field("leases", &(s / ONE_LEASE))
-            .field("converting", &(s & CONVERTING != 0))
-            .field("parked", &(s & PARKED != 0))
+            .field("blocks", &self.blocks.len())
+            .field("leases", &words().map(|s| s / ONE_LEASE).sum::<usize>())
+            .field(
+                "converting",
+                &words().filter(|s| s & CONVERTING != 0).count(),
+            )
+            .field("parked", &words().filter(|s| s & PARKED != 0).count())
             .finish()
     }
 }
 
 impl AccessLock {
-    /// Takes a read lease: waits while a conversion holds the lock.
+    /// A lock for guest memory of `bytes` bytes from guest-physical 0 (at least one
+    /// block).
+    pub(crate) fn new(bytes: u64) -> AccessLock {
+        let blocks = bytes.div_ceil(BLOCK_SIZE).max(1) as usize;
+        // Zeroed by the allocator (`vec!` of zeros asks it for zeroed memory), so the
+        // words of blocks no access ever touches (a sparse guest-physical layout) cost no
+        // memory where it hands out fresh pages.
+        let zeroed = Box::into_raw(vec![0usize; blocks].into_boxed_slice());
+        const _: () = assert!(align_of::<AtomicUsize>() == align_of::<usize>());
+        AccessLock {
+            // SAFETY: `AtomicUsize` has the size and bit validity of `usize` (std's
+            // documentation) and, checked above, its alignment, so the allocation is a
+            // valid `[AtomicUsize]` of the same length, owned by the box alone; each word
+            // is 0: no lease, no flag.
+            blocks: unsafe { Box::from_raw(zeroed as *mut [AtomicUsize]) },
+            sleep: Mutex::new(()),
+            wake: Condvar::new(),
+            sleeps: AtomicUsize::new(0),
+        }
+    }
+
+    /// Takes a read lease on the blocks `[gpa, gpa + len)` touches (the block of `gpa`
+    /// if `len` is 0): waits while a conversion holds one of them.
     #[inline]
+    pub(crate) fn lease(&self, gpa: u64, len: usize) -> HostAccessLease<'_> {
+        let first = (gpa >> BLOCK_SHIFT) as usize;
+        let end = gpa.wrapping_add(len as u64).wrapping_sub(1);
+        // Nearly every access stays inside one block.
+        if len != 0 && end >> BLOCK_SHIFT == first as u64 && first < self.blocks.len() {
+            self.take_shared(first);
+            return HostAccessLease(Some(Leased {
+                lock: self,
+                first: first as u32,
+                count: 1,
+            }));
+        }
+        self.lease_blocks(gpa, len)
+    }
+
+    /// [`lease`](Self::lease) of an access that crosses blocks, or is empty.
+    #[cold]
+    fn lease_blocks(&self, gpa: u64, len: usize) -> HostAccessLease<'_> {
+        let top = self.blocks.len() - 1;
+        let first = ((gpa >> BLOCK_SHIFT) as usize).min(top);
+        let end = gpa.saturating_add((len as u64).saturating_sub(1));
+        let last = ((end >> BLOCK_SHIFT) as usize).min(top);
+        // In address order, each taken on its own: a conversion never holds one block
+        // while it waits for another, so this cannot wait for a thread waiting for it.
+        for block in first..=last {
+            self.take_shared(block);
+        }
+        HostAccessLease(Some(Leased {
+            lock: self,
+            first: first as u32,
+            count: (last - first + 1) as u32,
+        }))
+    }
+
+    /// Takes a read lease on the first block (tests).
+    #[cfg(test)]
     pub(crate) fn read(&self) -> HostAccessLease<'_> {
-        let mut s = self.state.load(Ordering::Relaxed);
+        self.lease(0, 1)
+    }
+
+    /// Adds one lease to `block`, waiting while a conversion holds it.
+    #[inline]
+    fn take_shared(&self, block: usize) {
+        let word = &self.blocks[block];
+        let mut s = word.load(Ordering::Relaxed);
         while s & CONVERTING == 0 {
-            match self.state.compare_exchange_weak(
-                s,
-                add_lease(s),
-                Ordering::Acquire,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return HostAccessLease(Some(self)),
+            match word.compare_exchange_weak(s, add_lease(s), Ordering::Acquire, Ordering::Relaxed)
+            {
+                Ok(_) => return,
                 Err(now) => s = now,
             }
         }
-        self.read_contended()
+        self.take_shared_contended(block);
     }
 
     #[cold]
-    fn read_contended(&self) -> HostAccessLease<'_> {
-        self.wait_to_take(|s| s & CONVERTING == 0, add_lease);
-        HostAccessLease(Some(self))
+    fn take_shared_contended(&self, block: usize) {
+        self.wait_to_take(block, |s| s & CONVERTING == 0, add_lease);
     }
 
-    /// Takes the lock alone: waits until no lease is held and no conversion holds it.
+    /// Takes every block alone (tests): waits until no lease is held and no conversion
+    /// holds any.
+    #[cfg(test)]
     pub(crate) fn write(&self) -> ExclusiveGuard<'_> {
-        let free = self
-            .state
-            .compare_exchange(0, CONVERTING, Ordering::Acquire, Ordering::Relaxed);
-        if free.is_err() {
-            self.wait_to_take(|s| s & (LEASES | CONVERTING) == 0, |s| s | CONVERTING);
-        }
-        ExclusiveGuard(self)
+        self.write_blocks((0..self.blocks.len()).collect())
     }
 
-    /// Sleeps until `ready(state)`, then replaces `state` with `take(state)`.
+    /// Takes alone the blocks holding any page of `ranges`: waits until no lease is held
+    /// on them and no conversion holds any of them.
+    pub(crate) fn write_frames(
+        &self,
+        ranges: impl IntoIterator<Item = FrameRange>,
+    ) -> ExclusiveGuard<'_> {
+        let top = self.blocks.len() - 1;
+        let shift = BLOCK_SHIFT - PAGE_SHIFT;
+        let mut blocks = Blocks::new();
+        for r in ranges {
+            let first = ((r.start().0 >> shift) as usize).min(top);
+            let last = (((r.end().0 - 1) >> shift) as usize).min(top);
+            blocks.extend(first..=last);
+        }
+        blocks.sort_unstable();
+        blocks.dedup();
+        self.write_blocks(blocks)
+    }
+
+    fn write_blocks(&self, blocks: Blocks) -> ExclusiveGuard<'_> {
+        let free = |s: usize| s & (LEASES | CONVERTING) == 0;
+        if let [only] = blocks[..] {
+            let word = &self.blocks[only];
+            let taken = word.compare_exchange(0, CONVERTING, Ordering::Acquire, Ordering::Relaxed);
+            if taken.is_err() {
+                self.wait_to_take(only, free, |s| s | CONVERTING);
+            }
+            return ExclusiveGuard { lock: self, blocks };
+        }
+        // All or none: never hold a block while waiting for another.
+        loop {
+            let busy = blocks.iter().position(|&b| {
+                let word = &self.blocks[b];
+                let mut s = word.load(Ordering::Relaxed);
+                while free(s) {
+                    match word.compare_exchange_weak(
+                        s,
+                        s | CONVERTING,
+                        Ordering::Acquire,
+                        Ordering::Relaxed,
+                    ) {
+                        Ok(_) => return false,
+                        Err(now) => s = now,
+                    }
+                }
+                true
+            });
+            let Some(busy) = busy else {
+                return ExclusiveGuard { lock: self, blocks };
+            };
+            for &b in &blocks[..busy] {
+                self.give_back(b);
+            }
+            // Wait until the busy block is free, taking nothing, then try them all again.
+            self.wait_to_take(blocks[busy], free, |s| s);
+        }
+    }
+
+    /// Clears [`CONVERTING`] in `block`, waking its waiters.
+    fn give_back(&self, block: usize) {
+        let before = self.blocks[block].fetch_and(!CONVERTING, Ordering::Release);
+        if before & PARKED != 0 {
+            self.wake_all(block);
+        }
+    }
+
+    /// Sleeps until `ready(word)` for the word of `block`, then replaces the word with
+    /// `take(word)`.
     #[cold]
-    fn wait_to_take(&self, ready: impl Fn(usize) -> bool, take: impl Fn(usize) -> usize) {
+    fn wait_to_take(
+        &self,
+        block: usize,
+        ready: impl Fn(usize) -> bool,
+        take: impl Fn(usize) -> usize,
+    ) {
+        let word = &self.blocks[block];
         let mut sleep = self.sleep();
-        let mut s = self.state.load(Ordering::Relaxed);
+        let mut s = word.load(Ordering::Relaxed);
         loop {
             if ready(s) {
-                match self
-                    .state
-                    .compare_exchange(s, take(s), Ordering::Acquire, Ordering::Relaxed)
-                {
+                match word.compare_exchange(s, take(s), Ordering::Acquire, Ordering::Relaxed) {
                     Ok(_) => return,
                     Err(now) => {
                         s = now;
@@ -139,8 +300,7 @@ impl AccessLock {
             // not, so whoever makes it ready wakes this thread.
             if s & PARKED == 0
                 && let Err(now) =
-                    self.state
-                        .compare_exchange(s, s | PARKED, Ordering::Relaxed, Ordering::Relaxed)
+                    word.compare_exchange(s, s | PARKED, Ordering::Relaxed, Ordering::Relaxed)
             {
                 s = now;
                 continue;
@@ -150,7 +310,7 @@ impl AccessLock {
                 .wake
                 .wait(sleep)
                 .unwrap_or_else(PoisonError::into_inner);
-            s = self.state.load(Ordering::Relaxed);
+            s = word.load(Ordering::Relaxed);
         }
     }
 
@@ -159,30 +319,37 @@ impl AccessLock {
         self.sleep.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Wakes every sleeper; called by a thread whose change to `state` found [`PARKED`].
+    /// Wakes every sleeper; called by a thread whose change to the word of `block` found
+    /// [`PARKED`].
     #[cold]
-    fn wake_all(&self) {
+    fn wake_all(&self, block: usize) {
         let _sleep = self.sleep();
-        self.state.fetch_and(!PARKED, Ordering::Relaxed);
+        self.blocks[block].fetch_and(!PARKED, Ordering::Relaxed);
         self.wake.notify_all();
     }
 
     /// Whether some thread sleeps on the lock, or is about to (tests only).
     #[cfg(test)]
     pub(crate) fn has_sleepers(&self) -> bool {
-        self.state.load(Ordering::SeqCst) & PARKED != 0
+        self.blocks
+            .iter()
+            .any(|b| b.load(Ordering::SeqCst) & PARKED != 0)
     }
 
-    /// Drops one lease.
+    /// Drops one lease on `block`.
     #[inline]
-    fn release(&self) {
-        let before = self.state.fetch_sub(ONE_LEASE, Ordering::Release);
+    fn release(&self, block: usize) {
+        let before = self.blocks[block].fetch_sub(ONE_LEASE, Ordering::Release);
         // The last lease, and someone (a conversion) may be waiting for it.
         if before & (LEASES | PARKED) == ONE_LEASE | PARKED {
-            self.wake_all();
+            self.wake_all(block);
         }
     }
 }
+
+/// The blocks a conversion holds, in address order; the common conversion holds one or
+/// two, inline.
+type Blocks = SmallVec<[usize; 2]>;
 
 /// `s` with one more lease. Leases that are never dropped (`mem::forget`) could in
 /// principle overflow the count; like `Arc`, abort rather than wrap.
@@ -194,14 +361,16 @@ fn add_lease(s: usize) -> usize {
     }
 }
 
-/// Exclusive hold of an [`AccessLock`], released on drop.
-pub(crate) struct ExclusiveGuard<'a>(&'a AccessLock);
+/// Exclusive hold of some blocks of an [`AccessLock`], released on drop.
+pub(crate) struct ExclusiveGuard<'a> {
+    lock: &'a AccessLock,
+    blocks: Blocks,
+}
 
 impl Drop for ExclusiveGuard<'_> {
     fn drop(&mut self) {
-        let before = self.0.state.fetch_and(!CONVERTING, Ordering::Release);
-        if before & PARKED != 0 {
-            self.0.wake_all();
+        for &b in &self.blocks {
+            self.lock.give_back(b);
         }
     }
 }
@@ -210,13 +379,29 @@ impl Drop for ExclusiveGuard<'_> {
 /// [`VolatileSlice`](vm_memory::VolatileSlice) a [`HostSafeMemory`](crate::HostSafeMemory)
 /// hands out (in the slot `vm-memory` reserves for a dirty bitmap).
 ///
-/// While any slice (or a clone of one) is alive, no conversion can make memory of that
-/// guest inaccessible to the host, so a slice checked as shared stays accessible until it
-/// is dropped. Conversions to private wait for it: keep slices short-lived, and never
-/// convert to private on a thread that still holds one (that deadlocks). The lease does
-/// not track dirty pages. It borrows the memory, as the slice does.
+/// While a slice (or a clone of one) is alive, no conversion can make memory in the 2 MiB
+/// blocks of guest memory it touches inaccessible to the host, so a slice checked as
+/// shared stays accessible until it is dropped. Conversions to private of pages in those
+/// blocks wait for it; conversions elsewhere do not. Keep slices short-lived, and never
+/// convert to private on a thread that still holds one (near it, that deadlocks). The
+/// lease does not track dirty pages. It borrows the memory, as the slice does.
 #[derive(Default)]
-pub struct HostAccessLease<'a>(Option<&'a AccessLock>);
+pub struct HostAccessLease<'a>(Option<Leased<'a>>);
+
+/// The blocks a held lease holds: `count` of them from `first`.
+#[derive(Clone, Copy)]
+struct Leased<'a> {
+    lock: &'a AccessLock,
+    first: u32,
+    count: u32,
+}
+
+impl Leased<'_> {
+    fn blocks(&self) -> std::ops::Range<usize> {
+        let first = self.first as usize;
+        first..first + self.count as usize
+    }
+}
 
 impl HostAccessLease<'_> {
     /// Whether this lease holds the lock (region bitmaps handed out by `bitmap()` do not).
@@ -228,11 +413,18 @@ impl HostAccessLease<'_> {
 impl Clone for HostAccessLease<'_> {
     #[inline]
     fn clone(&self) -> Self {
-        if let Some(lock) = self.0 {
-            // Held: no conversion holds the lock, so one more lease needs no check.
-            let before = lock.state.fetch_add(ONE_LEASE, Ordering::Relaxed);
-            if before > usize::MAX - ONE_LEASE {
-                std::process::abort();
+        if let Some(held) = self.0 {
+            // Held: no conversion holds these blocks, so one more lease needs no check.
+            let add = |block: usize| {
+                let before = held.lock.blocks[block].fetch_add(ONE_LEASE, Ordering::Relaxed);
+                if before > usize::MAX - ONE_LEASE {
+                    std::process::abort();
+                }
+            };
+            if held.count == 1 {
+                add(held.first as usize);
+            } else {
+                held.blocks().for_each(add);
             }
         }
         HostAccessLease(self.0)
@@ -242,8 +434,12 @@ impl Clone for HostAccessLease<'_> {
 impl Drop for HostAccessLease<'_> {
     #[inline]
     fn drop(&mut self) {
-        if let Some(lock) = self.0 {
-            lock.release();
+        if let Some(held) = self.0 {
+            if held.count == 1 {
+                held.lock.release(held.first as usize);
+            } else {
+                held.blocks().for_each(|block| held.lock.release(block));
+            }
         }
     }
 }
@@ -328,8 +524,9 @@ pub(crate) mod tests {
         }
     }
 
+    /// The word of the first block.
     fn state(lock: &AccessLock) -> usize {
-        lock.state.load(Ordering::SeqCst)
+        lock.blocks[0].load(Ordering::SeqCst)
     }
 
     /// Waits until some thread sleeps on `lock`.
@@ -569,6 +766,115 @@ pub(crate) mod tests {
                     lock.sleeps.load(Ordering::Relaxed) > 0,
                     "nothing ever waited"
                 );
+            }
+        });
+    }
+
+    /// Readers lease accesses in four blocks, some crossing into the next block, nested
+    /// and cloned, while writers take one to three blocks at a time, with random yields,
+    /// on more threads than the machine has cores. Per block, writers check that no lease
+    /// is alive while they hold it and readers that no writer holds it while they lease
+    /// it; everything finishes, so no conversion waiting for one block holds another.
+    #[test]
+    fn blocks_exclude_only_their_own_leases_under_stress() {
+        finishes(|| {
+            const BLOCKS: usize = 4;
+            const PAGES: u64 = BLOCK_SIZE >> PAGE_SHIFT;
+            let ops = if cfg!(miri) { 25 } else { 10_000 };
+            let lock = &AccessLock::new(BLOCKS as u64 * BLOCK_SIZE);
+            let inside: &[AtomicUsize; BLOCKS] = &Default::default();
+            let writer_in: &[AtomicBool; BLOCKS] = &Default::default();
+            let other_blocks_ran = &AtomicUsize::new(0);
+            thread::scope(|s| {
+                for t in 0..6u64 {
+                    s.spawn(move || {
+                        let mut x = (t + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                        let mut next = move || {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            x
+                        };
+                        let enter = |blocks: std::ops::Range<usize>| {
+                            for b in blocks {
+                                assert!(!writer_in[b].load(Ordering::SeqCst), "block {b}");
+                                inside[b].fetch_add(1, Ordering::SeqCst);
+                            }
+                        };
+                        let leave = |blocks: std::ops::Range<usize>| {
+                            for b in blocks {
+                                assert!(!writer_in[b].load(Ordering::SeqCst), "block {b}");
+                                inside[b].fetch_sub(1, Ordering::SeqCst);
+                            }
+                        };
+                        for _ in 0..ops {
+                            let r = next();
+                            let block = (r >> 8) as usize % BLOCKS;
+                            if t < 4 {
+                                // 16 bytes, or 8 KiB across the end of the block.
+                                let gpa = (block as u64 + 1) * BLOCK_SIZE - 0x1000;
+                                let len = if r & 1 != 0 { 0x2000 } else { 16 };
+                                let lease = lock.lease(gpa, len);
+                                let held = lease.0.unwrap().blocks();
+                                // Counted in before the check, out before the drop.
+                                enter(held.clone());
+                                if r & 2 != 0 {
+                                    thread::yield_now();
+                                }
+                                let clone = (r & 4 != 0).then(|| {
+                                    let c = lease.clone();
+                                    enter(held.clone());
+                                    c
+                                });
+                                leave(held.clone());
+                                drop(lease);
+                                if r & 8 != 0 {
+                                    thread::yield_now();
+                                }
+                                if let Some(c) = clone {
+                                    leave(held);
+                                    drop(c);
+                                }
+                            } else {
+                                // One to three blocks, not necessarily adjacent.
+                                let ranges = (0..1 + r % 3).map(|i| {
+                                    let b = (block as u64 + i * (1 + (r >> 20) % 2)) % 4;
+                                    FrameRange::new(
+                                        veil_attrs::Gfn(b * PAGES + (r >> 30) % PAGES),
+                                        1,
+                                    )
+                                    .unwrap()
+                                });
+                                let g = lock.write_frames(ranges);
+                                for &b in &g.blocks {
+                                    assert_eq!(inside[b].load(Ordering::SeqCst), 0, "block {b}");
+                                    writer_in[b].store(true, Ordering::SeqCst);
+                                }
+                                if g.blocks.len() < BLOCKS
+                                    && inside.iter().any(|n| n.load(Ordering::SeqCst) > 0)
+                                {
+                                    other_blocks_ran.fetch_add(1, Ordering::Relaxed);
+                                }
+                                if r & 1 != 0 {
+                                    thread::yield_now();
+                                }
+                                for &b in &g.blocks {
+                                    assert_eq!(inside[b].load(Ordering::SeqCst), 0, "block {b}");
+                                    writer_in[b].store(false, Ordering::SeqCst);
+                                }
+                                drop(g);
+                            }
+                        }
+                    });
+                }
+            });
+            assert!(inside.iter().all(|n| n.load(Ordering::SeqCst) == 0));
+            for b in lock.blocks.iter() {
+                assert_eq!(b.load(Ordering::SeqCst) & !PARKED, 0, "{lock:?}");
+            }
+            if !cfg!(miri) {
+                // Writers held blocks while leases on others were alive.
+                assert!(other_blocks_ran.load(Ordering::Relaxed) > 0);
             }
         });
     }

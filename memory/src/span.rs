@@ -122,7 +122,7 @@ impl GuestSpan {
                 len: count,
             });
         }
-        let lease = self.lock.read();
+        let lease = self.lock.lease(gpa, count);
         self.attrs.read(|map| check_shared(map, gpa, count))?;
         // The offset is inside the span, whose host view is mapped contiguously.
         Ok((lease, (self.host + offset as usize) as *mut u8))

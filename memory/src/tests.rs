@@ -954,3 +954,96 @@ fn hugetlb_emulated_region_converts_whole_huge_pages() {
     mem.convert(huge, SHARED).unwrap();
     assert_eq!(read(&mem, 0, 0x1000), vec![0x3c; 0x1000]);
 }
+
+/// Runs `f` on a thread of its own and returns its result, or `None` if it has not
+/// finished within ten seconds (it is then left blocked).
+fn within_seconds<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10)).ok()
+}
+
+/// 8 MiB of emulated memory from 0: four lease blocks of 2 MiB.
+fn four_blocks() -> Arc<HostSafeMemory> {
+    let mem = HostSafeMemory::builder()
+        .region(RegionSpec::new(0, 8 * MIB, Flavor::EMULATED).policy(ContentPolicy::Preserve))
+        .build()
+        .unwrap();
+    fill(&mem, 0, 8 * MIB as usize, 0x5a);
+    Arc::new(mem)
+}
+
+#[test]
+fn a_held_slice_holds_back_only_conversions_near_it() {
+    let mem = four_blocks();
+    // A slice in the last block, as a device holds a buffer it works on.
+    let slice = mem.get_slice(GuestAddress(6 * MIB + 0x1000), 16).unwrap();
+    // Pages in other blocks become private while it is held, and back.
+    for page in [0x000, 0x1ff, 0x200, 0x5ff] {
+        let m = Arc::clone(&mem);
+        let done = within_seconds(move || m.convert(fr(page, 1), PRIVATE).map(|c| c.pages_changed));
+        assert_eq!(done.map(Result::unwrap), Some(1), "page {page:#x} waited");
+        mem.convert(fr(page, 1), SHARED).unwrap();
+    }
+    // Converting a page of the slice's block waits for the slice, which stays readable,
+    // its page shared, while the conversion waits.
+    let (m, converted) = (Arc::clone(&mem), Arc::new(AtomicBool::new(false)));
+    let flag = Arc::clone(&converted);
+    let converter = std::thread::spawn(move || {
+        m.convert(fr(0x700, 1), PRIVATE).unwrap();
+        flag.store(true, Ordering::SeqCst);
+    });
+    crate::lease::tests::until_parked(mem.access_lock());
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert!(
+        !converted.load(Ordering::SeqCst),
+        "converted under a held slice"
+    );
+    assert!(!mem.state(Gfn(0x601)).unwrap().is_private());
+    let mut bytes = [0u8; 16];
+    slice.copy_to(&mut bytes);
+    assert_eq!(bytes, [0x5a; 16]);
+    drop(slice);
+    converter.join().unwrap();
+    assert!(converted.load(Ordering::SeqCst));
+    assert!(mem.state(Gfn(0x700)).unwrap().is_private());
+}
+
+#[test]
+fn a_conversion_waiting_for_one_block_holds_no_other() {
+    let mem = four_blocks();
+    // A slice across the boundary of the first two blocks holds both.
+    let slice = mem.get_slice(GuestAddress(2 * MIB - 8), 16).unwrap();
+    let (m, converted) = (Arc::clone(&mem), Arc::new(AtomicBool::new(false)));
+    let flag = Arc::clone(&converted);
+    // A page in the third block, and the slice's page in the second: it waits for the
+    // slice.
+    let converter = std::thread::spawn(move || {
+        m.convert_ranges(&[fr(0x400, 1), fr(0x200, 1)], PRIVATE)
+            .unwrap();
+        flag.store(true, Ordering::SeqCst);
+    });
+    crate::lease::tests::until_parked(mem.access_lock());
+    // While it waits, host accesses to the third block carry on: it holds none of its
+    // blocks while waiting for another.
+    let m = Arc::clone(&mem);
+    let read = within_seconds(move || m.host_read(4 * MIB + 0x10, &mut [0; 16]).is_ok());
+    assert_eq!(
+        read,
+        Some(true),
+        "an access waited for a waiting conversion"
+    );
+    assert!(!converted.load(Ordering::SeqCst));
+    // The slice is still shared and readable, both sides of the boundary.
+    assert!(!mem.state(Gfn(0x200)).unwrap().is_private());
+    let mut bytes = [0u8; 16];
+    slice.copy_to(&mut bytes);
+    assert_eq!(bytes, [0x5a; 16]);
+    drop(slice);
+    converter.join().unwrap();
+    assert!(mem.state(Gfn(0x200)).unwrap().is_private());
+    assert!(mem.state(Gfn(0x400)).unwrap().is_private());
+    assert!(mem.host_read(2 * MIB - 8, &mut [0; 16]).is_err());
+}
