@@ -8,6 +8,9 @@ mod caps;
 mod clock;
 mod dispatch;
 mod exit;
+#[cfg(target_arch = "x86_64")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handler;
 mod hypercall;
 mod port;

@@ -373,7 +373,7 @@ pub trait UnknownExitHandler: Send + Sync {
 
 /// Hands an exit veil does not decode to the hook: `Ok` re-enters the guest, an error
 /// stops the VM.
-fn unknown_exit(
+pub(crate) fn unknown_exit(
     hook: Option<&dyn UnknownExitHandler>,
     vcpu: usize,
     reason: u32,
@@ -509,7 +509,7 @@ fn run_vcpu(fd: &VcpuFd) -> RunOutcome {
 vmm_sys_util::ioctl_io_nr!(KVM_RUN, kvm_bindings::KVMIO, 0x80);
 
 /// Writes a result that goes into `kvm_run` (a hypercall's `ret`, MMIO read data).
-fn write_run(run: &mut kvm_run, write: WriteBack) {
+pub(crate) fn write_run(run: &mut kvm_run, write: WriteBack) {
     match write {
         WriteBack::HypercallRet(ret) => run.__bindgen_anon_1.hypercall.ret = ret,
         WriteBack::MmioData(data) => run.__bindgen_anon_1.mmio.data = data,

@@ -1,0 +1,462 @@
+// Copyright 2026 The veil authors.
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The attribute-map fuzz harness, shared by the cargo-fuzz target and by veil-attrs'
+//! `ops_corpus` test (which replays the committed corpus in every `cargo test`).
+//!
+//! An input is a guest size, then a sequence of operations on an [`AttrMap`] and a
+//! [`ConcurrentAttrMap`] holding the same guest: sets of ranges and of scattered pages,
+//! several sets published as one update, lookups, range checks, run listings, out-of-
+//! bounds requests, snapshots held across writes. An oracle that keeps the maximal runs
+//! of the guest in a plain sorted list (so exactly the state of every page) checks every
+//! answer, every list of changes, and after every step the whole map, run by run. With
+//! the top bit of the first byte set, a reader thread meanwhile takes snapshots of the
+//! concurrent map and checks that each is one of the states it published, whole, in
+//! order.
+
+use std::sync::{Arc, Mutex};
+
+use veil_attrs::{
+    AttrMap, Attributes, Change, ConcurrentAttrMap, FrameRange, Gfn, PAGE_SHIFT, PageState,
+    RangeError, Run, Tag,
+};
+
+/// The per-page oracle: the guest's maximal runs, as sorted (start, state) pairs, the
+/// first at frame 0. Every frame's state is the state of the last run starting at or
+/// before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Oracle {
+    frames: u64,
+    runs: Vec<(u64, PageState)>,
+}
+
+impl Oracle {
+    fn new(frames: u64) -> Self {
+        Oracle {
+            frames,
+            runs: vec![(0, PageState::SHARED)],
+        }
+    }
+
+    fn index_of(&self, gfn: u64) -> usize {
+        self.runs.partition_point(|&(s, _)| s <= gfn) - 1
+    }
+
+    fn get(&self, gfn: u64) -> PageState {
+        self.runs[self.index_of(gfn)].1
+    }
+
+    fn end_of(&self, k: usize) -> u64 {
+        self.runs.get(k + 1).map_or(self.frames, |r| r.0)
+    }
+
+    /// The maximal runs of `[a, b)`, clipped to it.
+    fn runs(&self, a: u64, b: u64) -> Vec<Run> {
+        let mut out = Vec::new();
+        let mut k = self.index_of(a);
+        while k < self.runs.len() && self.runs[k].0 < b {
+            let (s, e) = (self.runs[k].0.max(a), self.end_of(k).min(b));
+            out.push(Run {
+                range: FrameRange::from_bounds(Gfn(s), Gfn(e)).expect("a run"),
+                state: self.runs[k].1,
+            });
+            k += 1;
+        }
+        out
+    }
+
+    /// Sets `[a, b)` to `state`; the pieces that changed, with their previous states.
+    fn set(&mut self, a: u64, b: u64, state: PageState) -> Vec<Change> {
+        let changes: Vec<Change> = self
+            .runs(a, b)
+            .into_iter()
+            .filter(|r| r.state != state)
+            .map(|r| Change {
+                range: r.range,
+                previous: r.state,
+            })
+            .collect();
+        let after = self.get(b.min(self.frames - 1));
+        let keep_after = b < self.frames;
+        let lo = self.runs.partition_point(|&(s, _)| s < a);
+        let hi = self.runs.partition_point(|&(s, _)| s <= b);
+        let mut middle = vec![(a, state)];
+        if keep_after {
+            middle.push((b, after));
+        }
+        self.runs.splice(lo..hi, middle);
+        // Merge neighbours that now share a state.
+        self.runs.dedup_by(|next, prev| next.1 == prev.1);
+        changes
+    }
+
+    /// A map built from scratch with the oracle's states, one set per run.
+    fn rebuild(&self) -> AttrMap {
+        let mut map = AttrMap::new(self.frames << PAGE_SHIFT).expect("a map");
+        for run in self.runs(0, self.frames) {
+            if run.state != PageState::SHARED {
+                map.set_state(run.range, run.state).expect("a run inside");
+            }
+        }
+        map
+    }
+}
+
+/// Reads the input front to back; past its end everything is zero.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&b, rest)) => {
+                self.0 = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.u8(), self.u8()])
+    }
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |v, i| v | u64::from(self.u8()) << (8 * i))
+    }
+}
+
+const STATES: [PageState; 8] = [
+    PageState::PRIVATE,
+    PageState::SHARED,
+    PageState::PRIVATE,
+    PageState::SHARED,
+    PageState::tagged(Attributes::empty(), tag(1)),
+    PageState::tagged(Attributes::PRIVATE, tag(1)),
+    PageState::tagged(Attributes::PRIVATE, tag(2)),
+    PageState::tagged(Attributes::PRIVATE, tag(0xffff)),
+];
+
+const fn tag(v: u16) -> Tag {
+    match Tag::new(v) {
+        Some(t) => t,
+        None => panic!("a tag is not zero"),
+    }
+}
+
+/// The guest size in frames the first bytes pick: small, a few leaves, a few 1 GiB
+/// regions, or anything up to 2^40 frames.
+fn frames(input: &mut Bytes<'_>) -> u64 {
+    let kind = input.u8();
+    let frames = match kind & 3 {
+        0 => u64::from(input.u8()) + 1,
+        1 => u64::from(input.u16()) + 1,
+        2 => (u64::from(input.u8() & 7) + 1) << 18 | u64::from(input.u16()),
+        _ => input.u64() & ((1 << 40) - 1),
+    };
+    frames.max(1)
+}
+
+/// A frame number near one of the places where the tree's forms change: the guest's
+/// ends, leaf and region edges, or anywhere.
+fn gfn(input: &mut Bytes<'_>, frames: u64) -> u64 {
+    let sel = input.u8();
+    let off = u64::from(input.u8());
+    let g = match sel & 7 {
+        0 => off,
+        1 => frames.saturating_sub(1 + off),
+        2 => (u64::from(input.u8()) << 12) + off,
+        3 => (u64::from(input.u8()) << 12).wrapping_sub(off + 1),
+        4 => (u64::from(input.u8()) << 18) + off,
+        5 => (u64::from(input.u8()) << 18).wrapping_sub(off + 1),
+        6 => (u64::from(input.u16()) << 6) + (off & 63),
+        _ => input.u64(),
+    };
+    g % frames
+}
+
+/// A range `[a, b)` inside the guest.
+fn range(input: &mut Bytes<'_>, frames: u64) -> (u64, u64) {
+    let (x, y) = (gfn(input, frames), gfn(input, frames));
+    (x.min(y), x.max(y) + 1)
+}
+
+fn fr(a: u64, b: u64) -> FrameRange {
+    FrameRange::from_bounds(Gfn(a), Gfn(b)).expect("a range")
+}
+
+/// Checks `map` against `oracle` over the whole guest and at the edges of every run.
+fn check_whole(map: &AttrMap, oracle: &Oracle, what: &dyn std::fmt::Debug) {
+    let got: Vec<Run> = map
+        .runs(map.whole())
+        .expect("the whole guest")
+        .take(oracle.runs.len() + 1)
+        .collect();
+    assert_eq!(got, oracle.runs(0, oracle.frames), "runs after {what:?}");
+    assert_eq!(
+        map.run_count(),
+        oracle.runs.len(),
+        "run count after {what:?}"
+    );
+    for &(s, state) in &oracle.runs {
+        assert_eq!(
+            map.get(Gfn(s)).ok(),
+            Some(state),
+            "frame {s:#x} after {what:?}"
+        );
+        if s > 0 {
+            let prev = oracle.get(s - 1);
+            assert_eq!(map.get(Gfn(s - 1)).ok(), Some(prev), "frame {:#x}", s - 1);
+        }
+    }
+}
+
+/// Published versions of the concurrent map, for the reader thread to match.
+type Versions = Arc<Mutex<Vec<Oracle>>>;
+
+/// Runs one input.
+pub fn run(data: &[u8]) {
+    let mut input = Bytes(data);
+    let threaded = data.first().is_some_and(|b| b & 0xc0 == 0xc0);
+    let frames = frames(&mut input);
+    let Ok(mut map) = AttrMap::new(frames << PAGE_SHIFT) else {
+        return;
+    };
+    assert_eq!(map.frames(), frames);
+    let shared = Arc::new(ConcurrentAttrMap::new(map.clone()));
+    let versions: Option<Versions> =
+        threaded.then(|| Arc::new(Mutex::new(vec![Oracle::new(frames)])));
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = versions.clone().map(|versions| {
+        let (shared, done) = (shared.clone(), done.clone());
+        std::thread::spawn(move || read_concurrently(&shared, &versions, &done))
+    });
+
+    let mut oracle = Oracle::new(frames);
+    let mut snapshots: Vec<(Arc<AttrMap>, Oracle)> = Vec::new();
+    let mut steps = 0;
+    while !input.is_empty() && steps < 128 {
+        steps += 1;
+        let op = input.u8();
+        match op % 12 {
+            // A set of a range, on both maps.
+            0..=2 => {
+                let (a, b) = range(&mut input, frames);
+                let state = STATES[usize::from(op >> 4) % STATES.len()];
+                let want = oracle.set(a, b, state);
+                let untagged = state.tag.is_none() && op & 8 != 0;
+                let got = if untagged {
+                    map.set(fr(a, b), state.attributes)
+                } else {
+                    map.set_state(fr(a, b), state)
+                }
+                .expect("a set inside");
+                assert_eq!(
+                    &got[..],
+                    &want[..],
+                    "changes of [{a:#x}, {b:#x}) to {state:?}"
+                );
+                versions_push(&versions, &oracle);
+                let got = shared.set_state(fr(a, b), state).expect("a set inside");
+                assert_eq!(
+                    &got[..],
+                    &want[..],
+                    "concurrent changes of [{a:#x}, {b:#x})"
+                );
+            }
+            // Scattered single pages (busy leaves and regions), one update each.
+            3 => {
+                let start = gfn(&mut input, frames);
+                let count = u64::from(input.u8() % 64) + 1;
+                let stride = u64::from(input.u8()) + 1;
+                let state = STATES[usize::from(op >> 4) % STATES.len()];
+                for i in 0..count {
+                    let g = (start + i * stride) % frames;
+                    let want = oracle.set(g, g + 1, state);
+                    let got = map.set_state(fr(g, g + 1), state).expect("a page inside");
+                    assert_eq!(&got[..], &want[..], "changes of page {g:#x}");
+                    versions_push(&versions, &oracle);
+                    let got = shared.set_state(fr(g, g + 1), state).expect("a page");
+                    assert_eq!(&got[..], &want[..], "concurrent changes of page {g:#x}");
+                }
+            }
+            // Several sets published as one update; the writer reads its own sets.
+            4 => {
+                let n = usize::from(input.u8() % 8) + 1;
+                let mut sets = Vec::with_capacity(n);
+                let mut after = oracle.clone();
+                for _ in 0..n {
+                    let (a, b) = range(&mut input, frames);
+                    let state = STATES[usize::from(input.u8()) % STATES.len()];
+                    let want = after.set(a, b, state);
+                    sets.push((a, b, state, want, after.clone()));
+                }
+                let out_of_bounds = op & 0x80 != 0;
+                versions_push(&versions, &after);
+                shared.update(|w| {
+                    for (a, b, state, want, then) in &sets {
+                        let got = w.set_state(fr(*a, *b), *state).expect("a set inside");
+                        assert_eq!(&got[..], &want[..], "changes in an update");
+                        assert_eq!(w.get(Gfn(*a)).ok(), Some(*state));
+                        let g = gfn(&mut Bytes(&a.to_le_bytes()), frames);
+                        assert_eq!(w.get(Gfn(g)).ok(), Some(then.get(g)));
+                    }
+                    if out_of_bounds {
+                        let bad = FrameRange::new(Gfn(frames.saturating_sub(1)), 2);
+                        if let Ok(bad) = bad {
+                            assert!(w.set(bad, Attributes::PRIVATE).is_err());
+                        }
+                    }
+                });
+                for (a, b, state, ..) in &sets {
+                    map.set_state(fr(*a, *b), *state).expect("a set inside");
+                }
+                oracle = after;
+            }
+            // Lookups, range checks and run listings.
+            5 => {
+                let g = gfn(&mut input, frames);
+                assert_eq!(map.get(Gfn(g)).ok(), Some(oracle.get(g)));
+                assert_eq!(shared.get(Gfn(g)).ok(), Some(oracle.get(g)));
+            }
+            6 => {
+                let (a, b) = range(&mut input, frames);
+                for attrs in [Attributes::PRIVATE, Attributes::empty()] {
+                    let want = oracle
+                        .runs(a, b)
+                        .iter()
+                        .all(|r| r.state.attributes == attrs);
+                    assert_eq!(map.range_is(fr(a, b), attrs).ok(), Some(want));
+                    assert_eq!(shared.range_is(fr(a, b), attrs).ok(), Some(want));
+                }
+            }
+            7 => {
+                let (a, b) = range(&mut input, frames);
+                let want = oracle.runs(a, b);
+                let got: Vec<Run> = map
+                    .runs(fr(a, b))
+                    .expect("a range inside")
+                    .take(want.len() + 1)
+                    .collect();
+                assert_eq!(got, want, "runs of [{a:#x}, {b:#x})");
+                let got: Vec<Run> = shared.read(|m| {
+                    m.runs(fr(a, b))
+                        .expect("a range inside")
+                        .take(want.len() + 1)
+                        .collect()
+                });
+                assert_eq!(got, want, "concurrent runs of [{a:#x}, {b:#x})");
+            }
+            // Requests reaching past the guest, or not ranges at all.
+            8 => {
+                let a = gfn(&mut input, frames);
+                let over = u64::from(input.u8()) + 1;
+                let pages = frames - a + over;
+                let before = map.clone();
+                if let Ok(bad) = FrameRange::new(Gfn(a), pages) {
+                    assert!(matches!(
+                        map.set(bad, Attributes::PRIVATE),
+                        Err(RangeError::OutOfBounds { .. })
+                    ));
+                    assert!(shared.set(bad, Attributes::PRIVATE).is_err());
+                    assert!(map.range_is(bad, Attributes::PRIVATE).is_err());
+                    assert!(map.runs(bad).is_err());
+                }
+                assert!(map.get(Gfn(frames + over - 1)).is_err());
+                assert!(map == before, "a refused set changed the map");
+                let (gpa, size) = (input.u64(), input.u64());
+                if let Ok(r) = map.range(gpa, size) {
+                    assert!(gpa % 4096 == 0 && size % 4096 == 0 && size != 0);
+                    assert!(r.end().0 <= frames && r.gpa() == gpa && r.size() == size);
+                } else {
+                    let fits = gpa % 4096 == 0
+                        && size % 4096 == 0
+                        && size != 0
+                        && u128::from(gpa) + u128::from(size) <= u128::from(frames) << 12;
+                    assert!(!fits, "range({gpa:#x}, {size:#x}) refused");
+                }
+            }
+            // Snapshots held across writes, and dropped.
+            9 => {
+                if snapshots.len() < 4 {
+                    snapshots.push((shared.snapshot(), oracle.clone()));
+                } else {
+                    snapshots.remove(usize::from(op >> 4) % 4);
+                }
+            }
+            10 => {
+                // A write that waits for no one, when no one writes.
+                let (a, b) = range(&mut input, frames);
+                let state = STATES[usize::from(op >> 4) % STATES.len()];
+                let mut next = oracle.clone();
+                let want = next.set(a, b, state);
+                versions_push(&versions, &next);
+                let got = match shared.try_update(|w| w.set_state(fr(a, b), state)) {
+                    Ok(got) => got,
+                    // The reader thread never writes, so the writer lock is free.
+                    Err(_) => panic!("try_update found a writer"),
+                };
+                assert_eq!(&got.expect("a set inside")[..], &want[..]);
+                map.set_state(fr(a, b), state).expect("a set inside");
+                oracle = next;
+            }
+            // The canonical form: the same states built another way.
+            _ => assert!(map == oracle.rebuild(), "the map is not canonical"),
+        }
+        check_whole(&map, &oracle, &op);
+        // The concurrent map holds the same states, so (the form being canonical) the
+        // same tree.
+        assert!(*shared.snapshot() == map, "the two maps differ after {op}");
+    }
+    check_whole(&shared.snapshot(), &oracle, &"the last step");
+    // Snapshots never change, whatever was written after them.
+    for (snap, then) in &snapshots {
+        check_whole(snap, then, &"a held snapshot");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    if let Some(reader) = reader {
+        reader.join().expect("the reader thread");
+    }
+}
+
+fn versions_push(versions: &Option<Versions>, oracle: &Oracle) {
+    let Some(versions) = versions else { return };
+    let mut v = versions.lock().unwrap_or_else(|p| p.into_inner());
+    if v.last() != Some(oracle) {
+        v.push(oracle.clone());
+    }
+}
+
+/// Takes snapshots until `done` (at most [`READS`]): each must be a published version,
+/// at or after the one the previous snapshot was.
+fn read_concurrently(
+    shared: &ConcurrentAttrMap,
+    versions: &Versions,
+    done: &std::sync::atomic::AtomicBool,
+) {
+    let mut seen = 0;
+    for _ in 0..READS {
+        let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+        let snap = shared.snapshot();
+        let v = versions.lock().unwrap_or_else(|p| p.into_inner());
+        let runs: Vec<Run> = snap
+            .runs(snap.whole())
+            .expect("the whole guest")
+            .take(v.iter().map(|o| o.runs.len()).max().unwrap_or(0) + 1)
+            .collect();
+        let found = (seen..v.len()).find(|&i| runs == v[i].runs(0, v[i].frames));
+        match found {
+            Some(i) => seen = i,
+            None => panic!("a snapshot matches no published version from {seen} on: {runs:?}"),
+        }
+        drop(v);
+        if finished {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// Snapshots the reader thread takes at most: enough to land inside the writer's
+/// sequence, few enough that a shared machine does not spend its time switching.
+const READS: usize = 64;
