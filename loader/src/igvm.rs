@@ -361,8 +361,9 @@ fn check_variable_headers(file: &[u8], start: usize, end: usize) -> Result<(), I
             let fits = |size: u64| {
                 offset >= data_start && offset.checked_add(size).is_some_and(|e| e <= len)
             };
-            // An offset of 0 means no data.
-            if offset != 0 && !fits(size.unwrap_or(0)) {
+            // An offset of 0 means no data, except for a VP context, whose offset the
+            // crate always subtracts the file data start from.
+            if (offset != 0 || typ == 0x304) && !fits(size.unwrap_or(0)) {
                 return Err(bad(
                     "a header's file data lies outside the file data section",
                 ));

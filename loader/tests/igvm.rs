@@ -401,6 +401,37 @@ fn corrupted_variable_headers_never_panic() {
     assert!(refused > 0);
 }
 
+/// Every page data and VP context header of the sample with its file data offset set to
+/// 0: no data for a page (a page of zeros), but not allowed for a VP context, which the
+/// igvm crate reads unchecked from that offset.
+#[test]
+fn zero_file_data_offsets_never_panic() {
+    let file = sample_file();
+    let start = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    let end = start + u32::from_le_bytes(file[12..16].try_into().unwrap()) as usize;
+    let u32_at = |f: &[u8], at: usize| u32::from_le_bytes(f[at..at + 4].try_into().unwrap());
+    let (mut at, mut vp_contexts) = (start, 0);
+    while at < end {
+        let (typ, length) = (u32_at(&file, at), u32_at(&file, at + 4) as usize);
+        // IGVM_VHT_PAGE_DATA and IGVM_VHT_VP_CONTEXT: gpa (8), mask (4), file offset.
+        if typ == 0x302 || typ == 0x304 {
+            let mut bad = file.clone();
+            bad[at + 8 + 12..at + 8 + 16].fill(0);
+            fix_checksum(&mut bad);
+            for r in [snp(&bad, CMDLINE), tdx(&bad, CMDLINE)] {
+                match r {
+                    Ok(_) if typ == 0x302 => {}
+                    Err(LoadError::Igvm(_)) => {}
+                    other => panic!("header type {typ:#x} at {at}: {other:?}"),
+                }
+            }
+            vp_contexts += usize::from(typ == 0x304);
+        }
+        at = (at + 8 + length).div_ceil(8) * 8;
+    }
+    assert_eq!(vp_contexts, 1, "the sample has one VP context");
+}
+
 fn with(directives: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
     file(directives)
 }

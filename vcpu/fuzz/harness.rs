@@ -556,6 +556,7 @@ pub fn run(data: &[u8]) {
                 log: log.clone(),
             }) as Arc<dyn UnknownExitHandler>
         }),
+        thread_start: None,
     };
     let counters: Counters = counters();
     let mut exits = Exits::new(&memory, &io, &routing, policy, &counters);
