@@ -139,6 +139,10 @@ pub enum IgvmError {
     /// The `igvm` crate refused the file (a bad checksum, header or directive).
     #[error("the igvm crate refused the file")]
     Parse(#[source] igvm::Error),
+    /// The `igvm` crate's parser panicked on the file (an input veil's checks before
+    /// parsing did not foresee); the panic was caught.
+    #[error("the igvm crate's parser panicked on the file")]
+    ParserPanicked,
     /// The file has no directives for the platform.
     #[error("the IGVM file does not support {platform}")]
     NoPlatform {
@@ -346,6 +350,15 @@ fn check_variable_headers(file: &[u8], start: usize, end: usize) -> Result<(), I
                     what: "relocation",
                 });
             }
+            // IGVM_VHT_SUPPORTED_PLATFORM: mask, highest VTL, platform type. The crate
+            // asserts on what a VBS (VSM isolation) file's VP context holds, so such a
+            // platform is refused before it parses anything.
+            0x1 if file.get(body + 5) == Some(&1) => {
+                return Err(IgvmError::Unsupported {
+                    index,
+                    what: "a VBS (VSM isolation) platform",
+                });
+            }
             // IGVM_VHT_CORIM_DOCUMENT, IGVM_VHT_CORIM_SIGNATURE: mask, offset, size.
             0x104 | 0x105 => Some((4, Some(u32_at(body + 8).map_or(0, u64::from)))),
             // IGVM_VHT_PARAMETER_AREA: number_of_bytes, index, offset.
@@ -376,9 +389,16 @@ fn check_variable_headers(file: &[u8], start: usize, end: usize) -> Result<(), I
 }
 
 /// Reads `file` with the `igvm` crate for `platform`, after [`check_fixed_header`].
+///
+/// The checks before parsing cover every panic of the crate's parser found so far; a
+/// panic they miss is caught (where panics unwind, the default) and reported as
+/// [`IgvmError::ParserPanicked`] rather than
+/// ending the caller.
 pub fn parse(file: &[u8], platform: IgvmPlatform) -> Result<IgvmFile, IgvmError> {
     check_fixed_header(file)?;
-    IgvmFile::new_from_binary(file, Some(platform.isolation())).map_err(IgvmError::Parse)
+    std::panic::catch_unwind(|| IgvmFile::new_from_binary(file, Some(platform.isolation())))
+        .map_err(|_| IgvmError::ParserPanicked)?
+        .map_err(IgvmError::Parse)
 }
 
 /// A parameter area as the directives fill it.

@@ -432,6 +432,30 @@ fn zero_file_data_offsets_never_panic() {
     assert_eq!(vp_contexts, 1, "the sample has one VP context");
 }
 
+/// A platform header turned into VBS (VSM isolation): the igvm crate's parser asserts
+/// on such a file's VP context, so veil refuses the platform before parsing.
+#[test]
+fn a_vbs_platform_is_refused_before_parsing() {
+    let file = sample_file();
+    let start = u32::from_le_bytes(file[8..12].try_into().unwrap()) as usize;
+    // The first variable header is the sample's platform: type 1, then its body.
+    assert_eq!(
+        u32::from_le_bytes(file[start..start + 4].try_into().unwrap()),
+        1
+    );
+    let mut bad = file.clone();
+    bad[start + 8 + 5] = 1;
+    fix_checksum(&mut bad);
+    for r in [snp(&bad, CMDLINE), tdx(&bad, CMDLINE)] {
+        match r {
+            Err(LoadError::Igvm(IgvmError::Unsupported { what, .. })) => {
+                assert!(what.contains("VBS"), "{what}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 fn with(directives: Vec<IgvmDirectiveHeader>) -> Vec<u8> {
     file(directives)
 }
