@@ -26,13 +26,15 @@ pub const LINUX_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 pci=off tsc=rel
 pub const REPORT_MARKER: &str = "@@veil-linux@@";
 
 /// An `/init` for [`busybox_initramfs`] that reports and powers off: one line starting
-/// with [`REPORT_MARKER`] holding the command line (`cmdline=[...]`), the CPU count Linux
-/// brought up (`cpus=N`) and `MemTotal`, then `poweroff -f`. What veil's Linux boot tests
-/// and boot-time measurements run.
+/// with [`REPORT_MARKER`] holding the guest's uptime in seconds when it got there
+/// (`uptime=S`, from `/proc/uptime`: the boot-to-marker time, by the guest's clock), the
+/// command line (`cmdline=[...]`), the CPU count Linux brought up (`cpus=N`) and
+/// `MemTotal`, then `poweroff -f`. What veil's Linux boot tests and boot-time
+/// measurements run.
 pub const REPORT_INIT: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys
 /bin/busybox mount -t proc proc /proc
-echo "@@veil-linux@@ cmdline=[$(/bin/busybox cat /proc/cmdline)] cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo) $(/bin/busybox grep MemTotal /proc/meminfo) @@end"
+echo "@@veil-linux@@ uptime=$(/bin/busybox cut -d' ' -f1 /proc/uptime) cmdline=[$(/bin/busybox cat /proc/cmdline)] cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo) $(/bin/busybox grep MemTotal /proc/meminfo) @@end"
 /bin/busybox poweroff -f
 "#;
 
@@ -238,7 +240,7 @@ mod tests {
     #[test]
     fn the_report_init_prints_its_marker() {
         assert!(REPORT_INIT.starts_with("#!/bin/busybox sh\n"));
-        assert!(REPORT_INIT.contains(&format!("echo \"{REPORT_MARKER} cmdline=[")));
+        assert!(REPORT_INIT.contains(&format!("echo \"{REPORT_MARKER} uptime=")));
         assert!(REPORT_INIT.trim_end().ends_with("poweroff -f"));
     }
 

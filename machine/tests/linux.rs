@@ -103,6 +103,12 @@ fn linux_boots_to_init_on_two_vcpus_and_powers_off() {
     assert!(line.contains("console=ttyS0"), "{line}");
     assert!(line.contains(" cpus=2 "), "{line}");
     assert!(line.contains("MemTotal:"), "{line}");
+    let uptime: f64 = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("uptime="))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime=S on the marker line: {line}"));
+    assert!(uptime > 0.0, "{line}");
     let PrivateRead::Refused { .. } = report.private_read else {
         panic!("the host read of private memory was not refused: {report:#?}");
     };
