@@ -26,14 +26,15 @@
 # has no decode assists, so KVM reads the instruction through the shared side), so the
 # Linux boot runs in-place where the kernel has it and emulated elsewhere.
 #
-# On a testbed VM of two CPUs a Linux guest loses wake-ups of its idle vCPUs (a timer
-# or an IPI to a vCPU thread asleep in KVM): it sits still until its RCU stall detector
-# fires 21 s later ("rcu_preempt kthread timer wakeup didn't happen"), or for good. It
-# happened with RAM private or shared, in 9 of 10 boots on a loaded machine, at
+# Under the testbed's nested emulation, on a loaded machine, a Linux guest loses
+# wake-ups of its idle vCPUs (a timer or an IPI for a vCPU thread asleep in KVM): it
+# sits still until its RCU stall detector fires 21 s later ("rcu_preempt kthread timer
+# wakeup didn't happen"), or for good. It happened with RAM private or shared, at
 # different points (bringing up the second CPU, write-protecting the kernel, powering
-# off after the marker). With one testbed CPU (QEMU runs its guest CPUs in one thread
-# anyway) none of 6 boots stalled. So the testbed VM gets one CPU here
-# (VEIL_TESTBED_CPUS, default 1), a boot gets VEIL_TESTBED_LINUX_TIMEOUT seconds
+# off after the marker): in 9 of 10 boots on a two-CPU testbed VM and 6 of 8 on a
+# one-CPU one while other builds ran, in none of 6 on a one-CPU VM on a quiet machine.
+# The testbed VM gets one CPU here (VEIL_TESTBED_CPUS, default 1; QEMU runs its guest
+# CPUs in one thread either way), a boot gets VEIL_TESTBED_LINUX_TIMEOUT seconds
 # (default 240; good boots take 6 to 10 s) and one more try if it timed out, the
 # summary says when a retry was needed, and --bench times the boot to the marker.
 set -euo pipefail
