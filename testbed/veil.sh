@@ -31,7 +31,7 @@
 # sits still until its RCU stall detector fires 21 s later ("rcu_preempt kthread timer
 # wakeup didn't happen"), or for good. It happened with RAM private or shared, at
 # different points (bringing up the second CPU, write-protecting the kernel, powering
-# off after the marker): in 9 of 10 boots on a two-CPU testbed VM and 6 of 8 on a
+# off after the marker): in 9 of 10 boots on a two-CPU testbed VM and 13 of 20 on a
 # one-CPU one while other builds ran, in none of 6 on a one-CPU VM on a quiet machine.
 # The testbed VM gets one CPU here (VEIL_TESTBED_CPUS, default 1; QEMU runs its guest
 # CPUs in one thread either way), a boot gets VEIL_TESTBED_LINUX_TIMEOUT seconds
