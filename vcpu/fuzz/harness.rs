@@ -42,26 +42,6 @@ const EHWPOISON: i32 = 133;
 const LAYOUT: [(u64, u64); 3] = [(0, 256), (256, 256), (1024, 512)];
 const MEMORY_FRAMES: u64 = 1536;
 
-/// Exit reasons the reason byte picks from; other values give a raw 32-bit reason.
-const REASONS: [u32; 16] = [
-    kvm_bindings::KVM_EXIT_IO,
-    kvm_bindings::KVM_EXIT_HYPERCALL,
-    kvm_bindings::KVM_EXIT_MEMORY_FAULT,
-    kvm_bindings::KVM_EXIT_MMIO,
-    kvm_bindings::KVM_EXIT_HLT,
-    kvm_bindings::KVM_EXIT_SHUTDOWN,
-    kvm_bindings::KVM_EXIT_INTR,
-    kvm_bindings::KVM_EXIT_IRQ_WINDOW_OPEN,
-    kvm_bindings::KVM_EXIT_SYSTEM_EVENT,
-    kvm_bindings::KVM_EXIT_INTERNAL_ERROR,
-    kvm_bindings::KVM_EXIT_FAIL_ENTRY,
-    kvm_bindings::KVM_EXIT_UNKNOWN,
-    kvm_bindings::KVM_EXIT_EXCEPTION,
-    kvm_bindings::KVM_EXIT_DEBUG,
-    kvm_bindings::KVM_EXIT_X86_RDMSR,
-    kvm_bindings::KVM_EXIT_TPR_ACCESS,
-];
-
 /// Reasons veil decodes itself; everything else goes to the backend's hook.
 const DECODED: [u32; 14] = [
     kvm_bindings::KVM_EXIT_IO,
@@ -78,6 +58,13 @@ const DECODED: [u32; 14] = [
     kvm_bindings::KVM_EXIT_UNKNOWN,
     kvm_bindings::KVM_EXIT_EXCEPTION,
     kvm_bindings::KVM_EXIT_DEBUG,
+];
+
+/// Reasons veil leaves to the backend's hook that the reason byte picks after
+/// [`DECODED`]; other values give a raw 32-bit reason.
+const UNDECODED: [u32; 2] = [
+    kvm_bindings::KVM_EXIT_X86_RDMSR,
+    kvm_bindings::KVM_EXIT_TPR_ACCESS,
 ];
 
 const ERRNOS: [i32; 6] = [EINTR, EAGAIN, EFAULT, EHWPOISON, EINVAL, EIO];
@@ -584,7 +571,8 @@ pub fn run(data: &[u8]) {
                 k => RunOutcome::Failed(ERRNOS[usize::from(k - 3) % ERRNOS.len()]),
             };
             let reason = match sel >> 3 {
-                k @ 0..=15 => REASONS[usize::from(k)],
+                k @ 0..=13 => DECODED[usize::from(k)],
+                k @ 14..=15 => UNDECODED[usize::from(k - 14)],
                 16 => input.u64() as u32,
                 k => u32::from(k),
             };
