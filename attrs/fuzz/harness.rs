@@ -10,7 +10,7 @@
 //! bounds requests, snapshots held across writes. An oracle that keeps the maximal runs
 //! of the guest in a plain sorted list (so exactly the state of every page) checks every
 //! answer, every list of changes, and after every step the whole map, run by run. With
-//! the top bit of the first byte set, a reader thread meanwhile takes snapshots of the
+//! the top two bits of the first byte set, a reader thread meanwhile takes snapshots of the
 //! concurrent map and checks that each is one of the states it published, whole, in
 //! order.
 

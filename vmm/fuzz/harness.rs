@@ -210,8 +210,8 @@ impl Model {
             StepKind::SetAttributes(a) if self.attributes => a.is_private(),
             StepKind::Protect { inaccessible } if !self.attributes => inaccessible,
             StepKind::Discard(Store::View) => {
-                for g in call.range.start().0..call.range.end().0 {
-                    if contents {
+                if contents {
+                    for g in call.range.start().0..call.range.end().0 {
                         self.contents.remove(&g);
                     }
                 }
@@ -612,13 +612,11 @@ const SPANS: [(u64, u64); 2] = [(0, 64), (128, 160)];
 fn probe(m: &Memory, model: &Model, calls: &[Recorded]) {
     for c in calls {
         probe_page(
-            m,
             model,
             c.range.start().0,
             readable(view_addr(m, c.range.start().0)),
         );
         probe_page(
-            m,
             model,
             c.range.last().0,
             readable(view_addr(m, c.range.last().0)),
@@ -627,8 +625,7 @@ fn probe(m: &Memory, model: &Model, calls: &[Recorded]) {
 }
 
 /// Checks that frame `g`'s host view is `readable` exactly when the model says.
-fn probe_page(m: &Memory, model: &Model, g: u64, readable: Option<bool>) {
-    let _ = m;
+fn probe_page(model: &Model, g: u64, readable: Option<bool>) {
     let want = model.attributes || !model.pages[g as usize].private;
     assert_eq!(readable, Some(want), "host view protection at frame {g:#x}");
 }
@@ -688,7 +685,7 @@ fn check(m: &Memory, model: &Model, probe_all: bool) {
                 .iter()
                 .find(|&&(s, e, _)| s <= addr && addr + PAGE <= e)
                 .map(|&(_, _, r)| r);
-            probe_page(m, model, g, found);
+            probe_page(model, g, found);
         }
     }
 }
