@@ -14,8 +14,8 @@ use veil_vmm::LaunchRun;
 use veil_vmm::kvm_bindings::kvm_cpuid_entry2;
 use veil_vmm::veil_loader::vm_memory::GuestAddress;
 use veil_vmm::veil_loader::{
-    BootPlan, BootSource, ByteRange, GuestRam, LoadError, PageRun, Populate, PopulateError,
-    PopulateWay,
+    BootPlan, BootSource, ByteRange, GuestRam, IgvmPlatform, LoadError, PageRun, Populate,
+    PopulateError, PopulateWay,
 };
 
 use crate::ioctl::TdxCapabilities;
@@ -73,6 +73,10 @@ pub enum MeasureError {
     /// A launch step refused.
     #[error("the TDX launch refused")]
     Tdx(#[from] TdxError),
+    /// An IGVM plan made for another platform than TDX (its pages are the ones that
+    /// platform's directives place).
+    #[error("the IGVM plan was made for {0}, not TDX")]
+    IgvmPlatform(IgvmPlatform),
 }
 
 struct Capture<'a> {
@@ -177,6 +181,11 @@ pub fn measure_plan(
     plan: &BootPlan<'_>,
     config: &TdxConfig,
 ) -> Result<TdxMeasurement, MeasureError> {
+    if let Some(igvm) = &plan.igvm
+        && igvm.platform != IgvmPlatform::Tdx
+    {
+        return Err(MeasureError::IgvmPlatform(igvm.platform));
+    }
     let gpaw_leaf = kvm_cpuid_entry2 {
         function: 0x8000_0008,
         eax: u32::MAX,

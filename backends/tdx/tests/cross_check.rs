@@ -147,6 +147,13 @@ fn igvm_file_matches_the_igvm_crates_measurement() {
     if let Some(reference) = reference("igvm_file_matches_the_igvm_crates_measurement", &plan) {
         assert_eq!(reference, ours.mrtd);
     }
+    // A plan read for another platform is refused, not measured as a TD.
+    let mut foreign = plan.clone();
+    foreign.igvm.as_mut().unwrap().platform = IgvmPlatform::SevSnp;
+    assert!(matches!(
+        measure_plan(&foreign, &TdxConfig::default()),
+        Err(veil_tdx::MeasureError::IgvmPlatform(IgvmPlatform::SevSnp))
+    ));
     // One changed byte of a measured page changes both alike.
     let mut d = sample_directives(&[0; 4096], vec![1]);
     d[1] = page(BASE + 0x1000, SNP | TDX, pattern(23, 4096));
