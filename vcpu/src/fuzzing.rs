@@ -10,13 +10,13 @@ use std::sync::Arc;
 
 use kvm_bindings::{kvm_regs, kvm_run, kvm_sregs};
 
-use crate::dispatch::{Dispatcher, HypercallRegisters, Next, PioWindow, RunError, WriteBack};
+use crate::dispatch::{Dispatcher, HypercallRegisters, PioWindow, RunError, WriteBack};
 use crate::exit::{Exit, ExitError, RunOutcome, decode};
 use crate::handler::{FaultPolicy, IoHandler, MemoryHandler};
 use crate::hypercall::Hypercall;
 use crate::port::port_hypercall;
 use crate::ratelimit::RateLimiter;
-use crate::runner::{ExitRouting, VcpuEnd, unknown_exit, write_run};
+use crate::runner::{ExitRouting, VcpuEnd, after_exit, write_run};
 use crate::stats::{ExitCounters, ExitStats};
 
 /// The registers a port-I/O hypercall reads, as `KVM_GET_REGS` and `KVM_GET_SREGS` give
@@ -121,19 +121,7 @@ impl<'a, M: MemoryHandler + ?Sized, I: IoHandler + ?Sized> Exits<'a, M, I> {
             });
             write_run(run, write);
         }
-        step.end = match handled.next {
-            Next::Continue | Next::Interrupted => None,
-            Next::Other(reason) => {
-                let hook = self.routing.unknown_exits.as_deref();
-                unknown_exit(hook, 0, reason, run)
-                    .err()
-                    .map(|e| VcpuEnd::Failed(Arc::new(e)))
-            }
-            Next::Halt => Some(VcpuEnd::Halted),
-            Next::Shutdown => Some(VcpuEnd::Shutdown),
-            Next::SystemEvent(kind, data) => Some(VcpuEnd::SystemEvent(kind, data)),
-            Next::Fail(e) => Some(VcpuEnd::Failed(Arc::new(e))),
-        };
+        step.end = after_exit(handled.next, self.routing.unknown_exits.as_deref(), 0, run);
         step
     }
 }
