@@ -34,6 +34,9 @@ pub const CR4_PAE: u64 = 1 << 5;
 pub const EFER_LME: u64 = 1 << 8;
 /// EFER long mode active.
 pub const EFER_LMA: u64 = 1 << 10;
+/// EFER secure virtual machine enable: KVM sets it in every SEV VMSA itself
+/// (`svm_set_efer`); a vCPU is never given it.
+pub const EFER_SVME: u64 = 1 << 12;
 /// CR0 bits 63:32 are reserved; KVM refuses a CR0 with any of them set
 /// (`kvm_is_valid_cr0`, arch/x86/kvm/x86.c).
 const CR0_RESERVED_HIGH: u64 = 0xffff_ffff_0000_0000;

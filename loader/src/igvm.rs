@@ -36,7 +36,7 @@ use igvm::{IgvmDirectiveHeader, IgvmFile, IgvmInitializationHeader, IgvmPlatform
 use igvm_defs::{IGVM_MAGIC_VALUE, IgvmPageDataType, IgvmPlatformType};
 use kvm_bindings::{kvm_dtable, kvm_segment};
 use serde::{Deserialize, Serialize};
-use veil_abi::x86_64::{CR0_PE, CpuMode, EFER_LMA, EntryError, EntryRegisters};
+use veil_abi::x86_64::{CR0_PE, CpuMode, EFER_LMA, EFER_SVME, EntryError, EntryRegisters};
 use zerocopy::IntoBytes;
 
 use crate::image::KernelFormat;
@@ -46,8 +46,6 @@ use crate::measure::{MeasurementLog, ObjectKind};
 use crate::populate::PageType;
 use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
 
-/// `EFER.SVME`: KVM sets it in every SNP VMSA itself; a vCPU is never given it.
-const EFER_SVME: u64 = 1 << 12;
 /// The largest parameter area veil fills: 1 MiB.
 pub const PARAMETER_AREA_MAX: u64 = 1 << 20;
 /// Size of an `IGVM_VHS_MEMORY_MAP_ENTRY`.

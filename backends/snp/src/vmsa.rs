@@ -23,7 +23,7 @@ pub const VMSA_GPA: u64 = 0xFFFF_FFFF_F000;
 /// `SVM_SEV_FEAT_SNP_ACTIVE`: KVM adds it to an SNP VM's `vmsa_features`.
 pub const SEV_FEAT_SNP_ACTIVE: u64 = 1 << 0;
 /// `EFER_SVME`, which `svm_set_efer` always sets.
-pub const EFER_SVME: u64 = 1 << 12;
+pub use veil_vmm::veil_abi::x86_64::EFER_SVME;
 /// `X86_CR4_MCE`, which `svm_set_cr4` takes from the host's CR4.
 pub const CR4_MCE: u64 = 1 << 6;
 /// `MSR_IA32_CR_PAT_DEFAULT`.
