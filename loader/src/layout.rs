@@ -29,7 +29,7 @@ use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
 use veil_abi::x86_64::BOOT_GDT_LIMIT;
 
 use crate::measure::ObjectKind;
-use crate::x86::PAGE_TABLE_PAGES;
+use crate::x86::page_table_pages;
 
 /// Size of the GDT in bytes.
 const GDT_SIZE: u64 = BOOT_GDT_LIMIT as u64 + 1;
@@ -226,7 +226,8 @@ impl Layout {
         let sixty_four = matches!(image, KernelImage::BzImage(_) | KernelImage::Flat(_));
         let pages = |len: u64| len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
         let pt_len = if sixty_four {
-            PAGE_TABLE_PAGES * PAGE_SIZE
+            let top = ram.ranges().iter().map(|r| r.end()).max().unwrap_or(0);
+            page_table_pages(top) * PAGE_SIZE
         } else {
             0
         };

@@ -22,7 +22,7 @@ use crate::layout::{Layout, LayoutError};
 use crate::measure::MeasurementLog;
 use crate::measure::ObjectKind;
 use crate::populate::{PageRun, PageType, Populate, PopulateError, PopulateWay, write_zeros};
-use crate::ram::{ByteRange, GuestRam};
+use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
 use crate::x86::{
     BootDataError, flat64_entry, identity_page_tables, linux_zero_page, linux64_entry, memory_map,
     pvh_entry, pvh_start_info, pvh_start_info_size,
@@ -423,7 +423,10 @@ pub fn plan<'a>(source: &BootSource<'a>, ram: &GuestRam) -> Result<BootPlan<'a>,
         layout.page_tables.map(|range| PlannedObject {
             kind: ObjectKind::PageTables,
             range,
-            bytes: Cow::Owned(identity_page_tables(range.start().0)),
+            bytes: Cow::Owned(identity_page_tables(
+                range.start().0,
+                range.len() / PAGE_SIZE,
+            )),
             page_type: PageType::Normal,
         }),
         Some(PlannedObject {

@@ -19,9 +19,24 @@ use vm_memory::ByteValued;
 use crate::image::BzImage;
 use crate::ram::{ByteRange, GuestRam, PAGE_SIZE};
 
-/// Number of 4 KiB pages of the identity-mapped page tables: one PML4, one PDPT and four
+/// The most 4 KiB pages the identity-mapped page tables take: one PML4, one PDPT and four
 /// page directories of 2 MiB pages, mapping the first 4 GiB.
 pub const PAGE_TABLE_PAGES: u64 = 6;
+
+/// The pages of identity-mapped page tables for RAM ending at `ram_top`: one PML4, one
+/// PDPT and a page directory for each GiB up to `ram_top`, at least one and at most four
+/// (the first 4 GiB, where every boot object lies).
+///
+/// Only what RAM can hold is mapped: the 64-bit entry needs the kernel, its boot data and
+/// the tables themselves mapped, all of them in RAM, and Linux builds its own tables
+/// before it touches anything else. A 1 GiB guest gets three pages instead of six, three
+/// pages fewer to write and measure at every launch.
+pub const fn page_table_pages(ram_top: u64) -> u64 {
+    let gib = 1 << 30;
+    let top = if ram_top < 4 * gib { ram_top } else { 4 * gib };
+    let directories = top.div_ceil(gib);
+    2 + if directories == 0 { 1 } else { directories }
+}
 
 /// The PVH start-of-day magic (`XEN_HVM_START_MAGIC_VALUE`, Xen `arch-x86/hvm/start_info.h`).
 pub const PVH_START_MAGIC: u32 = 0x336e_c578;
@@ -65,18 +80,20 @@ pub fn flat64_entry(
     r
 }
 
-/// Page tables identity-mapping the first 4 GiB with 2 MiB pages, for a root at `base`
-/// (PML4 at `base`, PDPT at `base + 4 KiB`, page directories after it).
-pub fn identity_page_tables(base: u64) -> Vec<u8> {
+/// Page tables of `pages` pages ([`page_table_pages`]) identity-mapping the first
+/// `pages - 2` GiB with 2 MiB pages, for a root at `base` (PML4 at `base`, PDPT at
+/// `base + 4 KiB`, page directories after it). `pages` is clamped to 3..=6.
+pub fn identity_page_tables(base: u64, pages: u64) -> Vec<u8> {
     const PRESENT_RW: u64 = 0b11;
     const HUGE: u64 = 1 << 7;
-    let mut out = vec![0u8; (PAGE_TABLE_PAGES * PAGE_SIZE) as usize];
+    let pages = pages.clamp(3, PAGE_TABLE_PAGES);
+    let mut out = vec![0u8; (pages * PAGE_SIZE) as usize];
     let mut put = |page: u64, index: u64, value: u64| {
         let at = (page * PAGE_SIZE + index * 8) as usize;
         out[at..at + 8].copy_from_slice(&value.to_le_bytes());
     };
     put(0, 0, (base + PAGE_SIZE) | PRESENT_RW);
-    for gib in 0..4 {
+    for gib in 0..pages - 2 {
         let pd = base + (2 + gib) * PAGE_SIZE;
         put(1, gib, pd | PRESENT_RW);
         for i in 0..512 {
@@ -296,9 +313,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn page_tables_cover_ram_below_4g_only() {
+        const GIB: u64 = 1 << 30;
+        for (top, pages) in [
+            (0, 3),
+            (64 << 20, 3),
+            (GIB, 3),
+            (GIB + 1, 4),
+            (3 * GIB, 5),
+            (4 * GIB, 6),
+            (64 * GIB, 6),
+        ] {
+            assert_eq!(page_table_pages(top), pages, "RAM up to {top:#x}");
+        }
+        let pt = identity_page_tables(0x9000, 4);
+        assert_eq!(pt.len(), 4 * PAGE_SIZE as usize);
+        let word = |page: u64, i: u64| {
+            let at = (page * PAGE_SIZE + i * 8) as usize;
+            u64::from_le_bytes(pt[at..at + 8].try_into().unwrap())
+        };
+        assert_eq!(word(1, 0), 0xb003);
+        assert_eq!(word(1, 1), 0xc003);
+        assert_eq!(word(1, 2), 0, "two GiB mapped, no more");
+        assert_eq!(word(3, 511), ((2 * GIB) - (2 << 20)) | 0x83);
+    }
+
+    #[test]
     fn page_tables_identity_map_4g() {
         let base = 0x9000;
-        let pt = identity_page_tables(base);
+        let pt = identity_page_tables(base, PAGE_TABLE_PAGES);
         let word = |page: u64, i: u64| {
             let at = (page * PAGE_SIZE + i * 8) as usize;
             u64::from_le_bytes(pt[at..at + 8].try_into().unwrap())

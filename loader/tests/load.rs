@@ -185,10 +185,14 @@ fn bzimage_loads_into_plain_memory() {
         );
     }
 
+    // RAM ends below 1 GiB: a PML4, a PDPT and one page directory map all of it.
     let pt = l.page_tables.unwrap();
-    assert_eq!(pt.len(), 6 * 4096);
+    assert_eq!(pt.len(), 3 * 4096);
     let pml4 = read(&mem, pt.start().0, 8);
     assert_eq!(u64_at(&pml4, 0), (pt.start().0 + 4096) | 3);
+    let pdpt = read(&mem, pt.start().0 + 4096, 16);
+    assert_eq!(u64_at(&pdpt, 0), (pt.start().0 + 2 * 4096) | 3);
+    assert_eq!(u64_at(&pdpt, 8), 0, "nothing above the first GiB");
 
     let e = loaded.entry;
     assert_eq!(e.mode, CpuMode::Long64);

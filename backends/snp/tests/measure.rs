@@ -25,7 +25,7 @@ fn golden_digests() {
     let m = measure(&bz, &ram, &SnpConfig::default(), 2, None).unwrap();
     assert_eq!(
         m.launch_digest,
-        "31be000a849f00d7ca76a2e6690e6ed864ac2357e9a1777e5b56e73537746883bd1c3bd1cdb78e9d926833055e802a0f"
+        "929c20ad4ca7b55356b9124359d1be0dd4e6dc61b703984761ecbfbc40f51a28ca17810f76addf2afa38d5da56c70a6e"
     );
     let pvh = BootSource::new(PVH_KERNEL)
         .initrd(&initrd)

@@ -85,7 +85,7 @@ fn pvh_plan(initrd: &[u8]) -> BootPlan<'_> {
 
 /// Golden values: computed by veil, reproduced by `tdx_mrtd.py` in the tests below.
 const PVH_MRTD: &str = "fc004e17d633fb1f465025df31f9b80920e1b9fa2ddf66bbb2b26f1f7e1fd0a5a61ffc5a423da7d3c74752e8dc12735d";
-const BZ_MRTD: &str = "69f187da80c4788a6ee25bede5a486978142a4c560676093b777a50c8b3865299cd7086957f75c28fce127918ecac9b0";
+const BZ_MRTD: &str = "86c4256b5e29d562470c2b1119ffb5c769d77b5a8a1763307e3c5b15244e551fee64f52a1b308caa8add32ad7dabe432";
 
 #[test]
 fn pvh_plan_with_an_unmeasured_initrd() {
