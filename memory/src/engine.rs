@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use smallvec::SmallVec;
 use veil_attrs::{
-    AttrMap, AttrMapWriter, Attributes, FrameRange, PAGE_SHIFT, PageState, RangeError,
+    AttrMap, AttrMapWriter, Attributes, FrameRange, Gfn, PAGE_SHIFT, PageState, RangeError,
 };
 
-use crate::lease::ExclusiveGuard;
+use crate::lease::{AccessLock, ExclusiveGuard};
 use crate::memory::HostSafeMemory;
 use crate::model::{Op, Ops, Plan, RegionPlan, StepKind};
 use crate::sys::Access;
@@ -478,16 +478,31 @@ impl HostSafeMemory {
             // Taking host access away: wait until no host access to the blocks of the
             // pages made private is in flight, and keep new ones out of those blocks
             // until the new state is published. Accesses elsewhere carry on.
-            let exclusive = (to.is_private() && !plan.reversible.is_empty()).then(|| {
-                let made_private = changes
-                    .iter()
-                    .filter(|c| !c.old.attributes.is_private())
-                    .map(|c| c.range);
-                self.lock.write_frames(made_private)
+            // (Whatever the plan: taking the blocks also marks them as holding private
+            // pages, which every later access to them then checks.)
+            let crosses = |c: &&StateChange| c.old.attributes.is_private() != to.is_private();
+            let exclusive = (to.is_private() && changes.iter().any(|c| crosses(&c))).then(|| {
+                self.lock
+                    .write_frames(changes.iter().filter(crosses).map(|c| c.range))
             });
             if let Err(e) = self.execute(&plan, &changes, to, map) {
                 restore(map, &changes);
                 return Err(e);
+            }
+            // Done and shared: blocks left with no private page need no checks again
+            // until a conversion makes one private.
+            if !to.is_private() {
+                let made_shared = changes.iter().filter(crosses).map(|c| c.range);
+                let guest = FrameRange::from_bounds(Gfn(0), Gfn(self.frames));
+                for block in self.lock.blocks_of(made_shared) {
+                    let all_shared = guest
+                        .and_then(|g| AccessLock::block_frames(block).intersection(&g))
+                        .and_then(|frames| map.runs(frames).ok())
+                        .is_some_and(|mut runs| runs.all(|run| !run.state.is_private()));
+                    if all_shared {
+                        self.lock.set_all_shared(block);
+                    }
+                }
             }
             let crossed = changes
                 .iter()

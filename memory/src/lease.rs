@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use smallvec::SmallVec;
-use veil_attrs::{FrameRange, PAGE_SHIFT};
+use veil_attrs::{FrameRange, Gfn, PAGE_SHIFT};
 use vm_memory::bitmap::{Bitmap, BitmapSlice, WithBitmapSlice};
 
 /// log2 of [`BLOCK_SIZE`].
@@ -36,10 +36,16 @@ const CONVERTING: usize = 1 << 0;
 /// or about to be: whoever clears [`CONVERTING`] or drops the block's last lease then
 /// takes the mutex to wake it.
 const PARKED: usize = 1 << 1;
+/// Set once a conversion has made some page of the block private, until a conversion
+/// leaves every page of it shared again: while it is clear, an access under a lease on
+/// the block needs no look at the attribute map, which is most of a small access's
+/// cost. Set only by a conversion that holds the block alone, cleared only by the
+/// attribute map's writer.
+const MIXED: usize = 1 << 2;
 /// One lease, in the count that takes the bits above the flags.
-const ONE_LEASE: usize = 1 << 2;
+const ONE_LEASE: usize = 1 << 3;
 /// The bits that count leases.
-const LEASES: usize = !(CONVERTING | PARKED);
+const LEASES: usize = !(CONVERTING | PARKED | MIXED);
 
 /// A reader-preferring lock per block of guest memory: host accesses share the blocks
 /// they touch, a conversion that removes host access holds the blocks it changes alone
@@ -52,12 +58,13 @@ const LEASES: usize = !(CONVERTING | PARKED);
 ///
 /// # How it works
 ///
-/// Every block has a word: the number of leases alive on it, [`CONVERTING`] and
-/// [`PARKED`]. Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
-/// where [`CONVERTING`] is clear; cloning one adds [`ONE_LEASE`]; dropping one subtracts
-/// it. An access that crosses into the next block takes each block in address order. A
+/// Every block has a word: the number of leases alive on it, [`CONVERTING`], [`PARKED`]
+/// and [`MIXED`]. Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
+/// where [`CONVERTING`] is clear, and tells the taker whether [`MIXED`] was set; cloning
+/// one adds [`ONE_LEASE`]; dropping one subtracts it. An access that crosses into the next block takes each block in address order. A
 /// conversion swaps a word with no lease and no [`CONVERTING`] for one with
-/// [`CONVERTING`], for every block it needs, and clears the bits when it is done. It
+/// [`CONVERTING`] and [`MIXED`], for every block it needs, and clears [`CONVERTING`] when
+/// it is done. It
 /// takes its blocks all or none: if one has leases, it gives back the ones it took, waits
 /// for that one, and starts again. So a conversion never holds a block while it waits,
 /// and readers, who wait only for blocks held, cannot wait for each other through it.
@@ -75,8 +82,15 @@ const LEASES: usize = !(CONVERTING | PARKED);
 /// between a waiter's look and its sleep. Sleepers waiting for other blocks wake too,
 /// find their block's [`PARKED`] still set, and sleep again.
 ///
-/// Orderings: taking a lease and taking a block are `Acquire`, dropping either is
-/// `Release`. So whatever a lease holder did with guest memory (its reads and writes,
+/// [`MIXED`] can be trusted clear because it is set in the same compare-and-swap that
+/// takes a block for a conversion to private, which no lease overlaps: a lease taken
+/// while it was clear keeps every page of its blocks shared until it is dropped. The
+/// attribute map's only writer clears it, after a conversion that succeeded left every
+/// page of the block shared (its host view accessible again, nothing left to roll
+/// back); the next conversion to private there sets it again first.
+///
+/// Orderings: taking a lease and taking a block are `Acquire`, dropping either (and
+/// clearing [`MIXED`]) is `Release`. So whatever a lease holder did with guest memory (its reads and writes,
 /// all before the drop) happens before the conversion that next takes the block changes
 /// protections, and whatever a conversion did (new protections, the new attributes
 /// published) happens before any lease taken on its blocks after it lets go. A lease on
@@ -139,81 +153,85 @@ impl AccessLock {
     }
 
     /// Takes a read lease on the blocks `[gpa, gpa + len)` touches (the block of `gpa`
-    /// if `len` is 0): waits while a conversion holds one of them.
+    /// if `len` is 0): waits while a conversion holds one of them. Also says whether
+    /// some page of those blocks may be private ([`MIXED`]); if not, every page of them
+    /// is shared and stays so while the lease is held.
     #[inline]
-    pub(crate) fn lease(&self, gpa: u64, len: usize) -> HostAccessLease<'_> {
+    pub(crate) fn lease(&self, gpa: u64, len: usize) -> (HostAccessLease<'_>, bool) {
         let first = (gpa >> BLOCK_SHIFT) as usize;
         let end = gpa.wrapping_add(len as u64).wrapping_sub(1);
         // Nearly every access stays inside one block.
         if len != 0 && end >> BLOCK_SHIFT == first as u64 && first < self.blocks.len() {
-            self.take_shared(first);
-            return HostAccessLease(Some(Leased {
+            let mixed = self.take_shared(first);
+            let lease = HostAccessLease(Some(Leased {
                 lock: self,
                 first: first as u32,
                 count: 1,
             }));
+            return (lease, mixed);
         }
         self.lease_blocks(gpa, len)
     }
 
     /// [`lease`](Self::lease) of an access that crosses blocks, or is empty.
     #[cold]
-    fn lease_blocks(&self, gpa: u64, len: usize) -> HostAccessLease<'_> {
+    fn lease_blocks(&self, gpa: u64, len: usize) -> (HostAccessLease<'_>, bool) {
         let top = self.blocks.len() - 1;
         let first = ((gpa >> BLOCK_SHIFT) as usize).min(top);
         let end = gpa.saturating_add((len as u64).saturating_sub(1));
         let last = ((end >> BLOCK_SHIFT) as usize).min(top);
         // In address order, each taken on its own: a conversion never holds one block
         // while it waits for another, so this cannot wait for a thread waiting for it.
+        let mut mixed = false;
         for block in first..=last {
-            self.take_shared(block);
+            mixed |= self.take_shared(block);
         }
-        HostAccessLease(Some(Leased {
+        let lease = HostAccessLease(Some(Leased {
             lock: self,
             first: first as u32,
             count: (last - first + 1) as u32,
-        }))
+        }));
+        (lease, mixed)
     }
 
     /// Takes a read lease on the first block (tests).
     #[cfg(test)]
     pub(crate) fn read(&self) -> HostAccessLease<'_> {
-        self.lease(0, 1)
+        self.lease(0, 1).0
     }
 
-    /// Adds one lease to `block`, waiting while a conversion holds it.
+    /// Adds one lease to `block`, waiting while a conversion holds it; returns whether
+    /// [`MIXED`] was set.
     #[inline]
-    fn take_shared(&self, block: usize) {
+    fn take_shared(&self, block: usize) -> bool {
         let word = &self.blocks[block];
         let mut s = word.load(Ordering::Relaxed);
         while s & CONVERTING == 0 {
             match word.compare_exchange_weak(s, add_lease(s), Ordering::Acquire, Ordering::Relaxed)
             {
-                Ok(_) => return,
+                Ok(_) => return s & MIXED != 0,
                 Err(now) => s = now,
             }
         }
-        self.take_shared_contended(block);
+        self.take_shared_contended(block)
     }
 
     #[cold]
-    fn take_shared_contended(&self, block: usize) {
-        self.wait_to_take(block, |s| s & CONVERTING == 0, add_lease);
+    fn take_shared_contended(&self, block: usize) -> bool {
+        self.wait_to_take(block, |s| s & CONVERTING == 0, add_lease) & MIXED != 0
     }
 
-    /// Takes every block alone (tests): waits until no lease is held and no conversion
-    /// holds any.
-    #[cfg(test)]
-    pub(crate) fn write(&self) -> ExclusiveGuard<'_> {
-        self.write_blocks((0..self.blocks.len()).collect())
+    /// Clears [`MIXED`] on `block`: every page of it is shared in the attribute map and
+    /// accessible in the host view. Only the attribute map's writer calls it, after a
+    /// conversion that made the block's last private pages shared has succeeded.
+    pub(crate) fn set_all_shared(&self, block: usize) {
+        if let Some(word) = self.blocks.get(block) {
+            word.fetch_and(!MIXED, Ordering::Release);
+        }
     }
 
-    /// Takes alone the blocks holding any page of `ranges`: waits until no lease is held
-    /// on them and no conversion holds any of them.
-    pub(crate) fn write_frames(
-        &self,
-        ranges: impl IntoIterator<Item = FrameRange>,
-    ) -> ExclusiveGuard<'_> {
+    /// The blocks holding any page of `ranges`, each once, in address order.
+    pub(crate) fn blocks_of(&self, ranges: impl IntoIterator<Item = FrameRange>) -> Blocks {
         let top = self.blocks.len() - 1;
         let shift = BLOCK_SHIFT - PAGE_SHIFT;
         let mut blocks = Blocks::new();
@@ -224,16 +242,46 @@ impl AccessLock {
         }
         blocks.sort_unstable();
         blocks.dedup();
-        self.write_blocks(blocks)
+        blocks
+    }
+
+    /// The frames of `block`.
+    pub(crate) fn block_frames(block: usize) -> FrameRange {
+        let shift = BLOCK_SHIFT - PAGE_SHIFT;
+        let first = (block as u64) << shift;
+        FrameRange::from_bounds(Gfn(first), Gfn(first + (1 << shift)))
+            .expect("a block's frames are a non-empty range")
+    }
+
+    /// Takes every block alone (tests): waits until no lease is held and no conversion
+    /// holds any.
+    #[cfg(test)]
+    pub(crate) fn write(&self) -> ExclusiveGuard<'_> {
+        self.write_blocks((0..self.blocks.len()).collect())
+    }
+
+    /// Takes alone the blocks holding any page of `ranges`, for a conversion that makes
+    /// those pages private (the blocks become [`MIXED`]): waits until no lease is held on
+    /// them and no conversion holds any of them.
+    pub(crate) fn write_frames(
+        &self,
+        ranges: impl IntoIterator<Item = FrameRange>,
+    ) -> ExclusiveGuard<'_> {
+        self.write_blocks(self.blocks_of(ranges))
     }
 
     fn write_blocks(&self, blocks: Blocks) -> ExclusiveGuard<'_> {
         let free = |s: usize| s & (LEASES | CONVERTING) == 0;
+        let take = |s: usize| s | CONVERTING | MIXED;
         if let [only] = blocks[..] {
             let word = &self.blocks[only];
-            let taken = word.compare_exchange(0, CONVERTING, Ordering::Acquire, Ordering::Relaxed);
-            if taken.is_err() {
-                self.wait_to_take(only, free, |s| s | CONVERTING);
+            let s = word.load(Ordering::Relaxed);
+            let taken = free(s)
+                && word
+                    .compare_exchange(s, take(s), Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok();
+            if !taken {
+                self.wait_to_take(only, free, take);
             }
             return ExclusiveGuard { lock: self, blocks };
         }
@@ -245,7 +293,7 @@ impl AccessLock {
                 while free(s) {
                     match word.compare_exchange_weak(
                         s,
-                        s | CONVERTING,
+                        take(s),
                         Ordering::Acquire,
                         Ordering::Relaxed,
                     ) {
@@ -275,21 +323,21 @@ impl AccessLock {
     }
 
     /// Sleeps until `ready(word)` for the word of `block`, then replaces the word with
-    /// `take(word)`.
+    /// `take(word)`; returns the word it replaced.
     #[cold]
     fn wait_to_take(
         &self,
         block: usize,
         ready: impl Fn(usize) -> bool,
         take: impl Fn(usize) -> usize,
-    ) {
+    ) -> usize {
         let word = &self.blocks[block];
         let mut sleep = self.sleep();
         let mut s = word.load(Ordering::Relaxed);
         loop {
             if ready(s) {
                 match word.compare_exchange(s, take(s), Ordering::Acquire, Ordering::Relaxed) {
-                    Ok(_) => return,
+                    Ok(_) => return s,
                     Err(now) => {
                         s = now;
                         continue;
@@ -525,8 +573,9 @@ pub(crate) mod tests {
     }
 
     /// The word of the first block.
+    /// The first block's word, without [`MIXED`] (which a conversion leaves set).
     fn state(lock: &AccessLock) -> usize {
-        lock.blocks[0].load(Ordering::SeqCst)
+        lock.blocks[0].load(Ordering::SeqCst) & !MIXED
     }
 
     /// Waits until some thread sleeps on `lock`.
@@ -534,6 +583,47 @@ pub(crate) mod tests {
         while !lock.has_sleepers() {
             thread::yield_now();
         }
+    }
+
+    #[test]
+    fn a_block_is_mixed_from_a_conversion_to_private_until_set_all_shared() {
+        let lock = AccessLock::new(2 * BLOCK_SIZE);
+        let in_second = BLOCK_SIZE + 0x1000;
+        let mixed = |gpa: u64, len: usize| lock.lease(gpa, len).1;
+        assert!(
+            !mixed(0, 16) && !mixed(in_second, 16),
+            "all shared at first"
+        );
+        let page = FrameRange::new(Gfn(in_second >> PAGE_SHIFT), 1).unwrap();
+        drop(lock.write_frames([page]));
+        assert!(!mixed(0, 16), "the other block stays unchecked");
+        assert!(mixed(in_second, 16));
+        assert!(mixed(BLOCK_SIZE - 8, 16), "an access crossing into it");
+        // A lease taken while the block was mixed still says so after the flag clears,
+        // and the count of leases is untouched by it.
+        let (held, was_mixed) = lock.lease(in_second, 16);
+        lock.set_all_shared(1);
+        assert!(was_mixed && held.is_held());
+        assert_eq!(lock.blocks[1].load(Ordering::SeqCst), ONE_LEASE);
+        drop(held);
+        assert!(!mixed(in_second, 16));
+        // Taken again, and given back after waiting for a lease: mixed again.
+        let lease = lock.lease(in_second, 16).0;
+        thread::scope(|s| {
+            let writer = s.spawn(|| drop(lock.write_frames([page])));
+            until_parked(&lock);
+            drop(lease);
+            writer.join().unwrap();
+        });
+        assert!(mixed(in_second, 16));
+        assert_eq!(
+            AccessLock::block_frames(1).start(),
+            Gfn(BLOCK_SIZE >> PAGE_SHIFT)
+        );
+        assert_eq!(
+            AccessLock::block_frames(1).pages(),
+            BLOCK_SIZE >> PAGE_SHIFT
+        );
     }
 
     #[test]
@@ -814,7 +904,7 @@ pub(crate) mod tests {
                                 // 16 bytes, or 8 KiB across the end of the block.
                                 let gpa = (block as u64 + 1) * BLOCK_SIZE - 0x1000;
                                 let len = if r & 1 != 0 { 0x2000 } else { 16 };
-                                let lease = lock.lease(gpa, len);
+                                let (lease, _) = lock.lease(gpa, len);
                                 let held = lease.0.unwrap().blocks();
                                 // Counted in before the check, out before the drop.
                                 enter(held.clone());
@@ -870,7 +960,7 @@ pub(crate) mod tests {
             });
             assert!(inside.iter().all(|n| n.load(Ordering::SeqCst) == 0));
             for b in lock.blocks.iter() {
-                assert_eq!(b.load(Ordering::SeqCst) & !PARKED, 0, "{lock:?}");
+                assert_eq!(b.load(Ordering::SeqCst) & !(PARKED | MIXED), 0, "{lock:?}");
             }
             if !cfg!(miri) {
                 // Writers held blocks while leases on others were alive.

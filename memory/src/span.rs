@@ -122,8 +122,11 @@ impl GuestSpan {
                 len: count,
             });
         }
-        let lease = self.lock.lease(gpa, count);
-        self.attrs.read(|map| check_shared(map, gpa, count))?;
+        let (lease, mixed) = self.lock.lease(gpa, count);
+        // Blocks whose pages are all shared need no look at the map.
+        if mixed {
+            self.attrs.read(|map| check_shared(map, gpa, count))?;
+        }
         // The offset is inside the span, whose host view is mapped contiguously.
         Ok((lease, (self.host + offset as usize) as *mut u8))
     }

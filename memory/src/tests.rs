@@ -1047,3 +1047,50 @@ fn a_conversion_waiting_for_one_block_holds_no_other() {
     assert!(mem.state(Gfn(0x400)).unwrap().is_private());
     assert!(mem.host_read(2 * MIB - 8, &mut [0; 16]).is_err());
 }
+
+/// A block goes back to unchecked accesses only once none of its pages is private; a
+/// failed conversion to shared leaves it checked.
+#[test]
+fn a_block_is_unchecked_only_while_all_its_pages_are_shared() {
+    // 3 MiB and a page: a second block that is only partly guest memory.
+    let calls = Arc::new(FailingSyscalls::new());
+    let mem = HostSafeMemory::builder()
+        .syscalls(calls.clone())
+        .region(
+            RegionSpec::new(0, 3 * MIB + PAGE_SIZE, Flavor::EMULATED)
+                .policy(ContentPolicy::Preserve),
+        )
+        .build()
+        .unwrap();
+    let page = |n: u64| n * PAGE_SIZE;
+    let refused = |gpa: u64| {
+        matches!(
+            mem.host_read(gpa, &mut [0; 16]),
+            Err(HostAccessError::Private { .. })
+        )
+    };
+    fill(&mem, 0, 16, 0xaa);
+    mem.convert_gpa(page(3), 2 * PAGE_SIZE, PRIVATE).unwrap();
+    assert!(refused(page(3)) && refused(page(4)) && !refused(page(5)));
+    // One of the two private pages shared: the other is still refused.
+    mem.convert_gpa(page(3), PAGE_SIZE, SHARED).unwrap();
+    assert!(!refused(page(3)) && refused(page(4)));
+    // A failed conversion to shared of the last one leaves it refused.
+    calls.fail_after(0, libc::ENOMEM);
+    assert!(mem.convert_gpa(page(4), PAGE_SIZE, SHARED).is_err());
+    assert!(refused(page(4)));
+    mem.convert_gpa(page(4), PAGE_SIZE, SHARED).unwrap();
+    assert!(!refused(page(4)));
+    assert_eq!(read(&mem, 0, 16), vec![0xaa; 16]);
+    // Private again after the block was all shared: refused again, slices too.
+    mem.convert_gpa(page(4), PAGE_SIZE, PRIVATE).unwrap();
+    assert!(refused(page(4)));
+    assert!(mem.read_slice(&mut [0; 16], GuestAddress(page(4))).is_err());
+    // The partial last block, and an access crossing into it.
+    let last = 3 * MIB;
+    mem.convert_gpa(last, PAGE_SIZE, PRIVATE).unwrap();
+    assert!(refused(last));
+    assert!(refused(last - 8));
+    mem.convert_gpa(last, PAGE_SIZE, SHARED).unwrap();
+    assert!(!refused(last) && !refused(last - 8));
+}
