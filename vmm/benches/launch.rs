@@ -15,8 +15,9 @@
 //! per process. veil also probes the host when it builds a VM; a VMM does that once and
 //! passes the result to every build (`VmBuilder::caps`), so the rounds here do, and a
 //! first round that probes is printed apart. veil runs its vCPU on a thread of its own,
-//! the bare program on the thread that launched it. Rounds alternate which side goes
-//! first; the result is the median of per-round ratios.
+//! the bare program on the thread that launched it (a note line also compares a bare
+//! program whose vCPU runs on a thread of its own, to show what the thread costs).
+//! Rounds alternate which side goes first; the result is the median of per-round ratios.
 //!
 //! Prints `vmm-bench:` lines. Needs /dev/kvm with the in-place flavor; says why and
 //! exits otherwise.
@@ -153,8 +154,16 @@ fn segment(selector: u16, code: bool) -> kvm_segment {
 }
 
 /// The same without veil: kvm-ioctls and vm-memory, the memory set up as veil's in-place
-/// flavor sets it up on this host.
-fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool, cpuid: &CpuId) -> Cost {
+/// flavor sets it up on this host. The vCPU runs on the launching thread, or with
+/// `threaded` on a thread of its own, as veil's does (a note, not the target's baseline:
+/// it shows what the thread alone costs).
+fn bare_round(
+    size: u64,
+    kvm_mapping: bool,
+    exit_hypercall: bool,
+    cpuid: &CpuId,
+    threaded: bool,
+) -> Cost {
     let start = Stamp::now();
     let kvm = Kvm::new().expect("/dev/kvm");
     let vm = kvm.create_vm_with_type(0).expect("KVM_CREATE_VM");
@@ -243,13 +252,19 @@ fn bare_round(size: u64, kvm_mapping: bool, exit_hypercall: bool, cpuid: &CpuId)
     regs.rip = CODE_GPA;
     regs.rflags = 2;
     vcpu.set_regs(&regs).expect("KVM_SET_REGS");
-    let mut vcpu = vcpu;
-    match vcpu.run().expect("KVM_RUN") {
-        VcpuExit::IoOut(0x10, _) => {}
-        other => panic!("unexpected exit {other:?}"),
-    }
-    let took = start.elapsed();
-    drop(vcpu);
+    let run = move || {
+        let mut vcpu = vcpu;
+        match vcpu.run().expect("KVM_RUN") {
+            VcpuExit::IoOut(0x10, _) => {}
+            other => panic!("unexpected exit {other:?}"),
+        }
+        start.elapsed()
+    };
+    let took = if threaded {
+        std::thread::scope(|s| s.spawn(run).join().expect("the vCPU thread"))
+    } else {
+        run()
+    };
     drop(vm);
     drop(kvm_side);
     drop(memory);
@@ -300,16 +315,20 @@ fn main() {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     for size in [GIB, 64 * GIB] {
         let mut rounds: Vec<(Cost, Cost)> = Vec::new();
+        let mut threaded: Vec<(Cost, Cost)> = Vec::new();
+        let bare = |threaded| bare_round(size, kvm_mapping, exit_hypercall, &cpuid, threaded);
         for round in 0..ROUNDS {
             rounds.push(if round % 2 == 0 {
                 let v = veil_round(size, Some(&caps));
-                (v, bare_round(size, kvm_mapping, exit_hypercall, &cpuid))
+                (v, bare(false))
             } else {
-                let b = bare_round(size, kvm_mapping, exit_hypercall, &cpuid);
+                let b = bare(false);
                 (veil_round(size, Some(&caps)), b)
             });
+            let v = rounds[round].0;
+            threaded.push((v, bare(true)));
         }
-        let stat = |f: fn(&Cost) -> Duration| {
+        let stat_of = |rounds: &[(Cost, Cost)], f: fn(&Cost) -> Duration| {
             let mut ratios: Vec<f64> = rounds
                 .iter()
                 .map(|(v, b)| f(v).as_secs_f64() / f(b).as_secs_f64())
@@ -318,6 +337,7 @@ fn main() {
             let mut bare: Vec<f64> = rounds.iter().map(|(_, b)| ms(f(b))).collect();
             (median(&mut veil), median(&mut bare), median(&mut ratios))
         };
+        let stat = |f| stat_of(&rounds, f);
         let (v, b, ratio) = stat(|c| c.cpu);
         let (vw, bw, wall) = stat(|c| c.wall);
         println!(
@@ -327,6 +347,11 @@ fn main() {
         );
         println!(
             "vmm-bench: note: launch {} GiB, wall clock: veil {vw:.3} ms bare {bw:.3} ms ratio {wall:.2}x",
+            size / GIB
+        );
+        let (v, t, ratio) = stat_of(&threaded, |c| c.cpu);
+        println!(
+            "vmm-bench: note: launch {} GiB against the bare program with its vCPU on a thread of its own: veil {v:.3} ms bare {t:.3} ms CPU time, ratio {ratio:.2}x (not the target)",
             size / GIB
         );
     }
