@@ -243,3 +243,49 @@ fn committed_fixture_is_the_sample_and_its_digests_the_igvm_crates() {
     let ours = measure(&source(&file), &ram, &SnpConfig::default(), 1, None).unwrap();
     assert_eq!(ours.launch_digest, FIXTURE_SNP_DIGEST);
 }
+
+/// veil-snp's VMSA of an entry state and veil-loader's entry state of a VMSA are one
+/// mapping read both ways: every entry the loader sets up, with every general register
+/// distinct, comes back whole (with CR4.MCE where the host's CR4 has it, as KVM copies
+/// it into the VMSA), and building the VMSA again from what was read gives the same
+/// page.
+#[test]
+fn a_vmsa_built_from_an_entry_reads_back_as_that_entry() {
+    use veil_vmm::veil_loader::boot::{flat64_entry, linux64_entry, pvh_entry};
+    use veil_vmm::veil_loader::igvm::entry_of_vmsa;
+    let mut distinct = entry();
+    let r = &mut distinct.regs;
+    for (i, reg) in [
+        &mut r.rax, &mut r.rbx, &mut r.rcx, &mut r.rdx, &mut r.rsi, &mut r.rdi, &mut r.rsp,
+        &mut r.rbp, &mut r.r8, &mut r.r9, &mut r.r10, &mut r.r11, &mut r.r12, &mut r.r13,
+        &mut r.r14, &mut r.r15,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        *reg = 0x1111 * (i as u64 + 1);
+    }
+    let entries = [
+        entry(),
+        distinct,
+        pvh_entry(0x10_0000, 0x3000, 0x1000),
+        linux64_entry(0x100_0000, 0x3000, 0x2000, 0x1000),
+        flat64_entry(0x10_0000, 0x3000, 0x9000, 0x500),
+    ];
+    for e in entries {
+        for (features, host_mce) in [(0, true), (0, false), (1 << 2, true)] {
+            const CR4_MCE: u64 = 1 << 6;
+            let vmsa = VcpuState::entry(&e).vmsa(features, host_mce);
+            let back = entry_of_vmsa(&vmsa).unwrap();
+            let mut expected = e;
+            if host_mce {
+                expected.cr4 |= CR4_MCE;
+            }
+            assert_eq!(
+                back, expected,
+                "features {features:#x}, host MCE {host_mce}"
+            );
+            assert_eq!(VcpuState::entry(&back).vmsa(features, host_mce), vmsa);
+        }
+    }
+}
