@@ -235,13 +235,23 @@ impl AccessLock {
         let top = self.blocks.len() - 1;
         let shift = BLOCK_SHIFT - PAGE_SHIFT;
         let mut blocks = Blocks::new();
+        let mut sorted = true;
         for r in ranges {
-            let first = ((r.start().0 >> shift) as usize).min(top);
+            let mut first = ((r.start().0 >> shift) as usize).min(top);
             let last = (((r.end().0 - 1) >> shift) as usize).min(top);
+            // Ranges in address order (a conversion's changes are) share at most a block
+            // with the one before: skip it rather than sort afterwards.
+            match blocks.last() {
+                Some(&prev) if prev == first => first += 1,
+                Some(&prev) if prev > first => sorted = false,
+                _ => {}
+            }
             blocks.extend(first..=last);
         }
-        blocks.sort_unstable();
-        blocks.dedup();
+        if !sorted {
+            blocks.sort_unstable();
+            blocks.dedup();
+        }
         blocks
     }
 
@@ -582,6 +592,43 @@ pub(crate) mod tests {
     pub(crate) fn until_parked(lock: &AccessLock) {
         while !lock.has_sleepers() {
             thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn blocks_of_lists_each_block_once_in_order() {
+        let lock = AccessLock::new(16 * BLOCK_SIZE);
+        let per_block = BLOCK_SIZE >> PAGE_SHIFT;
+        let r = |start: u64, pages: u64| FrameRange::new(Gfn(start), pages).unwrap();
+        let naive = |ranges: &[FrameRange]| {
+            let mut v: Vec<usize> = ranges
+                .iter()
+                .flat_map(|r| {
+                    (r.start().0 / per_block) as usize..=((r.end().0 - 1) / per_block) as usize
+                })
+                .map(|b| b.min(15))
+                .collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        for ranges in [
+            vec![r(0, 1)],
+            vec![r(0, 1), r(1, 1), r(per_block - 1, 2)],
+            vec![r(3 * per_block, 1), r(0, 1)],
+            vec![r(0, 4 * per_block), r(2 * per_block, 1)],
+            vec![
+                r(5 * per_block + 7, 3),
+                r(5 * per_block + 100, 1),
+                r(9 * per_block, 1),
+            ],
+            vec![r(15 * per_block, 4 * per_block)],
+        ] {
+            assert_eq!(
+                lock.blocks_of(ranges.clone()).to_vec(),
+                naive(&ranges),
+                "{ranges:?}"
+            );
         }
     }
 
