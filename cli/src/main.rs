@@ -121,8 +121,8 @@ pub struct RunArgs {
     /// Write how the guest ended and the exit and conversion statistics as JSON.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Stop the guest after this many seconds.
-    #[arg(long, value_name = "SECONDS")]
+    /// Stop the guest after this many seconds (at least 1).
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
     /// Do not feed standard input to the guest's console.
     #[arg(long)]

@@ -6,6 +6,7 @@
 //! and the guest's end and statistics reported at exit (also as JSON).
 
 use std::fs;
+use std::io::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::OnceLock;
@@ -240,6 +241,15 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
     config.launch = launch(args.backend)?;
     config.stdin = !args.no_stdin;
     config.timeout = args.timeout.map(Duration::from_secs);
+    // Created before the guest runs: a path that cannot be written is bad usage, found
+    // before anything is built, not after the guest has run.
+    let stats_file = match &args.stats_json {
+        Some(path) => Some(
+            fs::File::create(path)
+                .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
     if config.stdin {
         guard_terminal();
     }
@@ -266,10 +276,10 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
             (Ok(()), None) => "off".to_string(),
         }
     );
-    if let Some(path) = &args.stats_json {
+    if let (Some(mut file), Some(path)) = (stats_file, &args.stats_json) {
         let json = serde_json::to_string_pretty(&report)
             .map_err(|e| Failure::new(Status::VmError, format!("cannot format JSON: {e}")))?;
-        fs::write(path, json + "\n")
+        file.write_all((json + "\n").as_bytes())
             .map_err(|e| Failure::usage(format!("cannot write {}: {e}", path.display())))?;
     }
     match (&report.end, &report.private_read) {
