@@ -13,6 +13,8 @@ mod caps;
 mod demo;
 mod failure;
 #[cfg(target_arch = "x86_64")]
+mod guest;
+#[cfg(target_arch = "x86_64")]
 mod run;
 mod size;
 
