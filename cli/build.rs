@@ -1,9 +1,9 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Assembles the embedded guests (`guest/demo.S` for `veil demo`, including
-//! `guest/hypercall.S`) with binutils into flat binaries linked at the address veil
-//! loads them at, for the binary to embed.
+//! Assembles the embedded guests (`guest/demo.S` for `veil demo`, `guest/soak.S` for
+//! `veil soak`, both including `guest/hypercall.S`) with binutils into flat binaries
+//! linked at the address veil loads them at, for the binary to embed.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -13,7 +13,7 @@ use std::process::Command;
 const LOAD: u64 = 0x20_0000;
 
 /// The embedded guests: `guest/NAME.S` becomes `NAME_guest.rs` in `OUT_DIR`.
-const GUESTS: [&str; 1] = ["demo"];
+const GUESTS: [&str; 2] = ["demo", "soak"];
 /// Included by every guest.
 const INCLUDES: [&str; 1] = ["guest/hypercall.S"];
 
