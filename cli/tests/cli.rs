@@ -501,7 +501,14 @@ fn version_and_help() {
     let out = veil(&["--help"]);
     let (stdout, _) = text(&out);
     assert!(out.status.success());
-    for word in ["demo", "caps", "measure", "Exit codes:", "host lacks"] {
+    for word in [
+        "demo",
+        "soak",
+        "caps",
+        "measure",
+        "Exit codes:",
+        "host lacks",
+    ] {
         assert!(stdout.contains(word), "--help lacks {word:?}: {stdout}");
     }
 }
