@@ -15,29 +15,29 @@
 # its burst: `r10` round trips of its own pages, shared and back to private. Each vCPU
 # ends by writing the number of requests that did not return 0 to port 0x13, and halts.
 #
-# A conversion request: rax = 12 (KVM_HC_MAP_GPA_RANGE), rbx = guest-physical address,
-# rcx = pages, rdx = attributes: bit 4 (0x10) = to private, bits 3:0 = page size
-# (0 = 4 KiB). The result comes back in rax: 0 done, 22 (EINVAL) refused, 11 (EAGAIN)
-# try again. Registers r12-r15 hold this program's state across requests.
+# Conversion requests go through `map_gpa_range` (`hypercall.S`). Register r15 counts
+# the requests that failed.
 
 .intel_syntax noprefix
 .code64
 
-.equ MAP_GPA_RANGE, 12
-.equ TO_PRIVATE, 0x10
-.equ EAGAIN, 11
+.include "hypercall.S"
 
 .equ PORT_SHARED, 0x11
 .equ PORT_PRIVATE, 0x12
 .equ PORT_DONE, 0x13
 
-# Converts `pages` pages at `gpa` (registers or constants) as `attrs` says, retrying
-# while the host answers EAGAIN; counts a failure in r15 unless the result is 0.
+# Converts `pages` pages at `gpa` (registers or constants) as `attrs` says; counts a
+# failure in r15 unless the result is 0.
 .macro CONVERT gpa, pages, attrs
-    mov r12, \gpa
-    mov r13, \pages
-    mov r14, \attrs
-    call convert
+    mov rbx, \gpa
+    mov rcx, \pages
+    mov rdx, \attrs
+    call map_gpa_range
+    test rax, rax
+    jz 80f
+    inc r15
+80:
 .endm
 
 .text
@@ -86,31 +86,7 @@ done:
     hlt
     jmp done
 
-# One request with r12 = gpa, r13 = pages, r14 = attributes, over the transport in rsi.
-convert:
-    mov rax, MAP_GPA_RANGE
-    mov rbx, r12
-    mov rcx, r13
-    mov rdx, r14
-    cmp rsi, 1
-    je 1f
-    cmp rsi, 2
-    je 2f
-    out 0x5e, al
-    jmp 3f
-1:
-    vmcall
-    jmp 3f
-2:
-    vmmcall
-3:
-    cmp rax, EAGAIN
-    je convert
-    test rax, rax
-    jz 4f
-    inc r15
-4:
-    ret
+MAP_GPA_RANGE_ROUTINE
 
 message:
     .ascii "hello from a guest whose memory the host cannot read"

@@ -13,20 +13,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use veil_vmm::seccomp::{self, Confined, ThreadKind};
+use veil_vmm::VmError;
+use veil_vmm::seccomp::{self, ThreadKind};
 use veil_vmm::veil_attrs::FrameRange;
-use veil_vmm::veil_loader::BootSource;
-use veil_vmm::veil_memory::{ContentPolicy, Flavor, HostAccessError, HostCaps, HostSafeMemory};
-use veil_vmm::veil_vcpu::{
-    BoxError, ExitKind, FaultPolicy, IoHandler, StopReason, Transport, VcpuEnd,
-};
-use veil_vmm::{GuestHypercallProbe, HypercallInstruction, PlainKvm, Vm, VmError};
+use veil_vmm::veil_memory::{Flavor, HostAccessError, HostSafeMemory};
+use veil_vmm::veil_vcpu::{BoxError, ExitKind, FaultPolicy, IoHandler, StopReason, VcpuEnd};
 
 use crate::DemoArgs;
-use crate::caps::HYPERCALL_PROBE_DEADLINE;
 use crate::failure::{Failure, Status};
+use crate::guest::{GuestVm, Setup, policy_name};
 
-mod guest {
+mod embedded {
     include!(concat!(env!("OUT_DIR"), "/demo_guest.rs"));
 }
 
@@ -164,96 +161,37 @@ fn signal_name(sig: i32) -> String {
     }
 }
 
-/// The transport the guest uses, as `demo.S`'s `rsi`.
-fn transport_code(probe: &GuestHypercallProbe) -> u64 {
-    match (probe.transport(), probe.instruction) {
-        (Transport::Port, _) => 0,
-        (Transport::Exit, HypercallInstruction::Vmcall) => 1,
-        (Transport::Exit, HypercallInstruction::Vmmcall) => 2,
-    }
-}
-
-fn transport_name(probe: &GuestHypercallProbe) -> String {
-    match probe.transport() {
-        Transport::Port => "port I/O 0x5e".into(),
-        Transport::Exit => probe.instruction.name().to_string(),
-    }
-}
-
 /// Runs `veil demo`.
 pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     let vm_failure = |doing: &str| {
         let doing = doing.to_string();
         move |e: VmError| Failure::vm(&doing, &e)
     };
-    let caps = HostCaps::probe().map_err(|e| Failure::vm("probing KVM", &VmError::Probe(e)))?;
-    let flavor = match args.flavor {
-        Some(f) => f,
-        None => caps
-            .supported_flavors()
-            .first()
-            .copied()
-            .unwrap_or(Flavor::EMULATED),
-    };
-    let probe = veil_vmm::probe_guest_hypercall(HYPERCALL_PROBE_DEADLINE)
-        .map_err(vm_failure("running the hypercall probe guest"))?;
-    // A flavor that cannot keep contents discards them on conversion instead.
-    let policy = if flavor.honours(ContentPolicy::Preserve) {
-        ContentPolicy::Preserve
-    } else {
-        ContentPolicy::Discard
-    };
-    // The vCPU threads, where the guest's requests are handled, run under their seccomp
-    // filter; the main thread stays unconfined, as it forks the child that shows the
-    // raw read faulting.
-    let seccomp = crate::run::seccomp_wanted(args.no_seccomp);
-    let confined = seccomp
-        .is_ok()
-        .then(|| Arc::new(Confined::new(Arc::new(PlainKvm))));
-    let mut builder = Vm::builder();
-    if let Some(c) = &confined {
-        builder = builder.launch(c.clone());
-    }
-    let vm = builder
-        .flavor(flavor)
-        .region(0, RAM, policy)
-        .private_at_launch(true)
-        .build()
-        .map_err(vm_failure("building the VM"))?;
+    let guest_vm = GuestVm::build(&Setup {
+        flavor: args.flavor,
+        policy: None,
+        ram: RAM,
+        no_seccomp: args.no_seccomp,
+    })?;
+    let (vm, flavor) = (&guest_vm.vm, guest_vm.flavor);
     println!(
         "veil demo: a guest whose memory is private from launch\n\n  \
-         backend {}, flavor {flavor}, {} MiB of RAM, {} vCPUs\n  \
-         transport {} ({probe})\n",
+         backend {}, flavor {flavor}, policy {}, {} MiB of RAM, {} vCPUs\n  \
+         transport {} ({})\n",
         vm.launch_technology().name(),
+        policy_name(guest_vm.policy),
         RAM >> 20,
         args.vcpus,
-        transport_name(&probe),
+        guest_vm.transport_name(),
+        guest_vm.probe,
     );
-
-    let source = BootSource::flat(guest::CODE, guest::LOAD);
-    let mut plan = vm.plan(&source).map_err(vm_failure("planning the guest"))?;
-    let entry = plan.entry;
-    let entry_for = |index: u32| {
-        let mut e = entry;
-        e.regs.rdi = u64::from(index);
-        e.regs.rsi = transport_code(&probe);
-        e.regs.r8 = MESSAGE_PAGE;
-        e.regs.r9 = burst_pages(index);
-        e.regs.r10 = args.rounds;
-        e.regs.r11 = PAGES_PER_REQUEST;
-        e
-    };
-    plan.entry = entry_for(0);
-    let launched = vm
-        .launch_plan(&plan, 1)
-        .map_err(vm_failure("launching the guest"))?;
-    let mut vcpus = launched.vcpus;
-    for index in 1..args.vcpus {
-        vcpus.push(
-            vm.create_boot_vcpu(index, &entry_for(index))
-                .map_err(vm_failure("creating vCPUs"))?,
-        );
-    }
+    let launched = guest_vm.launch(embedded::CODE, embedded::LOAD, args.vcpus, |index, regs| {
+        regs.rdi = u64::from(index);
+        regs.r8 = MESSAGE_PAGE;
+        regs.r9 = burst_pages(index);
+        regs.r10 = args.rounds;
+        regs.r11 = PAGES_PER_REQUEST;
+    })?;
 
     let mut checks = Vec::new();
     let memory = vm.memory().clone();
@@ -296,7 +234,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     let before = vm.stats();
     let started = Instant::now();
     let set = vm
-        .run(vcpus, io.clone(), FaultPolicy::Refuse)
+        .run(launched.vcpus, io.clone(), FaultPolicy::Refuse)
         .map_err(vm_failure("starting the vCPUs"))?;
     let report = match set.wait_timeout(TIME_LIMIT) {
         Ok(report) => report,
@@ -444,7 +382,7 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
         table(&TableRow {
             backend: vm.launch_technology().name(),
             flavor,
-            transport: transport_name(&probe),
+            transport: guest_vm.transport_name(),
             vcpus: args.vcpus,
             requests,
             exits: exits.count(ExitKind::PortHypercall) + exits.count(ExitKind::Hypercall),
@@ -458,13 +396,12 @@ pub fn run(args: &DemoArgs) -> Result<(), Failure> {
     log::info!("exits: {exits}");
     log::info!("memory: {}", vm.stats());
 
-    match (&seccomp, &confined) {
-        (Ok(()), Some(c)) => check(
+    match (&guest_vm.seccomp, guest_vm.confined_threads()) {
+        (Ok(()), Some(threads)) => check(
             &mut checks,
-            c.vcpu_threads() == args.vcpus as usize,
+            threads == args.vcpus as usize,
             format!(
-                "seccomp confined {} of {} vCPU threads ({} system calls allowed)",
-                c.vcpu_threads(),
+                "seccomp confined {threads} of {} vCPU threads ({} system calls allowed)",
                 args.vcpus,
                 seccomp::allowed_count(ThreadKind::Vcpu)
             ),

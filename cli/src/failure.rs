@@ -22,7 +22,8 @@ pub enum Status {
     /// The host lacks what was asked for: `/dev/kvm`, the permission to open it, a
     /// capability a flavor or backend needs.
     HostLacks = 3,
-    /// The guest ran but failed a check (`veil demo`), or ended abnormally (`veil run`).
+    /// The guest ran but failed a check (`veil demo`; `veil soak`: a mismatch, no
+    /// conversion, a failed request), or ended abnormally (`veil run`).
     GuestFailed = 4,
     /// A veil thread made a system call its seccomp filter does not allow, and veil
     /// ended the VM (the message names the thread and the call).
@@ -35,7 +36,7 @@ pub const EXIT_CODES: &str = "Exit codes:
   1  VM error: KVM or the VM failed while veil used it
   2  bad usage: an unknown flag, a bad value, a file that is missing or malformed
   3  the host lacks what was asked for: /dev/kvm, permission to open it, a capability
-  4  the guest failed a check, or ended abnormally
+  4  the guest failed a check (veil soak: a mismatch), or ended abnormally
   5  a veil thread made a system call its seccomp filter does not allow; veil ended the VM";
 
 /// A failure: its exit code and the whole message.

@@ -5,23 +5,28 @@
 //!
 //! `veil` (the same as `veil demo`) runs a guest built into the binary whose memory is
 //! private from launch and shows what the host can and cannot see of it; `veil run`
-//! boots Linux with private RAM; `veil caps` reports what the host offers; `veil
-//! measure` prints a boot image's measurement.
+//! boots Linux with private RAM; `veil soak` has a guest convert random ranges for a
+//! bounded time while the host audits every page; `veil caps` reports what the host
+//! offers; `veil measure` prints a boot image's measurement.
 
 mod caps;
 #[cfg(target_arch = "x86_64")]
 mod demo;
 mod failure;
 #[cfg(target_arch = "x86_64")]
+mod guest;
+#[cfg(target_arch = "x86_64")]
 mod run;
 mod size;
+#[cfg(target_arch = "x86_64")]
+mod soak;
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use failure::{EXIT_CODES, Failure, Status};
-use veil_vmm::veil_memory::Flavor;
+use veil_vmm::veil_memory::{ContentPolicy, Flavor};
 
 /// A VMM whose guests have memory the host cannot see (KVM guest_memfd).
 #[derive(Debug, Parser)]
@@ -56,6 +61,9 @@ enum Command {
     Run(RunArgs),
     /// Print the measurement log and launch digest of a boot image, without a VM.
     Measure(MeasureArgs),
+    /// Convert random ranges of guest memory for a while, the guest checking contents
+    /// after every conversion and the host auditing every page after every round.
+    Soak(SoakArgs),
 }
 
 /// The launch backends `veil run` and `veil measure` offer.
@@ -152,6 +160,35 @@ pub struct DemoArgs {
     pub no_seccomp: bool,
 }
 
+/// `veil soak`'s options.
+#[derive(Debug, Clone, Args)]
+pub struct SoakArgs {
+    /// How long the guest converts, in seconds.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub seconds: u64,
+    /// vCPUs converting at once, each in its own area.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=4))]
+    pub vcpus: u32,
+    /// 2 MiB blocks in each vCPU's area.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=8))]
+    pub blocks: u64,
+    /// How conversions are carried out: attributes, in-place or emulated (default: the
+    /// best this host runs).
+    #[arg(long, value_parser = parse_flavor)]
+    pub flavor: Option<Flavor>,
+    /// Whether converted pages keep their contents: preserve or discard (default:
+    /// preserve where the flavor can, discard elsewhere).
+    #[arg(long, value_parser = parse_policy)]
+    pub policy: Option<ContentPolicy>,
+    /// Seed of the vCPUs' random choices (default: from the clock; the soak prints it).
+    /// The same seed makes the same choices, as many as the time allows.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Do not confine the vCPU threads with their seccomp filter.
+    #[arg(long)]
+    pub no_seccomp: bool,
+}
+
 /// `veil caps`' options.
 #[derive(Debug, Args)]
 struct CapsArgs {
@@ -186,6 +223,16 @@ fn parse_flavor(name: &str) -> Result<Flavor, String> {
         let names: Vec<&str> = Flavor::BUILT_IN.iter().map(|f| f.name()).collect();
         format!("no flavor {name:?}; veil has {}", names.join(", "))
     })
+}
+
+fn parse_policy(name: &str) -> Result<ContentPolicy, String> {
+    match name {
+        "preserve" => Ok(ContentPolicy::Preserve),
+        "discard" => Ok(ContentPolicy::Discard),
+        _ => Err(format!(
+            "no content policy {name:?}; the soak checks preserve and discard"
+        )),
+    }
 }
 
 fn init_logger(verbose: u8, quiet: bool) {
@@ -223,6 +270,19 @@ fn caps(args: &CapsArgs) -> Result<(), Failure> {
 #[cfg(target_arch = "x86_64")]
 fn demo(args: &DemoArgs) -> Result<(), Failure> {
     demo::run(args)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn soak(args: &SoakArgs) -> Result<(), Failure> {
+    soak::run(args)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn soak(_: &SoakArgs) -> Result<(), Failure> {
+    Err(Failure::new(
+        Status::HostLacks,
+        "the soak guest is x86-64 code; this build of veil has none",
+    ))
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -268,6 +328,7 @@ fn main() {
         Some(Command::Caps(args)) => caps(args),
         Some(Command::Run(args)) => run_command(args),
         Some(Command::Measure(args)) => measure(args),
+        Some(Command::Soak(args)) => soak(args),
     };
     let status = match result {
         Ok(()) => Status::Success,

@@ -1,8 +1,8 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The `veil` binary as a user runs it: the demo passes in every flavor this host runs,
-//! and bad usage gets a clear message and exit code 2.
+//! The `veil` binary as a user runs it: the demo and a short soak pass in every flavor
+//! this host runs, and bad usage gets a clear message and exit code 2.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
@@ -61,6 +61,71 @@ fn demo_passes_in_every_flavor_this_host_runs() {
         assert!(!stdout.contains("FAIL"), "{stdout}");
         // 2 vCPUs x 50 round trips, and the message page's two requests.
         assert!(stdout.contains(" 202 "), "{stdout}");
+    }
+}
+
+/// The numbers of the soak's last line, `soak: N conversions, M mismatches`.
+fn soak_line(stdout: &str) -> Option<(u64, u64)> {
+    let line = stdout.lines().rfind(|l| l.starts_with("soak: "))?;
+    let rest = line.strip_prefix("soak: ")?;
+    let (n, rest) = rest.split_once(" conversions, ")?;
+    let m = rest.strip_suffix(" mismatches")?;
+    Some((n.parse().ok()?, m.parse().ok()?))
+}
+
+#[test]
+fn a_short_soak_passes_in_every_flavor_and_policy_this_host_runs() {
+    if !veil_tests::kvm_or_skip("a_short_soak_passes_in_every_flavor_and_policy_this_host_runs") {
+        return;
+    }
+    let mut vcpus = (2..=4).cycle();
+    for flavor in &flavors_here() {
+        // The attributes flavor discards whatever it is asked; the others do either.
+        let policies: &[&str] = if flavor == "attributes" {
+            &["discard"]
+        } else {
+            &["preserve", "discard"]
+        };
+        for policy in policies {
+            let n = vcpus.next().unwrap().to_string();
+            let args = [
+                "soak",
+                "--seconds",
+                "2",
+                "--vcpus",
+                &n,
+                "--blocks",
+                "2",
+                "--flavor",
+                flavor,
+                "--policy",
+                policy,
+                "--seed",
+                "42",
+            ];
+            let out = veil(&args);
+            let (stdout, stderr) = text(&out);
+            assert!(
+                out.status.success(),
+                "veil {args:?}: {:?}\n{stdout}\n{stderr}",
+                out.status
+            );
+            let (conversions, mismatches) = soak_line(&stdout)
+                .unwrap_or_else(|| panic!("veil {args:?} printed no soak line:\n{stdout}"));
+            assert!(conversions > 0, "{stdout}");
+            assert_eq!(mismatches, 0, "{stdout}");
+            assert_eq!(
+                stdout.lines().filter(|l| l.starts_with("soak: ")).count(),
+                1,
+                "{stdout}"
+            );
+            assert!(
+                stdout.contains(&format!("flavor {flavor}, policy {policy}")),
+                "{stdout}"
+            );
+            assert!(stdout.contains(" 0 memory fault exits"), "{stdout}");
+            assert!(!stdout.contains("FAIL"), "{stdout}");
+        }
     }
 }
 
@@ -150,6 +215,22 @@ fn bad_usage_is_exit_code_2_with_a_reason() {
     refused(&["demo", "--vcpus", "0"], "0 is not in 1..=8");
     refused(&["demo", "--vcpus", "99"], "99 is not in 1..=8");
     refused(&["demo", "--flavor", "magic"], "no flavor \"magic\"");
+    refused(&["soak", "--vcpus", "1"], "1 is not in 2..=4");
+    refused(&["soak", "--vcpus", "5"], "5 is not in 2..=4");
+    refused(&["soak", "--blocks", "9"], "9 is not in 1..=8");
+    refused(&["soak", "--seconds", "0"], "0 is not in 1..=604800");
+    refused(
+        &["soak", "--policy", "retain"],
+        "no content policy \"retain\"",
+    );
+    refused(
+        &["soak", "--seed", "x"],
+        "invalid value 'x' for '--seed <SEED>'",
+    );
+    refused(
+        &["soak", "--flavor", "attributes", "--policy", "preserve"],
+        "the attributes flavor cannot honour the preserve content policy",
+    );
     refused(&["measure"], "--kernel <FILE>");
     refused(
         &["measure", "--kernel", "/no/such/kernel"],
@@ -420,7 +501,14 @@ fn version_and_help() {
     let out = veil(&["--help"]);
     let (stdout, _) = text(&out);
     assert!(out.status.success());
-    for word in ["demo", "caps", "measure", "Exit codes:", "host lacks"] {
+    for word in [
+        "demo",
+        "soak",
+        "caps",
+        "measure",
+        "Exit codes:",
+        "host lacks",
+    ] {
         assert!(stdout.contains(word), "--help lacks {word:?}: {stdout}");
     }
 }
