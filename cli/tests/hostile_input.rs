@@ -132,6 +132,11 @@ fn bad_values_are_refused_with_the_rule_they_break() {
         "1000001 is not in 0..=1000000",
     );
     refused(&["demo", "--vcpus", "9"], "9 is not in 1..=8");
+    refused(&["soak", "--vcpus", "1"], "1 is not in 2..=4");
+    refused(&["soak", "--vcpus", "5"], "5 is not in 2..=4");
+    refused(&["soak", "--seconds", "0"], "0 is not in 1..=604800");
+    refused(&["soak", "--seed", "q"], "invalid digit");
+    refused(&["soak", "--flavor", "magic"], "no flavor \"magic\"");
     refused(&["caps", "--bogus"], "unexpected argument '--bogus'");
     refused(&["frobnicate"], "unrecognized subcommand 'frobnicate'");
 }
