@@ -780,15 +780,10 @@ impl RunLeaf {
 
     /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs
     /// maximal and recording what changes (numbered from `base`) in `out`.
+    ///
+    /// Only the runs starting in `[lo, hi]` are replaced, in place: a page set in a leaf
+    /// of many runs moves the runs after it, and compares none of the others.
     fn set(&mut self, base: u64, lo: u64, hi: u64, state: PageState, out: &mut Changes) {
-        fn push(out: &mut SmallVec<[LeafRun; RUN_LEAF_INLINE]>, start: u64, state: PageState) {
-            if out.last().map(|r| r.state) != Some(state) {
-                out.push(LeafRun {
-                    start: start as u16,
-                    state,
-                });
-            }
-        }
         let mut index = self.index_of(lo);
         while index < self.runs.len() && u64::from(self.runs[index].start) < hi {
             let previous = self.state(index);
@@ -798,19 +793,34 @@ impl RunLeaf {
             }
             index += 1;
         }
-        let mut runs = SmallVec::new();
+        // The runs starting in `[first, last)` go; those before and after stay.
+        let first = self.runs.partition_point(|r| u64::from(r.start) < lo);
+        let mut last = self.runs.partition_point(|r| u64::from(r.start) <= hi);
         let after = (hi < LEAF_FRAMES).then(|| self.state_at(hi));
-        for run in self.runs.iter().take_while(|r| u64::from(r.start) < lo) {
-            push(&mut runs, u64::from(run.start), run.state);
+        let mut before = first.checked_sub(1).map(|k| self.runs[k].state);
+        let mut middle = SmallVec::<[LeafRun; 2]>::new();
+        for (start, state) in [(lo, Some(state)), (hi, after)] {
+            if let Some(state) = state
+                && before != Some(state)
+            {
+                middle.push(LeafRun {
+                    start: start as u16,
+                    state,
+                });
+                before = Some(state);
+            }
         }
-        push(&mut runs, lo, state);
-        if let Some(after) = after {
-            push(&mut runs, hi, after);
+        // A kept run that the new ones end in the state of merges into them.
+        if last < self.runs.len() && before == Some(self.runs[last].state) {
+            last += 1;
         }
-        for run in self.runs.iter().filter(|r| u64::from(r.start) > hi) {
-            push(&mut runs, u64::from(run.start), run.state);
+        self.runs.drain(first..last);
+        self.runs.insert_many(first, middle);
+        // A leaf that lost most of its runs gives the room back (into the slot, when
+        // they fit there).
+        if self.runs.spilled() && self.runs.len() <= self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
         }
-        self.runs = runs;
     }
 
     /// The slot a changed run leaf must become, if it is no longer canonical as one:
@@ -1676,6 +1686,67 @@ mod tests {
                     prop_assert_eq!((0..LEAF_FRAMES).map(|k| l.bit(k)).collect::<Vec<_>>(), flipped);
                 }
                 other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    /// Sets of a run leaf of many runs, tagged and not: a few frames (a single one most
+    /// often) or a longer range, anywhere, at a leaf edge or over the starts of runs.
+    fn run_leaf_sets() -> impl Strategy<Value = Vec<(u64, u64, usize)>> {
+        let set = (0..LEAF_FRAMES, 0..8u8, 0..4usize).prop_map(|(lo, how, state)| {
+            let lo = match how {
+                0 => 0,
+                1 => LEAF_FRAMES - 1,
+                _ => lo,
+            };
+            let len = match how {
+                2 => 1 + lo % 300,
+                3 => 2,
+                _ => 1,
+            };
+            (lo, (lo + len).min(LEAF_FRAMES), state)
+        });
+        prop::collection::vec(set, 1..400)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A run leaf set in place holds exactly the frames a per-frame array does, as
+        /// sorted maximal runs from frame 0, and reports exactly the pieces that changed.
+        #[test]
+        fn run_leaf_sets_match_their_frames(sets in run_leaf_sets()) {
+            let states = [
+                PageState::SHARED,
+                PageState::PRIVATE,
+                PageState::tagged(crate::Attributes::empty(), crate::Tag::new(1).unwrap()),
+                PageState::tagged(crate::Attributes::PRIVATE, crate::Tag::new(2).unwrap()),
+            ];
+            let base = 5 * LEAF_FRAMES;
+            let mut leaf = RunLeaf::uniform(PageState::SHARED);
+            let mut frames = vec![PageState::SHARED; LEAF_FRAMES as usize];
+            for (lo, hi, s) in sets {
+                let state = states[s];
+                let mut want = Changes::default();
+                for i in lo..hi {
+                    if frames[i as usize] != state {
+                        want.push_piece(base + i, base + i + 1, frames[i as usize]);
+                    }
+                }
+                let mut got = Changes::default();
+                leaf.set(base, lo, hi, state, &mut got);
+                prop_assert_eq!(&got[..], &want[..], "changes of [{}, {})", lo, hi);
+                frames[lo as usize..hi as usize].fill(state);
+
+                let want: Vec<LeafRun> = (0..LEAF_FRAMES as usize)
+                    .filter(|&i| i == 0 || frames[i] != frames[i - 1])
+                    .map(|i| LeafRun { start: i as u16, state: frames[i] })
+                    .collect();
+                prop_assert_eq!(&leaf.runs[..], &want[..], "after [{}, {})", lo, hi);
+                prop_assert_eq!(leaf.state_at(lo), state);
+                prop_assert_eq!(leaf.state_at(hi - 1), state);
+                // A leaf that shrank gave its room back.
+                prop_assert!(!leaf.runs.spilled() || leaf.runs.len() > leaf.runs.capacity() / 4);
             }
         }
     }
