@@ -1046,27 +1046,36 @@ impl Tree {
         }
     }
 
-    /// The state of frame `gfn` and the end of the piece of equal state that holds it
-    /// (the end of a uniform slot or of a bitmap's or leaf's run; the next piece may
-    /// have the same state).
-    pub(crate) fn locate(&self, gfn: u64) -> (PageState, u64) {
+    /// The slot at the bottom of the tree holding frame `gfn` (no node), for reading its
+    /// pieces with [`Spot::piece`]; a uniform slot comes with the uniform slots of the
+    /// same state after it in its node.
+    pub(crate) fn spot(&self, gfn: u64) -> Spot<'_> {
         let mut node = &self.root;
         let mut level = self.height;
         loop {
             level = level.saturating_sub(1);
             let shift = span_shift(level);
+            let k = ((gfn >> shift) as usize) & (FANOUT - 1);
             let base = (gfn >> shift) << shift;
-            match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = n,
-                Slot::Uniform(s) => return (*s, base + (1 << shift)),
-                Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
-                Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
-                Slot::Edges(e) => return (e.state_at(gfn), base + e.run_end(gfn)),
-                Slot::Runs(l) => {
-                    let index = l.index_of(gfn);
-                    return (l.state(index), base + l.end(index));
-                }
+            let slot = &node.slots[k];
+            if let Slot::Node(n) = slot {
+                node = n;
+                continue;
             }
+            let mut end = base + (1 << shift);
+            if let Slot::Uniform(state) = slot {
+                let same = node.slots[k + 1..]
+                    .iter()
+                    .take_while(|next| matches!(next, Slot::Uniform(s) if s == state))
+                    .count();
+                end += (same as u64) << shift;
+            }
+            return Spot {
+                slot,
+                base,
+                end,
+                index: 0,
+            };
         }
     }
 
@@ -1389,6 +1398,44 @@ impl fmt::Debug for Tree {
             .field("height", &self.height)
             .field("boundaries", &self.root.boundaries)
             .finish_non_exhaustive()
+    }
+}
+
+/// A slot at the bottom of the tree (not a node) and the frames `[base, end)` it covers,
+/// as [`Tree::spot`] found it: the pieces of those frames, read in address order, cost
+/// no walk down the tree and (in a run leaf) no search.
+pub(crate) struct Spot<'a> {
+    slot: &'a Slot,
+    /// The slot's first frame.
+    pub(crate) base: u64,
+    /// The end of its frames (of the uniform slots after it, for a uniform slot).
+    pub(crate) end: u64,
+    /// In a run leaf, the run of the last piece read.
+    index: usize,
+}
+
+impl Spot<'_> {
+    /// The state of frame `gfn` (in `[base, end)`) and the end of the piece of equal
+    /// state that holds it (the end of the uniform slots or of a bitmap's or leaf's run;
+    /// the next piece may have the same state).
+    pub(crate) fn piece(&mut self, gfn: u64) -> (PageState, u64) {
+        let base = self.base;
+        match self.slot {
+            Slot::Uniform(s) => (*s, self.end),
+            Slot::Dense(d) => (d.state_at(gfn), base + d.run_end(gfn)),
+            Slot::Bits(l) => (l.state_at(gfn), base + l.run_end(gfn)),
+            Slot::Edges(e) => (e.state_at(gfn), base + e.run_end(gfn)),
+            Slot::Runs(l) => {
+                // The piece after the last one read is the next run.
+                let next = self.index + 1;
+                self.index = match l.runs.get(next) {
+                    Some(run) if base + u64::from(run.start) == gfn => next,
+                    _ => l.index_of(gfn),
+                };
+                (l.state(self.index), base + l.end(self.index))
+            }
+            Slot::Node(_) => unreachable!("a spot is never a node"),
+        }
     }
 }
 
