@@ -743,6 +743,13 @@ struct LeafRun {
 
 const _: () = assert!(LEAF_FRAMES <= 1 << 16, "leaf offsets are u16");
 
+/// The index of the run of `runs` holding frame `i` of their leaf.
+fn index_in(runs: &[LeafRun], i: u64) -> usize {
+    let i = i & (LEAF_FRAMES - 1);
+    runs.partition_point(|r| u64::from(r.start) <= i)
+        .saturating_sub(1)
+}
+
 /// A leaf as a sorted run list: starts strictly increasing from 0, neighbours differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunLeaf {
@@ -758,10 +765,7 @@ impl RunLeaf {
 
     /// The index of the run holding frame `i` of the leaf.
     fn index_of(&self, i: u64) -> usize {
-        let i = i & (LEAF_FRAMES - 1);
-        self.runs
-            .partition_point(|r| u64::from(r.start) <= i)
-            .saturating_sub(1)
+        index_in(&self.runs, i)
     }
 
     fn state(&self, index: usize) -> PageState {
@@ -775,7 +779,11 @@ impl RunLeaf {
     }
 
     fn state_at(&self, i: u64) -> PageState {
-        self.state(self.index_of(i))
+        // One look at the list for both steps (each is a check and a branch in builds
+        // with debug assertions).
+        let runs: &[LeafRun] = &self.runs;
+        runs.get(index_in(runs, i))
+            .map_or(PageState::SHARED, |r| r.state)
     }
 
     /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs
@@ -1426,13 +1434,19 @@ impl Spot<'_> {
             Slot::Bits(l) => (l.state_at(gfn), base + l.run_end(gfn)),
             Slot::Edges(e) => (e.state_at(gfn), base + e.run_end(gfn)),
             Slot::Runs(l) => {
+                let runs: &[LeafRun] = &l.runs;
                 // The piece after the last one read is the next run.
                 let next = self.index + 1;
-                self.index = match l.runs.get(next) {
+                let index = match runs.get(next) {
                     Some(run) if base + u64::from(run.start) == gfn => next,
-                    _ => l.index_of(gfn),
+                    _ => index_in(runs, gfn),
                 };
-                (l.state(self.index), base + l.end(self.index))
+                self.index = index;
+                let end = runs
+                    .get(index + 1)
+                    .map_or(LEAF_FRAMES, |r| u64::from(r.start));
+                let state = runs.get(index).map_or(PageState::SHARED, |r| r.state);
+                (state, base + end)
             }
             Slot::Node(_) => unreachable!("a spot is never a node"),
         }
