@@ -84,7 +84,8 @@ impl Oracle {
     /// Sets `[a, b)` to `state`; the pieces that changed, with their previous states.
     fn set(&mut self, a: u64, b: u64, state: PageState) -> Vec<Change> {
         let mut changes = Vec::new();
-        let mut k = self.index_of(a);
+        let first = self.index_of(a);
+        let mut k = first;
         while k < self.runs.len() && self.runs[k].0 < b {
             let (s, previous) = self.runs[k];
             if previous != state {
@@ -95,17 +96,20 @@ impl Oracle {
             }
             k += 1;
         }
-        let after = (b < self.frames).then(|| self.get(b));
-        // The runs starting in [a, b] go; the new ones merge with their neighbours.
-        let lo = self.runs.partition_point(|&(s, _)| s < a);
-        let hi = self.runs.partition_point(|&(s, _)| s <= b);
+        // The runs starting in [a, b] go (`k` is the first starting at or after `b`);
+        // the new ones merge with their neighbours.
+        let lo = first + usize::from(self.runs[first].0 < a);
+        let hi = k + usize::from(self.runs.get(k).is_some_and(|r| r.0 == b));
+        let after = (b < self.frames).then(|| self.runs[hi - 1].1);
         let mut before = lo.checked_sub(1).map(|k| self.runs[k].1);
-        let mut middle = Vec::with_capacity(2);
+        let mut middle = [(0, PageState::SHARED); 2];
+        let mut n = 0;
         for (start, state) in [(a, Some(state)), (b, after)] {
             if let Some(state) = state
                 && before != Some(state)
             {
-                middle.push((start, state));
+                middle[n] = (start, state);
+                n += 1;
                 before = Some(state);
             }
         }
@@ -117,10 +121,10 @@ impl Oracle {
         for &(s, state) in &self.runs[lo..hi] {
             self.hash = self.hash.wrapping_sub(run_hash(s, state));
         }
-        for &(s, state) in &middle {
+        for &(s, state) in &middle[..n] {
             self.hash = self.hash.wrapping_add(run_hash(s, state));
         }
-        self.runs.splice(lo..hi, middle);
+        self.runs.splice(lo..hi, middle[..n].iter().copied());
         changes
     }
 
