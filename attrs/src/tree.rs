@@ -1065,19 +1065,25 @@ impl Tree {
             let shift = span_shift(level);
             let k = ((gfn >> shift) as usize) & (FANOUT - 1);
             let base = (gfn >> shift) << shift;
-            let slot = &node.slots[k];
-            if let Slot::Node(n) = slot {
-                node = n;
-                continue;
-            }
             let mut end = base + (1 << shift);
-            if let Slot::Uniform(state) = slot {
-                let same = node.slots[k + 1..]
-                    .iter()
-                    .take_while(|next| matches!(next, Slot::Uniform(s) if s == state))
-                    .count();
-                end += (same as u64) << shift;
-            }
+            let slot = match &node.slots[k] {
+                Slot::Node(n) => {
+                    node = n;
+                    continue;
+                }
+                Slot::Uniform(state) => {
+                    let same = node.slots[k + 1..]
+                        .iter()
+                        .take_while(|next| matches!(next, Slot::Uniform(s) if s == state))
+                        .count();
+                    end += (same as u64) << shift;
+                    Bottom::Uniform(*state)
+                }
+                Slot::Dense(d) => Bottom::Dense(d),
+                Slot::Bits(l) => Bottom::Bits(l),
+                Slot::Edges(e) => Bottom::Edges(e),
+                Slot::Runs(l) => Bottom::Runs(&l.runs),
+            };
             return Spot {
                 slot,
                 base,
@@ -1413,13 +1419,22 @@ impl fmt::Debug for Tree {
 /// as [`Tree::spot`] found it: the pieces of those frames, read in address order, cost
 /// no walk down the tree and (in a run leaf) no search.
 pub(crate) struct Spot<'a> {
-    slot: &'a Slot,
+    slot: Bottom<'a>,
     /// The slot's first frame.
     pub(crate) base: u64,
     /// The end of its frames (of the uniform slots after it, for a uniform slot).
     pub(crate) end: u64,
     /// In a run leaf, the run of the last piece read.
     index: usize,
+}
+
+/// What a [`Spot`] reads: a slot other than a node, a run leaf's list taken out once.
+enum Bottom<'a> {
+    Uniform(PageState),
+    Dense(&'a Dense),
+    Bits(&'a BitLeaf),
+    Edges(&'a Edges),
+    Runs(&'a [LeafRun]),
 }
 
 impl Spot<'_> {
@@ -1429,12 +1444,11 @@ impl Spot<'_> {
     pub(crate) fn piece(&mut self, gfn: u64) -> (PageState, u64) {
         let base = self.base;
         match self.slot {
-            Slot::Uniform(s) => (*s, self.end),
-            Slot::Dense(d) => (d.state_at(gfn), base + d.run_end(gfn)),
-            Slot::Bits(l) => (l.state_at(gfn), base + l.run_end(gfn)),
-            Slot::Edges(e) => (e.state_at(gfn), base + e.run_end(gfn)),
-            Slot::Runs(l) => {
-                let runs: &[LeafRun] = &l.runs;
+            Bottom::Uniform(s) => (s, self.end),
+            Bottom::Dense(d) => (d.state_at(gfn), base + d.run_end(gfn)),
+            Bottom::Bits(l) => (l.state_at(gfn), base + l.run_end(gfn)),
+            Bottom::Edges(e) => (e.state_at(gfn), base + e.run_end(gfn)),
+            Bottom::Runs(runs) => {
                 // The piece after the last one read is the next run.
                 let next = self.index + 1;
                 let index = match runs.get(next) {
@@ -1448,7 +1462,6 @@ impl Spot<'_> {
                 let state = runs.get(index).map_or(PageState::SHARED, |r| r.state);
                 (state, base + end)
             }
-            Slot::Node(_) => unreachable!("a spot is never a node"),
         }
     }
 }
