@@ -28,6 +28,9 @@ use veil_attrs::{
 struct Oracle {
     frames: u64,
     runs: Vec<(u64, PageState)>,
+    /// The sum of [`run_hash`] over the runs, kept as they change: equal states have
+    /// equal hashes, so a state whose hash differs is another state.
+    hash: u64,
 }
 
 impl Oracle {
@@ -35,6 +38,7 @@ impl Oracle {
         Oracle {
             frames,
             runs: vec![(0, PageState::SHARED)],
+            hash: run_hash(0, PageState::SHARED),
         }
     }
 
@@ -65,28 +69,62 @@ impl Oracle {
         out
     }
 
+    /// Whether `runs` are exactly this state's runs, whole guest.
+    fn is(&self, runs: &[Run]) -> bool {
+        runs.len() == self.runs.len()
+            && runs
+                .iter()
+                .zip(&self.runs)
+                .enumerate()
+                .all(|(k, (r, &(s, state)))| {
+                    r.range.start().0 == s && r.range.end().0 == self.end_of(k) && r.state == state
+                })
+    }
+
     /// Sets `[a, b)` to `state`; the pieces that changed, with their previous states.
     fn set(&mut self, a: u64, b: u64, state: PageState) -> Vec<Change> {
-        let changes: Vec<Change> = self
-            .runs(a, b)
-            .into_iter()
-            .filter(|r| r.state != state)
-            .map(|r| Change {
-                range: r.range,
-                previous: r.state,
-            })
-            .collect();
-        let after = self.get(b.min(self.frames - 1));
-        let keep_after = b < self.frames;
-        let lo = self.runs.partition_point(|&(s, _)| s < a);
-        let hi = self.runs.partition_point(|&(s, _)| s <= b);
-        let mut middle = vec![(a, state)];
-        if keep_after {
-            middle.push((b, after));
+        let mut changes = Vec::new();
+        let first = self.index_of(a);
+        let mut k = first;
+        while k < self.runs.len() && self.runs[k].0 < b {
+            let (s, previous) = self.runs[k];
+            if previous != state {
+                changes.push(Change {
+                    range: fr(s.max(a), self.end_of(k).min(b)),
+                    previous,
+                });
+            }
+            k += 1;
         }
-        self.runs.splice(lo..hi, middle);
-        // Merge neighbours that now share a state.
-        self.runs.dedup_by(|next, prev| next.1 == prev.1);
+        // The runs starting in [a, b] go (`k` is the first starting at or after `b`);
+        // the new ones merge with their neighbours.
+        let lo = first + usize::from(self.runs[first].0 < a);
+        let hi = k + usize::from(self.runs.get(k).is_some_and(|r| r.0 == b));
+        let after = (b < self.frames).then(|| self.runs[hi - 1].1);
+        let mut before = lo.checked_sub(1).map(|k| self.runs[k].1);
+        let mut middle = [(0, PageState::SHARED); 2];
+        let mut n = 0;
+        for (start, state) in [(a, Some(state)), (b, after)] {
+            if let Some(state) = state
+                && before != Some(state)
+            {
+                middle[n] = (start, state);
+                n += 1;
+                before = Some(state);
+            }
+        }
+        // The run after [a, b] starts where its state does, so it never merges.
+        assert!(
+            self.runs.get(hi).is_none_or(|r| Some(r.1) != before),
+            "the oracle's runs are maximal"
+        );
+        for &(s, state) in &self.runs[lo..hi] {
+            self.hash = self.hash.wrapping_sub(run_hash(s, state));
+        }
+        for &(s, state) in &middle[..n] {
+            self.hash = self.hash.wrapping_add(run_hash(s, state));
+        }
+        self.runs.splice(lo..hi, middle[..n].iter().copied());
         changes
     }
 
@@ -100,6 +138,21 @@ impl Oracle {
         }
         map
     }
+}
+
+/// One run's part of a state's hash.
+fn run_hash(start: u64, state: PageState) -> u64 {
+    let tag = state.tag.map_or(0, |t| u64::from(t.get()));
+    mix(mix(start) ^ state.attributes.bits().rotate_left(20) ^ tag << 48)
+}
+
+/// The splitmix64 finalizer: every input bit moves every output bit.
+fn mix(mut x: u64) -> u64 {
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Reads the input front to back; past its end everything is zero.
@@ -187,32 +240,46 @@ fn fr(a: u64, b: u64) -> FrameRange {
 
 /// Checks `map` against `oracle` over the whole guest and at the edges of every run.
 fn check_whole(map: &AttrMap, oracle: &Oracle, what: &dyn std::fmt::Debug) {
-    let got: Vec<Run> = map
-        .runs(map.whole())
-        .expect("the whole guest")
-        .take(oracle.runs.len() + 1)
-        .collect();
-    assert_eq!(got, oracle.runs(0, oracle.frames), "runs after {what:?}");
-    assert_eq!(
-        map.run_count(),
-        oracle.runs.len(),
-        "run count after {what:?}"
-    );
-    for &(s, state) in &oracle.runs {
+    let mut got = map.runs(map.whole()).expect("the whole guest");
+    let mut previous = None;
+    for (k, &(s, state)) in oracle.runs.iter().enumerate() {
+        let want = Run {
+            range: fr(s, oracle.end_of(k)),
+            state,
+        };
+        assert_eq!(got.next(), Some(want), "run {k} after {what:?}");
         assert_eq!(
             map.get(Gfn(s)).ok(),
             Some(state),
             "frame {s:#x} after {what:?}"
         );
-        if s > 0 {
-            let prev = oracle.get(s - 1);
+        if let Some(prev) = previous {
             assert_eq!(map.get(Gfn(s - 1)).ok(), Some(prev), "frame {:#x}", s - 1);
         }
+        previous = Some(state);
     }
+    assert_eq!(got.next(), None, "runs past the last after {what:?}");
+    assert_eq!(
+        map.run_count(),
+        oracle.runs.len(),
+        "run count after {what:?}"
+    );
 }
 
-/// Published versions of the concurrent map, for the reader thread to match.
-type Versions = Arc<Mutex<Vec<Oracle>>>;
+/// Sets of `[a, b)` to a state, in order.
+type Sets = Vec<(u64, u64, PageState)>;
+
+/// What the writer published in the concurrent map, for the reader thread to match.
+#[derive(Default)]
+struct Published {
+    /// Every state published, in order, first the new guest's: the sets that made it
+    /// from the one before, and its [`Oracle::hash`].
+    versions: Vec<(Sets, u64)>,
+    /// The most runs of any of them.
+    max_runs: usize,
+}
+
+type Versions = Arc<Mutex<Published>>;
 
 /// Runs one input.
 pub fn run(data: &[u8]) {
@@ -224,16 +291,21 @@ pub fn run(data: &[u8]) {
     };
     assert_eq!(map.frames(), frames);
     let shared = Arc::new(ConcurrentAttrMap::new(map.clone()));
-    let versions: Option<Versions> =
-        threaded.then(|| Arc::new(Mutex::new(vec![Oracle::new(frames)])));
+    let versions: Option<Versions> = threaded.then(|| {
+        let mut published = Published::default();
+        versions_push(&mut published, Vec::new(), &Oracle::new(frames));
+        Arc::new(Mutex::new(published))
+    });
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = versions.clone().map(|versions| {
         let (shared, done) = (shared.clone(), done.clone());
-        std::thread::spawn(move || read_concurrently(&shared, &versions, &done))
+        std::thread::spawn(move || read_concurrently(&shared, &versions, &done, frames))
     });
 
     let mut oracle = Oracle::new(frames);
     let mut snapshots: Vec<(Arc<AttrMap>, Oracle)> = Vec::new();
+    // The runs a map was last built from scratch with, and that map.
+    let mut canonical: Option<(Vec<(u64, PageState)>, AttrMap)> = None;
     let mut steps = 0;
     while !input.is_empty() && steps < 128 {
         steps += 1;
@@ -256,7 +328,7 @@ pub fn run(data: &[u8]) {
                     &want[..],
                     "changes of [{a:#x}, {b:#x}) to {state:?}"
                 );
-                versions_push(&versions, &oracle);
+                publish(&versions, &[(a, b, state)], !want.is_empty(), &oracle);
                 let got = shared.set_state(fr(a, b), state).expect("a set inside");
                 assert_eq!(
                     &got[..],
@@ -275,7 +347,7 @@ pub fn run(data: &[u8]) {
                     let want = oracle.set(g, g + 1, state);
                     let got = map.set_state(fr(g, g + 1), state).expect("a page inside");
                     assert_eq!(&got[..], &want[..], "changes of page {g:#x}");
-                    versions_push(&versions, &oracle);
+                    publish(&versions, &[(g, g + 1, state)], !want.is_empty(), &oracle);
                     let got = shared.set_state(fr(g, g + 1), state).expect("a page");
                     assert_eq!(&got[..], &want[..], "concurrent changes of page {g:#x}");
                 }
@@ -284,22 +356,26 @@ pub fn run(data: &[u8]) {
             4 => {
                 let n = usize::from(input.u8() % 8) + 1;
                 let mut sets = Vec::with_capacity(n);
-                let mut after = oracle.clone();
+                // A frame each set's `a` picks, and its state once the set is done.
+                let mut checks = Vec::with_capacity(n);
+                let mut changed = false;
                 for _ in 0..n {
                     let (a, b) = range(&mut input, frames);
                     let state = STATES[usize::from(input.u8()) % STATES.len()];
-                    let want = after.set(a, b, state);
-                    sets.push((a, b, state, want, after.clone()));
+                    let want = oracle.set(a, b, state);
+                    changed |= !want.is_empty();
+                    let g = gfn(&mut Bytes(&a.to_le_bytes()), frames);
+                    sets.push((a, b, state));
+                    checks.push((want, g, oracle.get(g)));
                 }
                 let out_of_bounds = op & 0x80 != 0;
-                versions_push(&versions, &after);
+                publish(&versions, &sets, changed, &oracle);
                 shared.update(|w| {
-                    for (a, b, state, want, then) in &sets {
-                        let got = w.set_state(fr(*a, *b), *state).expect("a set inside");
+                    for (&(a, b, state), (want, g, then)) in sets.iter().zip(&checks) {
+                        let got = w.set_state(fr(a, b), state).expect("a set inside");
                         assert_eq!(&got[..], &want[..], "changes in an update");
-                        assert_eq!(w.get(Gfn(*a)).ok(), Some(*state));
-                        let g = gfn(&mut Bytes(&a.to_le_bytes()), frames);
-                        assert_eq!(w.get(Gfn(g)).ok(), Some(then.get(g)));
+                        assert_eq!(w.get(Gfn(a)).ok(), Some(state));
+                        assert_eq!(w.get(Gfn(*g)).ok(), Some(*then));
                     }
                     if out_of_bounds {
                         let bad = FrameRange::new(Gfn(frames.saturating_sub(1)), 2);
@@ -308,10 +384,9 @@ pub fn run(data: &[u8]) {
                         }
                     }
                 });
-                for (a, b, state, ..) in &sets {
-                    map.set_state(fr(*a, *b), *state).expect("a set inside");
+                for &(a, b, state) in &sets {
+                    map.set_state(fr(a, b), state).expect("a set inside");
                 }
-                oracle = after;
             }
             // Lookups, range checks and run listings.
             5 => {
@@ -388,9 +463,8 @@ pub fn run(data: &[u8]) {
                 // A write that waits for no one, when no one writes.
                 let (a, b) = range(&mut input, frames);
                 let state = STATES[usize::from(op >> 4) % STATES.len()];
-                let mut next = oracle.clone();
-                let want = next.set(a, b, state);
-                versions_push(&versions, &next);
+                let want = oracle.set(a, b, state);
+                publish(&versions, &[(a, b, state)], !want.is_empty(), &oracle);
                 let got = match shared.try_update(|w| w.set_state(fr(a, b), state)) {
                     Ok(got) => got,
                     // The reader thread never writes, so the writer lock is free.
@@ -398,10 +472,19 @@ pub fn run(data: &[u8]) {
                 };
                 assert_eq!(&got.expect("a set inside")[..], &want[..]);
                 map.set_state(fr(a, b), state).expect("a set inside");
-                oracle = next;
             }
-            // The canonical form: the same states built another way.
-            _ => assert!(map == oracle.rebuild(), "the map is not canonical"),
+            // The canonical form: the same states built another way (again only when
+            // they changed: the map built is a function of the runs alone).
+            _ => {
+                if canonical
+                    .as_ref()
+                    .is_none_or(|(runs, _)| *runs != oracle.runs)
+                {
+                    canonical = Some((oracle.runs.clone(), oracle.rebuild()));
+                }
+                let (_, rebuilt) = canonical.as_ref().expect("a map just built");
+                assert!(map == *rebuilt, "the map is not canonical");
+            }
         }
         check_whole(&map, &oracle, &op);
         // The concurrent map holds the same states, so (the form being canonical) the
@@ -419,32 +502,71 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn versions_push(versions: &Option<Versions>, oracle: &Oracle) {
+/// Publishes the state `oracle` holds, which `sets` made from the last one published
+/// (unless they `changed` nothing), before the concurrent map can show it.
+fn publish(
+    versions: &Option<Versions>,
+    sets: &[(u64, u64, PageState)],
+    changed: bool,
+    oracle: &Oracle,
+) {
     let Some(versions) = versions else { return };
-    let mut v = versions.lock().unwrap_or_else(|p| p.into_inner());
-    if v.last() != Some(oracle) {
-        v.push(oracle.clone());
+    if changed {
+        let mut v = versions.lock().unwrap_or_else(|p| p.into_inner());
+        versions_push(&mut v, sets.to_vec(), oracle);
     }
+}
+
+fn versions_push(published: &mut Published, sets: Sets, oracle: &Oracle) {
+    published.versions.push((sets, oracle.hash));
+    published.max_runs = published.max_runs.max(oracle.runs.len());
 }
 
 /// Takes snapshots until `done` (at most [`READS`]): each must be a published version,
 /// at or after the one the previous snapshot was.
+///
+/// A snapshot is matched by its hash, then run by run against the version of that hash,
+/// which the thread rebuilds by replaying the published sets on an oracle of its own
+/// (versions only move forward, so each set is replayed once).
 fn read_concurrently(
     shared: &ConcurrentAttrMap,
     versions: &Versions,
     done: &std::sync::atomic::AtomicBool,
+    frames: u64,
 ) {
     let mut seen = 0;
+    // The oracle holding version `at` (`at <= seen`).
+    let (mut replica, mut at) = (Oracle::new(frames), 0);
     for _ in 0..READS {
         let finished = done.load(std::sync::atomic::Ordering::SeqCst);
         let snap = shared.snapshot();
-        let v = versions.lock().unwrap_or_else(|p| p.into_inner());
+        // Whatever the snapshot holds was published before it was taken.
+        let (count, max_runs) = {
+            let v = versions.lock().unwrap_or_else(|p| p.into_inner());
+            (v.versions.len(), v.max_runs)
+        };
         let runs: Vec<Run> = snap
             .runs(snap.whole())
             .expect("the whole guest")
-            .take(v.iter().map(|o| o.runs.len()).max().unwrap_or(0) + 1)
+            .take(max_runs + 1)
             .collect();
-        let found = (seen..v.len()).find(|&i| runs == v[i].runs(0, v[i].frames));
+        let hash = runs.iter().fold(0u64, |h, r| {
+            h.wrapping_add(run_hash(r.range.start().0, r.state))
+        });
+        let v = versions.lock().unwrap_or_else(|p| p.into_inner());
+        let found = (seen..count).find(|&i| {
+            if v.versions[i].1 != hash {
+                return false;
+            }
+            while at < i {
+                at += 1;
+                for &(a, b, state) in &v.versions[at].0 {
+                    replica.set(a, b, state);
+                }
+                assert_eq!(replica.hash, v.versions[at].1, "replaying version {at}");
+            }
+            replica.is(&runs)
+        });
         match found {
             Some(i) => seen = i,
             None => panic!("a snapshot matches no published version from {seen} on: {runs:?}"),

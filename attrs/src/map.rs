@@ -10,7 +10,7 @@ use smallvec::SmallVec;
 
 use crate::attributes::{Attributes, PageState};
 use crate::range::{FrameRange, Gfn, PAGE_SHIFT, PAGE_SIZE, RangeError};
-use crate::tree::Tree;
+use crate::tree::{Spot, Tree};
 
 /// A sub-range whose state a [`AttrMap::set`] changed, with the state it had before.
 ///
@@ -281,6 +281,7 @@ impl AttrMap {
             pos: range.start().0,
             end: range.end().0,
             pending: None,
+            spot: None,
         })
     }
 
@@ -348,11 +349,17 @@ pub struct Runs<'a> {
     end: u64,
     /// A piece starting at `pos` already looked up.
     pending: Option<(PageState, u64)>,
+    /// The bottom slot the last piece was in: the pieces after it in the same slot are
+    /// read from there, without walking down the tree again.
+    spot: Option<Spot<'a>>,
 }
 
 impl Runs<'_> {
-    fn piece(&self, gfn: u64) -> (PageState, u64) {
-        self.map.tree.locate(gfn)
+    fn piece(&mut self, gfn: u64) -> (PageState, u64) {
+        match &mut self.spot {
+            Some(spot) if spot.base <= gfn && gfn < spot.end => spot.piece(gfn),
+            spot => spot.insert(self.map.tree.spot(gfn)).piece(gfn),
+        }
     }
 }
 
@@ -731,5 +738,81 @@ mod tests {
         m.check_invariants().unwrap();
         let runs = all_runs(&m);
         assert_eq!(runs.last().unwrap().range, fr(top - 1, 1));
+    }
+
+    /// The runs of `[a, b)` from the tree's own in-order walk, pieces merged.
+    fn visited_runs(m: &AttrMap, a: u64, b: u64) -> Vec<Run> {
+        let mut out: Vec<Run> = Vec::new();
+        let _ = m.tree.visit(a, b, &mut |s, e, state| {
+            match out.last_mut() {
+                Some(last) if last.state == state => {
+                    last.range = FrameRange::from_bounds(last.range.start(), Gfn(e)).unwrap();
+                }
+                _ => out.push(Run {
+                    range: FrameRange::from_bounds(Gfn(s), Gfn(e)).unwrap(),
+                    state,
+                }),
+            }
+            ControlFlow::Continue(())
+        });
+        out
+    }
+
+    #[test]
+    fn runs_read_every_form_from_anywhere() {
+        // 2^32 frames: a dense region, bitmap, edge and tagged run leaves, and wide
+        // uniform stretches of one state over slots of every level.
+        let mut m = AttrMap::new(1 << (32 + PAGE_SHIFT)).unwrap();
+        let tag = |v| PageState::tagged(Attributes::PRIVATE, Tag::new(v).unwrap());
+        for g in (0..1 << 18).step_by(97) {
+            m.set(fr(g, 1), Attributes::PRIVATE).unwrap();
+        }
+        let leaf = 3 << 18;
+        for g in (leaf..leaf + 4096).step_by(300) {
+            m.set(fr(g, 2), Attributes::PRIVATE).unwrap();
+        }
+        m.set(fr(leaf + 4096 + 10, 20), Attributes::PRIVATE)
+            .unwrap();
+        let tagged = leaf + 8 * 4096;
+        for (k, g) in (tagged..tagged + 4096).step_by(7).enumerate() {
+            let state = match k % 3 {
+                0 => tag(1),
+                1 => tag(2),
+                _ => PageState::PRIVATE,
+            };
+            m.set_state(fr(g, 1 + k as u64 % 3), state).unwrap();
+        }
+        m.set(fr(5 << 24, 1 << 26), Attributes::PRIVATE).unwrap();
+        m.set(fr((1 << 31) + 1, (1 << 30) + 5), Attributes::PRIVATE)
+            .unwrap();
+        m.check_invariants().unwrap();
+        assert_eq!(m.forms()[2..].iter().filter(|&&n| n > 0).count(), 3);
+
+        let whole = all_runs(&m);
+        assert_eq!(whole, visited_runs(&m, 0, m.frames()));
+        assert_eq!(whole.len(), m.run_count());
+        // From the start of every run, beside it and inside it, to places as varied.
+        let mut points: Vec<u64> = whole
+            .iter()
+            .flat_map(|r| {
+                let (s, e) = (r.range.start().0, r.range.end().0);
+                [s, s + 1, (s + e) / 2, e - 1]
+            })
+            .collect();
+        points.sort_unstable();
+        points.dedup();
+        // Short listings from every point, long ones from some.
+        let long = points.len() / 64;
+        for (i, &a) in points.iter().enumerate() {
+            let short = points[i + 1..].iter().copied().take(3);
+            let far = points[i..].iter().copied().step_by(long * 8).skip(1);
+            let far = far
+                .chain([m.frames()])
+                .take(if i % long == 0 { 9 } else { 0 });
+            for b in short.chain(far) {
+                let got: Vec<Run> = m.runs(fr(a, b - a)).unwrap().collect();
+                assert_eq!(got, visited_runs(&m, a, b), "runs of [{a:#x}, {b:#x})");
+            }
+        }
     }
 }

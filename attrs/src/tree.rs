@@ -743,6 +743,13 @@ struct LeafRun {
 
 const _: () = assert!(LEAF_FRAMES <= 1 << 16, "leaf offsets are u16");
 
+/// The index of the run of `runs` holding frame `i` of their leaf.
+fn index_in(runs: &[LeafRun], i: u64) -> usize {
+    let i = i & (LEAF_FRAMES - 1);
+    runs.partition_point(|r| u64::from(r.start) <= i)
+        .saturating_sub(1)
+}
+
 /// A leaf as a sorted run list: starts strictly increasing from 0, neighbours differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RunLeaf {
@@ -758,10 +765,7 @@ impl RunLeaf {
 
     /// The index of the run holding frame `i` of the leaf.
     fn index_of(&self, i: u64) -> usize {
-        let i = i & (LEAF_FRAMES - 1);
-        self.runs
-            .partition_point(|r| u64::from(r.start) <= i)
-            .saturating_sub(1)
+        index_in(&self.runs, i)
     }
 
     fn state(&self, index: usize) -> PageState {
@@ -775,20 +779,19 @@ impl RunLeaf {
     }
 
     fn state_at(&self, i: u64) -> PageState {
-        self.state(self.index_of(i))
+        // One look at the list for both steps (each is a check and a branch in builds
+        // with debug assertions).
+        let runs: &[LeafRun] = &self.runs;
+        runs.get(index_in(runs, i))
+            .map_or(PageState::SHARED, |r| r.state)
     }
 
     /// Sets frames `[lo, hi)` (`lo < hi <= LEAF_FRAMES`) to `state`, keeping runs
     /// maximal and recording what changes (numbered from `base`) in `out`.
+    ///
+    /// Only the runs starting in `[lo, hi]` are replaced, in place: a page set in a leaf
+    /// of many runs moves the runs after it, and compares none of the others.
     fn set(&mut self, base: u64, lo: u64, hi: u64, state: PageState, out: &mut Changes) {
-        fn push(out: &mut SmallVec<[LeafRun; RUN_LEAF_INLINE]>, start: u64, state: PageState) {
-            if out.last().map(|r| r.state) != Some(state) {
-                out.push(LeafRun {
-                    start: start as u16,
-                    state,
-                });
-            }
-        }
         let mut index = self.index_of(lo);
         while index < self.runs.len() && u64::from(self.runs[index].start) < hi {
             let previous = self.state(index);
@@ -798,19 +801,34 @@ impl RunLeaf {
             }
             index += 1;
         }
-        let mut runs = SmallVec::new();
+        // The runs starting in `[first, last)` go; those before and after stay.
+        let first = self.runs.partition_point(|r| u64::from(r.start) < lo);
+        let mut last = self.runs.partition_point(|r| u64::from(r.start) <= hi);
         let after = (hi < LEAF_FRAMES).then(|| self.state_at(hi));
-        for run in self.runs.iter().take_while(|r| u64::from(r.start) < lo) {
-            push(&mut runs, u64::from(run.start), run.state);
+        let mut before = first.checked_sub(1).map(|k| self.runs[k].state);
+        let mut middle = SmallVec::<[LeafRun; 2]>::new();
+        for (start, state) in [(lo, Some(state)), (hi, after)] {
+            if let Some(state) = state
+                && before != Some(state)
+            {
+                middle.push(LeafRun {
+                    start: start as u16,
+                    state,
+                });
+                before = Some(state);
+            }
         }
-        push(&mut runs, lo, state);
-        if let Some(after) = after {
-            push(&mut runs, hi, after);
+        // A kept run that the new ones end in the state of merges into them.
+        if last < self.runs.len() && before == Some(self.runs[last].state) {
+            last += 1;
         }
-        for run in self.runs.iter().filter(|r| u64::from(r.start) > hi) {
-            push(&mut runs, u64::from(run.start), run.state);
+        self.runs.drain(first..last);
+        self.runs.insert_many(first, middle);
+        // A leaf that lost most of its runs gives the room back (into the slot, when
+        // they fit there).
+        if self.runs.spilled() && self.runs.len() <= self.runs.capacity() / 4 {
+            self.runs.shrink_to_fit();
         }
-        self.runs = runs;
     }
 
     /// The slot a changed run leaf must become, if it is no longer canonical as one:
@@ -1036,27 +1054,42 @@ impl Tree {
         }
     }
 
-    /// The state of frame `gfn` and the end of the piece of equal state that holds it
-    /// (the end of a uniform slot or of a bitmap's or leaf's run; the next piece may
-    /// have the same state).
-    pub(crate) fn locate(&self, gfn: u64) -> (PageState, u64) {
+    /// The slot at the bottom of the tree holding frame `gfn` (no node), for reading its
+    /// pieces with [`Spot::piece`]; a uniform slot comes with the uniform slots of the
+    /// same state after it in its node.
+    pub(crate) fn spot(&self, gfn: u64) -> Spot<'_> {
         let mut node = &self.root;
         let mut level = self.height;
         loop {
             level = level.saturating_sub(1);
             let shift = span_shift(level);
+            let k = ((gfn >> shift) as usize) & (FANOUT - 1);
             let base = (gfn >> shift) << shift;
-            match &node.slots[((gfn >> shift) as usize) & (FANOUT - 1)] {
-                Slot::Node(n) => node = n,
-                Slot::Uniform(s) => return (*s, base + (1 << shift)),
-                Slot::Dense(d) => return (d.state_at(gfn), base + d.run_end(gfn)),
-                Slot::Bits(l) => return (l.state_at(gfn), base + l.run_end(gfn)),
-                Slot::Edges(e) => return (e.state_at(gfn), base + e.run_end(gfn)),
-                Slot::Runs(l) => {
-                    let index = l.index_of(gfn);
-                    return (l.state(index), base + l.end(index));
+            let mut end = base + (1 << shift);
+            let slot = match &node.slots[k] {
+                Slot::Node(n) => {
+                    node = n;
+                    continue;
                 }
-            }
+                Slot::Uniform(state) => {
+                    let same = node.slots[k + 1..]
+                        .iter()
+                        .take_while(|next| matches!(next, Slot::Uniform(s) if s == state))
+                        .count();
+                    end += (same as u64) << shift;
+                    Bottom::Uniform(*state)
+                }
+                Slot::Dense(d) => Bottom::Dense(d),
+                Slot::Bits(l) => Bottom::Bits(l),
+                Slot::Edges(e) => Bottom::Edges(e),
+                Slot::Runs(l) => Bottom::Runs(&l.runs),
+            };
+            return Spot {
+                slot,
+                base,
+                end,
+                index: 0,
+            };
         }
     }
 
@@ -1382,6 +1415,57 @@ impl fmt::Debug for Tree {
     }
 }
 
+/// A slot at the bottom of the tree (not a node) and the frames `[base, end)` it covers,
+/// as [`Tree::spot`] found it: the pieces of those frames, read in address order, cost
+/// no walk down the tree and (in a run leaf) no search.
+pub(crate) struct Spot<'a> {
+    slot: Bottom<'a>,
+    /// The slot's first frame.
+    pub(crate) base: u64,
+    /// The end of its frames (of the uniform slots after it, for a uniform slot).
+    pub(crate) end: u64,
+    /// In a run leaf, the run of the last piece read.
+    index: usize,
+}
+
+/// What a [`Spot`] reads: a slot other than a node, a run leaf's list taken out once.
+enum Bottom<'a> {
+    Uniform(PageState),
+    Dense(&'a Dense),
+    Bits(&'a BitLeaf),
+    Edges(&'a Edges),
+    Runs(&'a [LeafRun]),
+}
+
+impl Spot<'_> {
+    /// The state of frame `gfn` (in `[base, end)`) and the end of the piece of equal
+    /// state that holds it (the end of the uniform slots or of a bitmap's or leaf's run;
+    /// the next piece may have the same state).
+    pub(crate) fn piece(&mut self, gfn: u64) -> (PageState, u64) {
+        let base = self.base;
+        match self.slot {
+            Bottom::Uniform(s) => (s, self.end),
+            Bottom::Dense(d) => (d.state_at(gfn), base + d.run_end(gfn)),
+            Bottom::Bits(l) => (l.state_at(gfn), base + l.run_end(gfn)),
+            Bottom::Edges(e) => (e.state_at(gfn), base + e.run_end(gfn)),
+            Bottom::Runs(runs) => {
+                // The piece after the last one read is the next run.
+                let next = self.index + 1;
+                let index = match runs.get(next) {
+                    Some(run) if base + u64::from(run.start) == gfn => next,
+                    _ => index_in(runs, gfn),
+                };
+                self.index = index;
+                let end = runs
+                    .get(index + 1)
+                    .map_or(LEAF_FRAMES, |r| u64::from(r.start));
+                let state = runs.get(index).map_or(PageState::SHARED, |r| r.state);
+                (state, base + end)
+            }
+        }
+    }
+}
+
 fn visit_node<F>(node: &Node, level: u32, base: u64, lo: u64, hi: u64, f: &mut F) -> ControlFlow<()>
 where
     F: FnMut(u64, u64, PageState) -> ControlFlow<()>,
@@ -1676,6 +1760,67 @@ mod tests {
                     prop_assert_eq!((0..LEAF_FRAMES).map(|k| l.bit(k)).collect::<Vec<_>>(), flipped);
                 }
                 other => prop_assert!(false, "{other:?}"),
+            }
+        }
+    }
+
+    /// Sets of a run leaf of many runs, tagged and not: a few frames (a single one most
+    /// often) or a longer range, anywhere, at a leaf edge or over the starts of runs.
+    fn run_leaf_sets() -> impl Strategy<Value = Vec<(u64, u64, usize)>> {
+        let set = (0..LEAF_FRAMES, 0..8u8, 0..4usize).prop_map(|(lo, how, state)| {
+            let lo = match how {
+                0 => 0,
+                1 => LEAF_FRAMES - 1,
+                _ => lo,
+            };
+            let len = match how {
+                2 => 1 + lo % 300,
+                3 => 2,
+                _ => 1,
+            };
+            (lo, (lo + len).min(LEAF_FRAMES), state)
+        });
+        prop::collection::vec(set, 1..400)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A run leaf set in place holds exactly the frames a per-frame array does, as
+        /// sorted maximal runs from frame 0, and reports exactly the pieces that changed.
+        #[test]
+        fn run_leaf_sets_match_their_frames(sets in run_leaf_sets()) {
+            let states = [
+                PageState::SHARED,
+                PageState::PRIVATE,
+                PageState::tagged(crate::Attributes::empty(), crate::Tag::new(1).unwrap()),
+                PageState::tagged(crate::Attributes::PRIVATE, crate::Tag::new(2).unwrap()),
+            ];
+            let base = 5 * LEAF_FRAMES;
+            let mut leaf = RunLeaf::uniform(PageState::SHARED);
+            let mut frames = vec![PageState::SHARED; LEAF_FRAMES as usize];
+            for (lo, hi, s) in sets {
+                let state = states[s];
+                let mut want = Changes::default();
+                for i in lo..hi {
+                    if frames[i as usize] != state {
+                        want.push_piece(base + i, base + i + 1, frames[i as usize]);
+                    }
+                }
+                let mut got = Changes::default();
+                leaf.set(base, lo, hi, state, &mut got);
+                prop_assert_eq!(&got[..], &want[..], "changes of [{}, {})", lo, hi);
+                frames[lo as usize..hi as usize].fill(state);
+
+                let want: Vec<LeafRun> = (0..LEAF_FRAMES as usize)
+                    .filter(|&i| i == 0 || frames[i] != frames[i - 1])
+                    .map(|i| LeafRun { start: i as u16, state: frames[i] })
+                    .collect();
+                prop_assert_eq!(&leaf.runs[..], &want[..], "after [{}, {})", lo, hi);
+                prop_assert_eq!(leaf.state_at(lo), state);
+                prop_assert_eq!(leaf.state_at(hi - 1), state);
+                // A leaf that shrank gave its room back.
+                prop_assert!(!leaf.runs.spilled() || leaf.runs.len() > leaf.runs.capacity() / 4);
             }
         }
     }

@@ -21,7 +21,6 @@
 //! private page must be refused, every other access to guest memory must succeed, and
 //! every byte read must be what the model says the page holds.
 
-use std::collections::HashMap;
 use std::io;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
@@ -42,6 +41,24 @@ const PAGE: u64 = PAGE_SIZE;
 const REGIONS: [(u64, u64); 3] = [(0, 32), (32, 32), (128, 32)];
 /// Frames from 0 to the end of the last region.
 const FRAMES: u64 = 160;
+
+/// The region of each frame below [`FRAMES`], or [`NO_REGION`]: looked up for every
+/// frame at every step.
+const REGION_OF: [u8; FRAMES as usize] = {
+    let mut table = [NO_REGION; FRAMES as usize];
+    let mut r = 0;
+    while r < REGIONS.len() {
+        let (s, n) = REGIONS[r];
+        let mut g = s;
+        while g < s + n {
+            table[g as usize] = r as u8;
+            g += 1;
+        }
+        r += 1;
+    }
+    table
+};
+const NO_REGION: u8 = u8::MAX;
 
 /// A guest_memfd stand-in: a memfd, which punches holes the same way.
 struct MemfdSource;
@@ -148,18 +165,14 @@ impl Input<'_> {
     }
 }
 
-/// The model of one page.
-#[derive(Debug, Clone, Copy, Default)]
-struct Page {
-    private: bool,
-}
-
 struct Model {
     attributes: bool,
     policies: [ContentPolicy; 3],
-    pages: Vec<Page>,
-    /// Contents of the shared side of pages written to; missing pages read zero.
-    contents: HashMap<u64, Vec<u8>>,
+    /// Whether each page is private.
+    private: Vec<bool>,
+    /// Contents of the shared side of pages written to, by frame; missing pages read
+    /// zero.
+    contents: Vec<Option<Box<[u8]>>>,
     /// The state the recorded calls left: KVM's attributes (attributes flavor) or the
     /// host view's protections (emulated), per page.
     kernel: Vec<bool>,
@@ -168,7 +181,8 @@ struct Model {
 
 impl Model {
     fn region_of(g: u64) -> Option<usize> {
-        REGIONS.iter().position(|&(s, n)| s <= g && g < s + n)
+        let r = *REGION_OF.get(usize::try_from(g).ok()?)?;
+        (r != NO_REGION).then_some(usize::from(r))
     }
 
     fn in_memory(g: u64) -> bool {
@@ -184,18 +198,43 @@ impl Model {
         }
     }
 
-    fn byte(&self, gpa: u64) -> u8 {
-        self.contents
-            .get(&(gpa / PAGE))
-            .map_or(0, |p| p[(gpa % PAGE) as usize])
+    /// Checks that `got` is what the model holds from `gpa` on.
+    fn check_read(&self, gpa: u64, got: &[u8]) {
+        let mut done = 0;
+        while done < got.len() {
+            let a = gpa + done as u64;
+            let (g, offset) = (a / PAGE, (a % PAGE) as usize);
+            let n = (got.len() - done).min(PAGE as usize - offset);
+            let got = &got[done..done + n];
+            let want = self.contents[g as usize]
+                .as_deref()
+                .map(|p| &p[offset..offset + n]);
+            let same = match want {
+                Some(want) => got == want,
+                None => *got == ZEROS[..n],
+            };
+            if !same {
+                // Name the first byte that differs.
+                for (i, &b) in got.iter().enumerate() {
+                    let want = want.map_or(0, |w| w[i]);
+                    assert_eq!(b, want, "byte at {:#x}", a + i as u64);
+                }
+            }
+            done += n;
+        }
     }
 
     fn write(&mut self, gpa: u64, data: &[u8]) {
-        for (i, &b) in data.iter().enumerate() {
-            let a = gpa + i as u64;
-            self.contents
-                .entry(a / PAGE)
-                .or_insert_with(|| vec![0; PAGE as usize])[(a % PAGE) as usize] = b;
+        let mut done = 0;
+        while done < data.len() {
+            let a = gpa + done as u64;
+            let (g, offset) = (a / PAGE, (a % PAGE) as usize);
+            let n = (data.len() - done).min(PAGE as usize - offset);
+            self.contents[g as usize]
+                .get_or_insert_with(|| vec![0; PAGE as usize].into_boxed_slice())
+                [offset..offset + n]
+                .copy_from_slice(&data[done..done + n]);
+            done += n;
         }
     }
 
@@ -212,7 +251,7 @@ impl Model {
             StepKind::Discard(Store::View) => {
                 if contents {
                     for g in call.range.start().0..call.range.end().0 {
-                        self.contents.remove(&g);
+                        self.contents[g as usize] = None;
                     }
                 }
                 return;
@@ -233,22 +272,33 @@ impl Model {
     }
 }
 
-/// Whether the host view byte at `addr` can be read, without touching it: the kernel
-/// refuses `process_vm_readv` on a page the process cannot read.
-fn readable_byte(addr: u64) -> bool {
-    let mut byte = 0u8;
+/// How many of the host view bytes at `addrs` can be read, in order up to the first
+/// that cannot, without touching them: the kernel refuses `process_vm_readv` on a page
+/// the process cannot read, and stops there.
+fn readable_bytes(addrs: &[u64]) -> usize {
+    let mut bytes = [0u8; 2];
     let local = libc::iovec {
-        iov_base: (&raw mut byte).cast(),
-        iov_len: 1,
+        iov_base: bytes.as_mut_ptr().cast(),
+        iov_len: addrs.len().min(bytes.len()),
     };
-    let remote = libc::iovec {
-        iov_base: addr as *mut libc::c_void,
+    let remote = [0, 1].map(|k| libc::iovec {
+        iov_base: addrs.get(k).map_or(0, |&addr| addr) as *mut libc::c_void,
         iov_len: 1,
+    });
+    // SAFETY: the local iovec is bytes of this stack frame, as many as the remote ones;
+    // those are only read by the kernel, which checks them and stops (or fails with
+    // EFAULT) at the first that is not readable.
+    let n = unsafe {
+        libc::process_vm_readv(
+            libc::getpid(),
+            &local,
+            1,
+            remote.as_ptr(),
+            local.iov_len as libc::c_ulong,
+            0,
+        )
     };
-    // SAFETY: the local iovec is one byte of this stack frame; the remote one is only
-    // read by the kernel, which checks it and fails with EFAULT where it is not readable.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    n == 1
+    usize::try_from(n).unwrap_or(0)
 }
 
 /// The recorded attributes VM and memory of one input.
@@ -327,8 +377,8 @@ pub fn run(data: &[u8]) {
     let mut model = Model {
         attributes,
         policies,
-        pages: vec![Page::default(); FRAMES as usize],
-        contents: HashMap::new(),
+        private: vec![false; FRAMES as usize],
+        contents: vec![None; FRAMES as usize],
         kernel: vec![false; FRAMES as usize],
         stats: Default::default(),
     };
@@ -434,8 +484,8 @@ fn fault_exit(m: &Memory, model: &mut Model, fault: &MemoryFault) {
         return;
     }
     let to = fault.access().attributes();
-    let already = (range.start().0..range.end().0)
-        .all(|g| model.pages[g as usize].private == to.is_private());
+    let already =
+        (range.start().0..range.end().0).all(|g| model.private[g as usize] == to.is_private());
     let result = m.exits.memory_fault(fault, range);
     let calls = m.recorder.take();
     let failed = calls.iter().any(|c| !c.ok);
@@ -477,20 +527,19 @@ fn convert(model: &mut Model, range: FrameRange, to: Attributes, calls: &[Record
     for g in range.start().0..range.end().0 {
         let r = Model::region_of(g).expect("a page of a validated range");
         let policy = model.policies[r];
-        let page = &mut model.pages[g as usize];
-        if page.private != private {
+        if model.private[g as usize] != private {
             if private {
                 model.stats.pages_to_private += 1;
             } else {
                 model.stats.pages_to_shared += 1;
             }
-            page.private = private;
+            model.private[g as usize] = private;
             if model.discards(policy, private) {
                 assert!(
                     discarded[g as usize],
                     "page {g:#x} not discarded ({policy:?})"
                 );
-                model.contents.remove(&g);
+                model.contents[g as usize] = None;
             }
         }
         if matches!(policy, ContentPolicy::Preserve | ContentPolicy::Retain) {
@@ -533,13 +582,12 @@ fn host_access(
     // `vm-memory`, the part in the first span (it then stops, short, with an error).
     let piece = span.map(|(_, e)| (gpa, end.min(u128::from(e)) as u64));
     let whole = piece.is_some_and(|(_, e)| u128::from(e) == end);
-    let private = |(a, e): (u64, u64)| {
-        (a / PAGE..e.div_ceil(PAGE)).find(|&g| model.pages[g as usize].private)
-    };
+    let private =
+        |(a, e): (u64, u64)| (a / PAGE..e.div_ceil(PAGE)).find(|&g| model.private[g as usize]);
     let data: Vec<u8> = (0..len)
         .map(|i| seed ^ (i as u8).wrapping_mul(31))
         .collect();
-    let mut buf = vec![0xeeu8; len];
+    let mut buf = vec![FILL[0]; len];
     let result = match (write, through_vm_memory) {
         (true, false) => memory.host_write(gpa, &data).map_err(Some),
         (false, false) => memory.host_read(gpa, &mut buf).map_err(Some),
@@ -569,7 +617,7 @@ fn host_access(
             assert_eq!(named.start().0, first.unwrap_or(0), "{named}");
             assert!(named.end().0 <= p.1.div_ceil(PAGE), "{named}");
             for g in named.start().0..named.end().0 {
-                assert!(model.pages[g as usize].private, "{named} named private");
+                assert!(model.private[g as usize], "{named} named private");
             }
             None
         }
@@ -594,16 +642,19 @@ fn host_access(
     if write {
         model.write(gpa, &data[..n]);
     } else {
-        for (i, &b) in buf[..n].iter().enumerate() {
-            let want = model.byte(gpa + i as u64);
-            assert_eq!(b, want, "byte at {:#x}", gpa + i as u64);
-        }
+        model.check_read(gpa, &buf[..n]);
     }
     assert!(
-        buf[n..].iter().all(|&b| b == 0xee),
+        buf[n..].chunks(FILL.len()).all(|c| *c == FILL[..c.len()]),
         "a refused read copied bytes"
     );
 }
+
+/// What a read buffer holds before the read: a page of it.
+const FILL: [u8; PAGE as usize] = [0xee; PAGE as usize];
+
+/// A page of zeros, what a page never written holds.
+const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
 
 /// Guest-physically contiguous runs of regions, in frames.
 const SPANS: [(u64, u64); 2] = [(0, 64), (128, 160)];
@@ -611,68 +662,167 @@ const SPANS: [(u64, u64); 2] = [(0, 64), (128, 160)];
 /// The host view's real protection at both ends of every range a recorded call touched.
 fn probe(m: &Memory, model: &Model, calls: &[Recorded]) {
     for c in calls {
-        probe_page(
-            model,
-            c.range.start().0,
-            readable(view_addr(m, c.range.start().0)),
-        );
-        probe_page(
-            model,
-            c.range.last().0,
-            readable(view_addr(m, c.range.last().0)),
-        );
+        let (first, last) = (c.range.start().0, c.range.last().0);
+        probe_page(model, first, readable(view_addr(m, first)));
+        // (A one-page range has one end.)
+        if last != first {
+            probe_page(model, last, readable(view_addr(m, last)));
+        }
     }
 }
 
 /// Checks that frame `g`'s host view is `readable` exactly when the model says.
 fn probe_page(model: &Model, g: u64, readable: Option<bool>) {
-    let want = model.attributes || !model.pages[g as usize].private;
+    let want = model.attributes || !model.private[g as usize];
     assert_eq!(readable, Some(want), "host view protection at frame {g:#x}");
 }
 
 /// Whether the byte at `addr`, and the last byte of its page, can be read.
 fn readable(addr: Option<u64>) -> Option<bool> {
     let addr = addr?;
-    let (first, last) = (readable_byte(addr), readable_byte(addr + PAGE - 1));
+    let last = addr + PAGE - 1;
+    // Both in one call; where the first cannot be read, the last on its own.
+    let (first, last) = match readable_bytes(&[addr, last]) {
+        2 => (true, true),
+        1 => (true, false),
+        _ => (false, readable_bytes(&[last]) == 1),
+    };
     assert_eq!(first, last, "a page readable in part at {addr:#x}");
     Some(first)
 }
 
-/// The readable ranges of this process's address space, from `/proc/self/maps`.
+/// The readable ranges of this process's address space, from `/proc/self/maps`, in
+/// address order.
 fn readable_ranges() -> Vec<(u64, u64, bool)> {
-    let maps = std::fs::read_to_string("/proc/self/maps").expect("reading /proc/self/maps");
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let (range, perms) = (fields.next()?, fields.next()?);
-            let (start, end) = range.split_once('-')?;
-            let start = u64::from_str_radix(start, 16).ok()?;
-            let end = u64::from_str_radix(end, 16).ok()?;
-            Some((start, end, perms.starts_with('r')))
-        })
-        .collect()
+    let maps = std::fs::read("/proc/self/maps").expect("reading /proc/self/maps");
+    let mut ranges = Vec::new();
+    let mut rest = &maps[..];
+    while !rest.is_empty() {
+        // The line's end, found by libc's memchr: one call, not a check per byte.
+        // SAFETY: `rest` is `rest.len()` readable bytes; memchr reads no further.
+        let nl = unsafe { libc::memchr(rest.as_ptr().cast(), b'\n'.into(), rest.len()) };
+        let len = if nl.is_null() {
+            rest.len()
+        } else {
+            nl as usize - rest.as_ptr() as usize
+        };
+        let line = &rest[..len];
+        rest = &rest[(len + 1).min(rest.len())..];
+        // Each line starts `start-end perms `, in hexadecimal.
+        let (start, line) = hex_until(line, b'-');
+        let (end, line) = hex_until(line, b' ');
+        ranges.push((start, end, line.first() == Some(&b'r')));
+    }
+    assert!(
+        ranges
+            .windows(2)
+            .all(|w| w[0].0 < w[0].1 && w[0].1 <= w[1].0),
+        "/proc/self/maps out of order"
+    );
+    ranges
+}
+
+/// The hexadecimal number `text` starts with, up to `end`, and what follows `end`.
+fn hex_until(text: &[u8], end: u8) -> (u64, &[u8]) {
+    let mut value = 0u64;
+    for (i, &c) in text.iter().enumerate() {
+        let digit = HEX[usize::from(c)];
+        if digit == NOT_HEX {
+            assert_eq!(c, end, "a line of /proc/self/maps");
+            return (value, &text[i + 1..]);
+        }
+        value = value << 4 | u64::from(digit);
+    }
+    panic!("a line of /proc/self/maps ends early")
+}
+
+/// The value of each lower-case hexadecimal digit, [`NOT_HEX`] for other bytes.
+const HEX: [u8; 256] = {
+    let mut table = [NOT_HEX; 256];
+    let mut d = 0;
+    while d < 16 {
+        table[b"0123456789abcdef"[d] as usize] = d as u8;
+        d += 1;
+    }
+    table
+};
+const NOT_HEX: u8 = u8::MAX;
+
+/// Whether the range of `ranges` holding the page at `addr` (whole) is readable, if one
+/// does.
+fn range_readable(ranges: &[(u64, u64, bool)], addr: u64) -> Option<bool> {
+    let k = ranges
+        .partition_point(|&(s, _, _)| s <= addr)
+        .checked_sub(1)?;
+    let (_, e, r) = ranges[k];
+    (addr + PAGE <= e).then_some(r)
+}
+
+/// Whether the model has every page of `[a, b)` `private`, outside memory only shared
+/// ones, and the recorded kernel calls left every one in memory `private`.
+fn run_agrees(model: &Model, a: u64, b: u64, private: bool) -> bool {
+    let same = [private; FRAMES as usize];
+    let (a, b) = (a as usize, b as usize);
+    if model.private[a..b] != same[..b - a] {
+        return false;
+    }
+    let mut g = a;
+    while g < b {
+        // The frames from `g` on that are all in memory, or all outside it: up to the
+        // next edge of a region.
+        let inside = Model::in_memory(g as u64);
+        let end = REGIONS
+            .iter()
+            .flat_map(|&(s, n)| [s, s + n])
+            .map(|edge| edge as usize)
+            .filter(|&edge| edge > g)
+            .min()
+            .map_or(b, |edge| edge.min(b));
+        if inside {
+            if model.kernel[g..end] != same[..end - g] {
+                return false;
+            }
+        } else if private {
+            return false;
+        }
+        g = end;
+    }
+    true
 }
 
 fn check(m: &Memory, model: &Model, probe_all: bool) {
     let memory = m.exits.memory();
     let map = memory.attributes();
-    for g in 0..FRAMES {
-        let want = model.pages[g as usize].private;
-        let state = map.get(Gfn(g)).expect("a frame of the map");
-        assert_eq!(
-            state.attributes.is_private(),
-            want,
-            "veil's map at frame {g:#x}"
-        );
-        if !Model::in_memory(g) {
-            assert!(!want, "a frame outside memory is private");
-            continue;
+    // The map's pages, read run by run (a lookup per page costs most of a step), and
+    // looked up at both ends of every run.
+    let frames = FrameRange::new(Gfn(0), FRAMES).expect("the frames");
+    let mut next = 0;
+    for run in map.runs(frames).expect("the frames of the map") {
+        assert_eq!(run.range.start().0, next, "the runs of veil's map");
+        for end in [run.range.start(), run.range.last()] {
+            assert_eq!(map.get(end).ok(), Some(run.state), "veil's map at {end}");
         }
-        assert_eq!(
-            model.kernel[g as usize], want,
-            "the kernel calls at frame {g:#x}"
-        );
+        let (a, b) = (run.range.start().0, run.range.end().0);
+        let private = run.state.attributes.is_private();
+        // The run's pages at once; page by page (naming the first that differs) if any
+        // does.
+        if !run_agrees(model, a, b, private) {
+            for g in a..b {
+                let want = model.private[g as usize];
+                assert_eq!(private, want, "veil's map at frame {g:#x}");
+                if !Model::in_memory(g) {
+                    assert!(!want, "a frame outside memory is private");
+                    continue;
+                }
+                assert_eq!(
+                    model.kernel[g as usize], want,
+                    "the kernel calls at frame {g:#x}"
+                );
+            }
+        }
+        next = b;
     }
+    assert_eq!(next, FRAMES, "the runs of veil's map");
     assert_eq!(m.exits.stats(), model.stats, "memory exit statistics");
     if probe_all {
         // Every page of the host view, as the kernel lists its mappings.
@@ -681,11 +831,7 @@ fn check(m: &Memory, model: &Model, probe_all: bool) {
             let Some(addr) = view_addr(m, g) else {
                 continue;
             };
-            let found = ranges
-                .iter()
-                .find(|&&(s, e, _)| s <= addr && addr + PAGE <= e)
-                .map(|&(_, _, r)| r);
-            probe_page(model, g, found);
+            probe_page(model, g, range_readable(&ranges, addr));
         }
     }
 }
