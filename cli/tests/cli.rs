@@ -4,16 +4,12 @@
 //! The `veil` binary as a user runs it: the demo and a short soak pass in every flavor
 //! this host runs, and bad usage gets a clear message and exit code 2.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("cannot run the veil binary")
-}
+use common::veil;
 
 fn text(out: &Output) -> (String, String) {
     (

@@ -5,16 +5,11 @@
 //! message naming the problem and the bad-usage exit code (2), before any VM exists.
 //! None of these needs KVM: each is refused before veil opens /dev/kvm.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod common;
 
-fn veil(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_veil"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("cannot run the veil binary")
-}
+use std::path::PathBuf;
+
+use common::veil;
 
 /// `veil args` exits 2, its standard error says `says`, and no guest ran (the summary
 /// a run prints at its end is absent).
