@@ -506,7 +506,7 @@ impl HostSafeMemory {
             }
             let crossed = changes
                 .iter()
-                .filter(|c| c.old.attributes.is_private() != to.is_private())
+                .filter(crosses)
                 .map(|c| c.range.pages())
                 .sum();
             self.stats.converted(crossed, to, map);
