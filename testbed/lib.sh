@@ -477,3 +477,16 @@ build_static_veil() {
         --target-dir "$repo/target/testbed" --message-format=json-render-diagnostics |
         sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1
 }
+
+# prepare_veil NAME: the release `veil` binary (build_static_veil --release) in $veil and
+# a scratch directory, removed on exit, in $work (named after NAME); exits with
+# EXIT_SETUP if the binary does not build.
+prepare_veil() {
+    veil=$(build_static_veil --release) || true
+    if [ -z "$veil" ] || [ ! -x "$veil" ]; then
+        say "building the veil binary failed"
+        exit "$EXIT_SETUP"
+    fi
+    work=$(mktemp -d "${TMPDIR:-/tmp}/veil-testbed-$1.XXXXXX")
+    trap 'rm -rf "$work"' EXIT
+}

@@ -107,13 +107,7 @@ describe_veil() {
 declare -A IMAGE=() KERNEL_STATUS=()
 kernel_images "${KERNELS[@]}"
 # A release build, as users run it: the host's audits go faster.
-veil=$(build_static_veil --release) || true
-if [ -z "$veil" ] || [ ! -x "$veil" ]; then
-    say "building the veil binary failed"
-    exit "$EXIT_SETUP"
-fi
-work=$(mktemp -d "${TMPDIR:-/tmp}/veil-testbed-soak.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+prepare_veil soak
 
 final=0 summary=() total_n=0 total_m=0
 for k in "${KERNELS[@]}"; do

@@ -72,13 +72,7 @@ done
 declare -A IMAGE=() KERNEL_STATUS=()
 kernel_images "${KERNELS[@]}"
 # A release build: what users run, and what the resident-memory figure is about.
-veil=$(build_static_veil --release) || true
-if [ -z "$veil" ] || [ ! -x "$veil" ]; then
-    say "building the veil binary failed"
-    exit "$EXIT_SETUP"
-fi
-work=$(mktemp -d "${TMPDIR:-/tmp}/veil-testbed-veil.XXXXXX")
-trap 'rm -rf "$work"' EXIT
+prepare_veil veil
 initrd=$work/initrd.cpio
 cargo run --quiet --locked -p veil-machine --example report-initramfs -- \
     "$VEIL_BUSYBOX" "$initrd" || {
