@@ -1,14 +1,16 @@
 // Copyright 2026 The veil authors.
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The fuzz harness over both kernel formats, shared by the cargo-fuzz target and by
+//! The fuzz harness over the kernel formats, shared by the cargo-fuzz target and by
 //! veil-loader's `fuzz_corpus` test (which runs it over the fixtures and mutations of
 //! them in every `cargo test`).
 //!
-//! Input: one flags byte, then the kernel image. Flags bit 0-1: format (0 and 3 detect,
-//! 1 ELF, 2 bzImage); bit 2: add an initrd; bit 3: add a long command line. Whatever the
-//! input, the loader must return a typed error or a plan whose invariants hold, and
-//! placing the plan must write exactly the planned bytes.
+//! Input: one flags byte, then the kernel image. Flags bit 0-1: format (0 detects, 1 ELF,
+//! 2 bzImage, 3 a flat 64-bit image loaded at the page its first two bytes number, little
+//! endian: anywhere in the first 256 MiB, in RAM, in the hole below 1 MiB or past RAM);
+//! bit 2: add an initrd; bit 3: add a long command line. Whatever the input, the loader
+//! must return a typed error or a plan whose invariants hold, and placing the plan must
+//! write exactly the planned bytes.
 
 use std::cell::RefCell;
 
@@ -33,6 +35,9 @@ pub fn run(data: &[u8]) {
     let format = match flags & 3 {
         1 => Some(KernelFormat::PvhElf),
         2 => Some(KernelFormat::BzImage),
+        3 => Some(KernelFormat::Flat64 {
+            load: flat_load(kernel),
+        }),
         _ => None,
     };
     let initrd: Vec<u8> = if flags & 4 != 0 {
@@ -50,6 +55,12 @@ pub fn run(data: &[u8]) {
     // Parsing alone never panics, whichever format is forced.
     let _ = KernelImage::parse_as(kernel, KernelFormat::PvhElf);
     let _ = KernelImage::parse_as(kernel, KernelFormat::BzImage);
+    let _ = KernelImage::parse_as(
+        kernel,
+        KernelFormat::Flat64 {
+            load: flat_load(kernel),
+        },
+    );
 
     let ram = match GuestRam::new(RAM) {
         Ok(r) => r,
@@ -97,6 +108,15 @@ pub fn run(data: &[u8]) {
             assert_eq!(Digest::of(&buf), e.sha256, "{:?} at {}", o.kind, o.range);
         }
     });
+}
+
+/// Where a flat image goes: the page its first two bytes number.
+fn flat_load(kernel: &[u8]) -> u64 {
+    let page = match kernel {
+        [lo, hi, ..] => u16::from_le_bytes([*lo, *hi]),
+        _ => 0,
+    };
+    u64::from(page) * PAGE_SIZE
 }
 
 /// The populated runs, checked without the loader's own merge: sorted, apart, page-aligned

@@ -4,7 +4,7 @@
 //! The fuzz harness (`fuzz/harness.rs`, the body of the cargo-fuzz target) run in every
 //! `cargo test`: over the fixtures with every flags byte, and over a fixed set of
 //! pseudo-random mutations of them (byte flips, random header words, truncations,
-//! splices). No input may panic. The IGVM harness (`fuzz/igvm_harness.rs`) likewise,
+//! splices), and over flat images in and out of RAM. No input may panic. The IGVM harness (`fuzz/igvm_harness.rs`) likewise,
 //! over `fixtures/sample.igvm` and mutations of its headers with the checksum repaired.
 
 #[path = "../fuzz/harness.rs"]
@@ -50,6 +50,32 @@ fn fixtures_with_every_flag_combination() {
     }
     harness::run(&[]);
     harness::run(&[0]);
+}
+
+/// Flat images (flags 3): the first two bytes number the page they load at.
+#[test]
+fn flat_images_in_and_out_of_ram() {
+    // `out 0x10, al; hlt` after the two address bytes.
+    let code = |page: u16| {
+        let mut v = page.to_le_bytes().to_vec();
+        v.extend_from_slice(&[0xe6, 0x10, 0xf4]);
+        v
+    };
+    // At 1 MiB, at 0 (under the boot data's preferred place), in the hole below 1 MiB,
+    // across the end of RAM, past it, and as high as the bytes can say.
+    for page in [0x100, 0, 0xa0, 0x3fff, 0x4000, u16::MAX] {
+        for flags in [3, 7, 11, 15] {
+            harness::run(&with_flags(flags, &code(page)));
+        }
+    }
+    // A whole kernel as flat code, and images of one and two bytes.
+    for kernel in FIXTURES {
+        let mut k = 0x100u16.to_le_bytes().to_vec();
+        k.extend_from_slice(kernel);
+        harness::run(&with_flags(3, &k));
+    }
+    harness::run(&[3, 0x01]);
+    harness::run(&[3, 0x00, 0x01]);
 }
 
 #[test]
