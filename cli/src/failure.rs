@@ -107,26 +107,33 @@ pub fn chain(e: &(dyn Error + 'static)) -> String {
     s
 }
 
+/// Why `/dev/kvm` could not be opened and the fix, where `errno` means the host lacks
+/// KVM or the user may not use it.
+fn kvm_unopenable(errno: i32) -> Option<Failure> {
+    let message = match errno {
+        libc::ENOENT | libc::ENXIO | libc::ENODEV => {
+            "cannot open /dev/kvm: it does not exist, so this host offers no KVM. \
+             Load the module for this CPU (`modprobe kvm_intel` or `modprobe kvm_amd`), \
+             enable virtualization in the firmware, or run veil on a machine with \
+             nested virtualization."
+        }
+        libc::EACCES | libc::EPERM => {
+            "cannot open /dev/kvm: permission denied. Add your user to the group that \
+             owns it (usually `sudo usermod -aG kvm $USER`, then log in again) or run \
+             veil as root."
+        }
+        _ => return None,
+    };
+    Some(Failure::new(Status::HostLacks, message))
+}
+
 /// The failures that mean the host lacks something, with the fix.
 fn host_lacks(e: &VmError) -> Option<Failure> {
     let lacks = |m: String| Some(Failure::new(Status::HostLacks, m));
     match e {
-        VmError::OpenKvm(err) => match err.errno() {
-            libc::ENOENT | libc::ENXIO | libc::ENODEV => lacks(
-                "cannot open /dev/kvm: it does not exist, so this host offers no KVM. \
-                 Load the module for this CPU (`modprobe kvm_intel` or `modprobe kvm_amd`), \
-                 enable virtualization in the firmware, or run veil on a machine with \
-                 nested virtualization."
-                    .into(),
-            ),
-            libc::EACCES | libc::EPERM => lacks(
-                "cannot open /dev/kvm: permission denied. Add your user to the group that \
-                 owns it (usually `sudo usermod -aG kvm $USER`, then log in again) or run \
-                 veil as root."
-                    .into(),
-            ),
-            _ => None,
-        },
+        VmError::OpenKvm(err) => kvm_unopenable(err.errno()),
+        // Probing opens /dev/kvm itself when no caps were passed (`HostCaps::probe`).
+        VmError::Probe(CapsError::OpenKvm(err)) => kvm_unopenable(err.raw_os_error()?),
         VmError::Flavor { flavor, source } => {
             let missing = match source {
                 CapsError::Missing { capability, .. } => capability.clone(),
@@ -177,6 +184,37 @@ mod tests {
                 .message
                 .starts_with("building the VM: cannot open /dev/kvm")
         );
+    }
+
+    /// `veil demo` and `veil soak` probe the host before building (`HostCaps::probe`),
+    /// which opens /dev/kvm itself: the same causes get the same fixes.
+    #[test]
+    fn missing_kvm_found_while_probing_names_the_fix() {
+        let probing = |errno| {
+            Failure::vm(
+                "probing KVM",
+                &VmError::Probe(CapsError::OpenKvm(io::Error::from_raw_os_error(errno))),
+            )
+        };
+        let missing = probing(libc::ENOENT);
+        assert_eq!(missing.status, Status::HostLacks);
+        assert!(missing.message.contains("modprobe"), "{}", missing.message);
+        let denied = probing(libc::EACCES);
+        assert_eq!(denied.status, Status::HostLacks);
+        assert!(denied.message.contains("usermod"), "{}", denied.message);
+        let other = probing(libc::EIO);
+        assert_eq!(other.status, Status::VmError);
+        assert!(
+            other.message.starts_with("probing KVM: "),
+            "{}",
+            other.message
+        );
+        // An error without an errno is KVM's, not the host lacking it.
+        let no_errno = Failure::vm(
+            "probing KVM",
+            &VmError::Probe(CapsError::OpenKvm(io::Error::other("odd"))),
+        );
+        assert_eq!(no_errno.status, Status::VmError);
     }
 
     #[test]

@@ -24,7 +24,9 @@ mod soak;
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use failure::{EXIT_CODES, Failure, Status};
 use veil_vmm::veil_memory::{ContentPolicy, Flavor};
 
@@ -34,7 +36,6 @@ use veil_vmm::veil_memory::{ContentPolicy, Flavor};
     name = "veil",
     version,
     about,
-    args_conflicts_with_subcommands = true,
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -319,8 +320,35 @@ fn demo(_: &DemoArgs) -> Result<(), Failure> {
     ))
 }
 
+/// Parses the command line. The demo's options may come before no subcommand or after
+/// `demo`; before another subcommand they would be silently ignored, so they are refused
+/// there. `-v` and `-q` go anywhere.
+fn parse() -> Cli {
+    let mut command = Cli::command();
+    let matches = command.get_matches_mut();
+    if let Some((name, _)) = matches.subcommand() {
+        let given = command
+            .get_arguments()
+            .filter(|a| !a.is_global_set())
+            .find(|a| matches.value_source(a.get_id().as_str()) == Some(ValueSource::CommandLine));
+        if let Some(arg) = given {
+            let flag = arg.get_long().unwrap_or(arg.get_id().as_str()).to_owned();
+            command
+                .error(
+                    ErrorKind::ArgumentConflict,
+                    format!(
+                        "--{flag} is an option of the demo: give it to `veil` alone or after \
+                         `veil demo`, not before `veil {name}`"
+                    ),
+                )
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() {
-    let cli = Cli::parse();
+    let cli = parse();
     init_logger(cli.verbose, cli.quiet);
     let result = match &cli.command {
         None => demo(&cli.demo),

@@ -64,6 +64,14 @@ pub fn launch(backend: Backend) -> Result<Arc<dyn Launch>, Failure> {
     })
 }
 
+/// [`failure`], with a kernel the loader refused named by its path.
+fn failure_loading(kernel: &Path) -> impl Fn(MachineError) -> Failure + '_ {
+    move |e| match e {
+        MachineError::Kernel(_) => Failure::usage(format!("{}: {}", kernel.display(), chain(&e))),
+        other => failure(other),
+    }
+}
+
 /// A machine error as an exit code and a message naming the fix.
 fn failure(e: MachineError) -> Failure {
     use MachineError as E;
@@ -260,7 +268,7 @@ pub fn run(args: &RunArgs) -> Result<(), Failure> {
     if let Some(c) = &confined {
         config.launch = c.clone();
     }
-    let machine = Machine::boot(config).map_err(failure)?;
+    let machine = Machine::boot(config).map_err(failure_loading(&args.boot.kernel))?;
     // The guest runs from here on: the main thread is confined before it starts the
     // vCPU and console threads, which narrow their filters on their way in.
     if confined.is_some() {
@@ -304,7 +312,8 @@ pub fn measure(args: &MeasureArgs) -> Result<(), Failure> {
         return Ok(());
     }
     let config = config(&args.boot)?;
-    let image = veil_machine::BootImage::new(&config).map_err(failure)?;
+    let image =
+        veil_machine::BootImage::new(&config).map_err(failure_loading(&args.boot.kernel))?;
     let source = image.source(&config);
     let measure_failed = |e: &(dyn std::error::Error + 'static)| {
         Failure::usage(format!(

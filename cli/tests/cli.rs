@@ -136,6 +136,43 @@ fn veil_alone_is_the_demo() {
     assert!(stdout.starts_with("veil demo:"), "{stdout}");
 }
 
+/// `-v` shows what veil does, `-q` only errors, `RUST_LOG` overrides both; the logger
+/// writes to standard error, so the demo's table is the same either way.
+#[test]
+fn verbosity_flags_and_rust_log_set_what_is_logged() {
+    if !veil_tests::kvm_or_skip("verbosity_flags_and_rust_log_set_what_is_logged") {
+        return;
+    }
+    let info = "veil: info: exits:";
+    let quiet = veil(&["-q", "demo", "--vcpus", "1", "--rounds", "1"]);
+    let (stdout, stderr) = text(&quiet);
+    assert!(quiet.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("checks passed"), "{stdout}");
+    assert!(!stderr.contains("veil: info:"), "{stderr}");
+    let verbose = veil(&["-v", "demo", "--vcpus", "1", "--rounds", "1"]);
+    let (_, stderr) = text(&verbose);
+    assert!(verbose.status.success(), "{stderr}");
+    assert!(stderr.contains(info), "{stderr}");
+    let from_env = Command::new(env!("CARGO_BIN_EXE_veil"))
+        .args(["-q", "demo", "--vcpus", "1", "--rounds", "1"])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("cannot run the veil binary");
+    let (_, stderr) = text(&from_env);
+    assert!(from_env.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(info),
+        "RUST_LOG=info overrides -q: {stderr}"
+    );
+    refused(&["-q", "-v", "caps"], "cannot be used with");
+    // The demo's own options go with `veil` alone or after `demo`, not before another
+    // command, where they would do nothing.
+    refused(
+        &["--rounds", "3", "caps"],
+        "--rounds is an option of the demo",
+    );
+}
+
 #[test]
 fn a_flavor_the_host_lacks_is_the_host_lacking() {
     if !veil_tests::kvm_or_skip("a_flavor_the_host_lacks_is_the_host_lacking") {
@@ -234,7 +271,11 @@ fn bad_usage_is_exit_code_2_with_a_reason() {
     );
     let truncated = scratch("truncated", &[0x7f, b'E', b'L', b'F', 2, 1]);
     let t = truncated.to_str().unwrap();
-    refused(&["measure", "--kernel", t], "cannot load the kernel");
+    // A kernel the loader refuses is named by its path.
+    refused(
+        &["measure", "--kernel", t],
+        &format!("{t}: cannot load the kernel"),
+    );
     refused(&["measure", "--kernel", t, "--memory", "0"], "size of 0");
     refused(
         &["measure", "--kernel", t, "--memory", "12Q"],
@@ -247,7 +288,10 @@ fn bad_usage_is_exit_code_2_with_a_reason() {
     // veil run refuses the same before touching KVM.
     refused(&["run"], "--kernel <FILE>");
     refused(&["run", "--kernel", "/no/such/kernel"], "it does not exist");
-    refused(&["run", "--kernel", t], "cannot load the kernel");
+    refused(
+        &["run", "--kernel", t],
+        &format!("{t}: cannot load the kernel"),
+    );
     refused(
         &["run", "--kernel", t, "--vcpus", "0"],
         "0 is not in 1..=64",

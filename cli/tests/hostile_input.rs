@@ -54,8 +54,13 @@ fn bad_files_are_named_with_what_is_wrong() {
     let k = s(&kernel);
     for cmd in ["run", "measure"] {
         refused(&[cmd, "--kernel", s(&dir)], "cannot read the kernel");
-        refused(&[cmd, "--kernel", s(&empty)], "not a kernel image");
-        refused(&[cmd, "--kernel", s(&garbage)], "not a kernel image");
+        for bad in [&empty, &garbage] {
+            refused(&[cmd, "--kernel", s(bad)], "not a kernel image");
+            refused(
+                &[cmd, "--kernel", s(bad)],
+                &format!("{}: cannot load the kernel", s(bad)),
+            );
+        }
         refused(
             &[cmd, "--kernel", k, "--initrd", "/no/such/initrd"],
             "cannot read the initrd /no/such/initrd: it does not exist",
@@ -131,6 +136,8 @@ fn bad_values_are_refused_with_the_rule_they_break() {
     refused(&["soak", "--vcpus", "5"], "5 is not in 2..=4");
     refused(&["soak", "--seconds", "0"], "0 is not in 1..=604800");
     refused(&["soak", "--seed", "q"], "invalid digit");
+    refused(&["soak", "--blocks", "0"], "0 is not in 1..=8");
+    refused(&["soak", "--blocks", "9"], "9 is not in 1..=8");
     refused(&["soak", "--flavor", "magic"], "no flavor \"magic\"");
     refused(&["caps", "--bogus"], "unexpected argument '--bogus'");
     refused(&["frobnicate"], "unrecognized subcommand 'frobnicate'");
