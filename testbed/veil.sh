@@ -10,8 +10,9 @@
 #   the host's read of a private page refused during the run, and veil's own resident
 #   memory (for a 1 GiB guest) printed against Firecracker's 5 MiB.
 #
-# Usage: testbed/veil.sh [--kernel NAME]... [--bench N]
+# Usage: testbed/veil.sh [--kernel NAME]... [--vcpus N] [--bench N]
 #
+#   --vcpus N   boot Linux on N vCPUs instead of 2 (1 to 64); the check wants cpus=N
 #   --bench N   instead of the checks, boot N times with all RAM private and N times
 #               with none, alternating, and print the median boot-to-marker time of
 #               each (the guest's uptime at the marker) and their ratio (target: at
@@ -46,8 +47,17 @@ started=$SECONDS
 parse_kernels "$@" || exit 2
 set -- ${REST[@]+"${REST[@]}"}
 bench=0
+vcpus=2
 while (($#)); do
     case $1 in
+        --vcpus)
+            [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && ((${2} <= 64)) || {
+                say "--vcpus needs a number of vCPUs from 1 to 64"
+                exit 2
+            }
+            vcpus=$2
+            shift 2
+            ;;
         --bench)
             [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || {
                 say "--bench needs a number of boots"
@@ -57,7 +67,7 @@ while (($#)); do
             shift 2
             ;;
         *)
-            say "unknown argument $1 (usage: testbed/veil.sh [--kernel NAME]... [--bench N])"
+            say "unknown argument $1 (usage: testbed/veil.sh [--kernel NAME]... [--vcpus N] [--bench N])"
             exit 2
             ;;
     esac
@@ -108,7 +118,7 @@ flavor_for() {
 }
 
 linux_args() {
-    echo run --kernel "/test/$kernel_file" --initrd /test/initrd.cpio --vcpus 2 \
+    echo run --kernel "/test/$kernel_file" --initrd /test/initrd.cpio --vcpus "$vcpus" \
         --memory "$1" --flavor "$2" --private "$3" --no-stdin \
         --timeout "${VEIL_TESTBED_LINUX_TIMEOUT:-240}"
 }
@@ -174,10 +184,10 @@ for k in "${KERNELS[@]}"; do
         done
         median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
         mp=$(median "${private[@]}") ms=$(median "${shared[@]}")
-        summary+=("$(awk -v p="$mp" -v s="$ms" -v k="$k" -v n="$bench" -v f="$flavor" 'BEGIN {
+        summary+=("$(awk -v p="$mp" -v s="$ms" -v k="$k" -v n="$bench" -v f="$flavor" -v c="$vcpus" 'BEGIN {
             r = p / s
-            printf "boot-bench (Linux %s, %s flavor, 2 vCPUs, 512 MiB): boot to marker, all RAM private %d ms, all shared %d ms (medians of %d) ratio %.3fx (target <= 1.05x) %s",
-                k, f, p, s, n, r, (r <= 1.05 ? "ok" : "MISSED") }')")
+            printf "boot-bench (Linux %s, %s flavor, %d vCPUs, 512 MiB): boot to marker, all RAM private %d ms, all shared %d ms (medians of %d) ratio %.3fx (target <= 1.05x) %s",
+                k, f, c, p, s, n, r, (r <= 1.05 ? "ok" : "MISSED") }')")
         summary+=("boot-bench (Linux $k): to marker, private runs ${private[*]} ms; shared runs ${shared[*]} ms; $retries boots hung and were run again")
         summary+=("boot-bench (Linux $k): to power-off, private runs ${private_total[*]} ms; shared runs ${shared_total[*]} ms")
         continue
@@ -196,7 +206,7 @@ for k in "${KERNELS[@]}"; do
     done
 
     out=$work/linux-$k
-    say "veil run: Debian's kernel on Linux $k, $flavor flavor, 2 vCPUs, all RAM private"
+    say "veil run: Debian's kernel on Linux $k, $flavor flavor, $vcpus vCPUs, all RAM private"
     # shellcheck disable=SC2046
     status=0
     boot_linux "$k" "$out" $(linux_args 1G "$flavor" all) || status=$?
@@ -204,7 +214,7 @@ for k in "${KERNELS[@]}"; do
     problems=()
     ((status == 0)) || problems+=("veil exited with $status")
     [ -n "$marker" ] || problems+=("no marker line")
-    [[ $marker == *" cpus=2 "* ]] || problems+=("not 2 CPUs")
+    [[ $marker == *" cpus=$vcpus "* ]] || problems+=("not $vcpus CPUs")
     [[ $marker == *"console=ttyS0"* ]] || problems+=("the command line is not in /proc/cmdline")
     grep -q '^veil: the guest ended: power-off' "$out" || problems+=("no clean power-off")
     grep -q 'private page during the run: refused' "$out" ||
