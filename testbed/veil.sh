@@ -51,7 +51,7 @@ vcpus=2
 while (($#)); do
     case $1 in
         --vcpus)
-            [[ ${2:-} =~ ^[1-9][0-9]*$ ]] && ((${2} <= 64)) || {
+            [[ ${2:-} =~ ^([1-9]|[1-5][0-9]|6[0-4])$ ]] || {
                 say "--vcpus needs a number of vCPUs from 1 to 64"
                 exit 2
             }

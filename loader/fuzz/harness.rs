@@ -32,12 +32,13 @@ pub fn run(data: &[u8]) {
     let Some((&flags, kernel)) = data.split_first() else {
         return;
     };
+    let flat = KernelFormat::Flat64 {
+        load: flat_load(kernel),
+    };
     let format = match flags & 3 {
         1 => Some(KernelFormat::PvhElf),
         2 => Some(KernelFormat::BzImage),
-        3 => Some(KernelFormat::Flat64 {
-            load: flat_load(kernel),
-        }),
+        3 => Some(flat),
         _ => None,
     };
     let initrd: Vec<u8> = if flags & 4 != 0 {
@@ -55,12 +56,7 @@ pub fn run(data: &[u8]) {
     // Parsing alone never panics, whichever format is forced.
     let _ = KernelImage::parse_as(kernel, KernelFormat::PvhElf);
     let _ = KernelImage::parse_as(kernel, KernelFormat::BzImage);
-    let _ = KernelImage::parse_as(
-        kernel,
-        KernelFormat::Flat64 {
-            load: flat_load(kernel),
-        },
-    );
+    let _ = KernelImage::parse_as(kernel, flat);
 
     let ram = match GuestRam::new(RAM) {
         Ok(r) => r,

@@ -2,10 +2,11 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! The fuzz harness (`fuzz/harness.rs`, the body of the cargo-fuzz target) run in every
-//! `cargo test`: over the fixtures with every flags byte, and over a fixed set of
+//! `cargo test`: over the fixtures with every flags byte, over a fixed set of
 //! pseudo-random mutations of them (byte flips, random header words, truncations,
-//! splices), and over flat images in and out of RAM. No input may panic. The IGVM harness (`fuzz/igvm_harness.rs`) likewise,
-//! over `fixtures/sample.igvm` and mutations of its headers with the checksum repaired.
+//! splices), and over flat images in and out of RAM. No input may panic. The IGVM
+//! harness (`fuzz/igvm_harness.rs`) likewise, over `fixtures/sample.igvm` and mutations
+//! of its headers with the checksum repaired.
 
 #[path = "../fuzz/harness.rs"]
 mod harness;

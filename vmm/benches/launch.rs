@@ -290,11 +290,6 @@ fn median_with_interval(ratios: &[f64]) -> (f64, f64, f64) {
     (v[n / 2], v[low], v[high])
 }
 
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// One round's three costs: veil, the bare program with its vCPU on a thread of its
 /// own, and the bare program with its vCPU on the launching thread.
 #[derive(Clone, Copy)]
@@ -361,8 +356,8 @@ fn main() {
         }
         let gib = size / GIB;
         let ms_median = |f: &dyn Fn(&Round) -> Duration| {
-            let mut v: Vec<f64> = rounds.iter().map(|r| ms(f(r))).collect();
-            median(&mut v)
+            let v: Vec<f64> = rounds.iter().map(|r| ms(f(r))).collect();
+            median_with_interval(&v).0
         };
         let ratios = |f: &dyn Fn(&Round) -> (Duration, Duration)| {
             let r: Vec<f64> = rounds
