@@ -106,7 +106,9 @@ pub struct GuestSpan {
 
 impl GuestSpan {
     /// Checks `[offset, offset + count)` is inside the span and shared, under a lease.
-    #[inline]
+    /// Always inlined: returned through memory, the lease and pointer are reloaded
+    /// wider than they were stored, which stalls the small accesses it is for.
+    #[inline(always)]
     pub(crate) fn lease(
         &self,
         offset: u64,

@@ -78,6 +78,33 @@ pub(crate) fn punch_hole(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Resul
     )
 }
 
+/// `membarrier(2)` commands (`linux/membarrier.h`).
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: libc::c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: libc::c_int = 1 << 4;
+
+fn membarrier(cmd: libc::c_int) -> io::Result<()> {
+    if cfg!(miri) {
+        return Err(io::ErrorKind::Unsupported.into());
+    }
+    // SAFETY: plain system call with integer arguments; no memory is passed.
+    if unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Registers this process for [`fence_all_threads`] (Linux 4.14 on).
+pub(crate) fn register_thread_fences() -> io::Result<()> {
+    membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED)
+}
+
+/// A full memory barrier on every thread of this process that is running when it is
+/// called, before it returns: the heavy side of an asymmetric fence, whose light side
+/// is a compiler fence on the threads that would otherwise each need a full barrier.
+pub(crate) fn fence_all_threads() -> io::Result<()> {
+    membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED)
+}
+
 /// An owned range of host virtual memory, unmapped on drop.
 ///
 /// veil never creates Rust references into a mapping: every access goes through

@@ -155,10 +155,10 @@ mod lists {
         SYS_brk, SYS_clock_gettime, SYS_clone, SYS_clone3, SYS_close, SYS_epoll_create1,
         SYS_epoll_ctl, SYS_epoll_pwait, SYS_epoll_wait, SYS_eventfd2, SYS_exit, SYS_exit_group,
         SYS_fallocate, SYS_fcntl, SYS_fstat, SYS_futex, SYS_getpid, SYS_getrandom, SYS_gettid,
-        SYS_ioctl, SYS_madvise, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap, SYS_openat,
-        SYS_prctl, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask, SYS_rt_sigreturn,
-        SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp, SYS_set_robust_list, SYS_sigaltstack,
-        SYS_statx, SYS_tgkill, SYS_write,
+        SYS_ioctl, SYS_madvise, SYS_membarrier, SYS_mmap, SYS_mprotect, SYS_mremap, SYS_munmap,
+        SYS_openat, SYS_prctl, SYS_read, SYS_rseq, SYS_rt_sigaction, SYS_rt_sigprocmask,
+        SYS_rt_sigreturn, SYS_sched_getaffinity, SYS_sched_yield, SYS_seccomp, SYS_set_robust_list,
+        SYS_sigaltstack, SYS_statx, SYS_tgkill, SYS_write,
     };
 
     const fn ioc(dir: u64, nr: u64, size: usize) -> u64 {
@@ -194,6 +194,10 @@ mod lists {
     pub const TCGETS2: u64 = libc::TCGETS2;
     /// See [`TCGETS2`].
     pub const TCSETS2: u64 = libc::TCSETS2;
+    /// `MEMBARRIER_CMD_PRIVATE_EXPEDITED` (`linux/membarrier.h`): the fence a conversion
+    /// to private issues when a host access may hold its memory through a slot
+    /// (veil-memory's leases).
+    pub const MEMBARRIER_CMD_PRIVATE_EXPEDITED: u64 = 1 << 3;
 
     fn any(name: &'static str, number: i64) -> Allowed {
         Allowed {
@@ -271,7 +275,7 @@ mod lists {
 
     /// A vCPU thread's own calls: the guest, the port-I/O hypercall's registers,
     /// conversions in every flavor (attributes; protections; discarding by punching or
-    /// removing pages), and device models, which write the console, raise interrupts by
+    /// removing pages; fencing the threads that may hold the memory), and device models, which write the console, raise interrupts by
     /// writing an eventfd, and end the VM by kicking the other vCPUs.
     fn vcpu() -> Vec<Allowed> {
         vec![
@@ -288,6 +292,12 @@ mod lists {
                 ],
             ),
             any("fallocate", SYS_fallocate),
+            one_of(
+                "membarrier",
+                SYS_membarrier,
+                0,
+                &[MEMBARRIER_CMD_PRIVATE_EXPEDITED],
+            ),
         ]
     }
 
