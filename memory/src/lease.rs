@@ -175,10 +175,11 @@ mod thread_slot {
 ///
 /// # How it works
 ///
-/// Every block has a word: the number of leases alive on it, [`CONVERTING`], [`PARKED`]
-/// and [`MIXED`]. Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
+/// Every block has a word: the number of leases alive on it, [`CONVERTING`], [`PARKED`],
+/// [`MIXED`] and [`FAST`] (see "Leases through slots"). Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
 /// where [`CONVERTING`] is clear, and tells the taker whether [`MIXED`] was set; cloning
-/// one adds [`ONE_LEASE`]; dropping one subtracts it. An access that crosses into the next block takes each block in address order. A
+/// one adds [`ONE_LEASE`]; dropping one subtracts it. An access that crosses into the
+/// next block takes each block in address order. A
 /// conversion swaps a word with no lease and no [`CONVERTING`] for one with
 /// [`CONVERTING`] and [`MIXED`], for every block it needs, and clears [`CONVERTING`] when
 /// it is done. It
@@ -238,8 +239,9 @@ mod thread_slot {
 /// Compare-and-swaps that fail and [`PARKED`] need no ordering of their own (the mutex
 /// orders waiters and wakers). Cloning is `Relaxed`, like `Arc::clone`: the clone's
 /// holder already holds a lease, so it learns nothing new. A slot's store of its block
-/// is `Relaxed` and the load of the word after it `Acquire`; clearing it is `Release`,
-/// and a conversion loads it `Acquire`, so the order is the word's.
+/// and its clearing are `Release` (a thread's accesses under leases it dropped come
+/// before whatever value a conversion reads next), the load of the word after the store
+/// `Acquire`, and a conversion loads the slots `Acquire`.
 pub(crate) struct AccessLock {
     blocks: Box<[AtomicUsize]>,
     /// One per thread index, or none where the process cannot fence its threads.
@@ -296,6 +298,8 @@ impl AccessLock {
 
     fn build(bytes: u64, slots: bool) -> AccessLock {
         let blocks = bytes.div_ceil(BLOCK_SIZE).max(1) as usize;
+        // A lease keeps block numbers in 32 bits (`Leased`): 2^32 blocks are 8 EiB.
+        assert!(blocks <= u32::MAX as usize, "guest memory beyond 8 EiB");
         // Zeroed by the allocator (`vec!` of zeros asks it for zeroed memory), so the
         // words of blocks no access ever touches (a sparse guest-physical layout) cost no
         // memory where it hands out fresh pages.
@@ -354,6 +358,9 @@ impl AccessLock {
     /// held by a conversion).
     #[inline(always)]
     fn lease_by_slot(&self, block: usize) -> Option<HostAccessLease<'_>> {
+        if self.slots.is_empty() {
+            return None;
+        }
         let index = thread_slot::index();
         let slot = self.slots.get(index)?;
         let mine = block + 1;
@@ -365,13 +372,20 @@ impl AccessLock {
                     .store(add_slot_lease(&slot.count), Ordering::Relaxed);
             }
             0 => {
-                slot.block.store(mine, Ordering::Relaxed);
+                // A block that cannot be leased so is not worth announcing: a conversion
+                // that saw the slot would only wait and fence again.
+                let word = &self.blocks[block];
+                if word.load(Ordering::Relaxed) & (FAST | CONVERTING | MIXED) != FAST {
+                    return None;
+                }
+                // `Release`, so that whatever this thread did under a lease it dropped
+                // earlier through the slot comes before a conversion reading this value.
+                slot.block.store(mine, Ordering::Release);
                 // The light side of the fence (see "Leases through slots"): the store
                 // above comes before the load below in this thread's program, and a
                 // conversion's fence orders it for the other threads.
                 compiler_fence(Ordering::SeqCst);
-                let word = self.blocks[block].load(Ordering::Acquire);
-                if word & (FAST | CONVERTING | MIXED) != FAST {
+                if word.load(Ordering::Acquire) & (FAST | CONVERTING | MIXED) != FAST {
                     slot.block.store(0, Ordering::Relaxed);
                     return None;
                 }
