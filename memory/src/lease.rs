@@ -176,14 +176,13 @@ mod thread_slot {
 /// # How it works
 ///
 /// Every block has a word: the number of leases alive on it, [`CONVERTING`], [`PARKED`],
-/// [`MIXED`] and [`FAST`] (see "Leases through slots"). Taking a lease on a block is a compare-and-swap that adds [`ONE_LEASE`]
-/// where [`CONVERTING`] is clear, and tells the taker whether [`MIXED`] was set; cloning
-/// one adds [`ONE_LEASE`]; dropping one subtracts it. An access that crosses into the
-/// next block takes each block in address order. A
-/// conversion swaps a word with no lease and no [`CONVERTING`] for one with
+/// [`MIXED`] and [`FAST`] (see "Leases through slots"). Taking a lease on a block is a
+/// compare-and-swap that adds [`ONE_LEASE`] where [`CONVERTING`] is clear, and tells the
+/// taker whether [`MIXED`] was set; cloning one adds [`ONE_LEASE`]; dropping one
+/// subtracts it. An access that crosses into the next block takes each block in address
+/// order. A conversion swaps a word with no lease and no [`CONVERTING`] for one with
 /// [`CONVERTING`] and [`MIXED`], for every block it needs, and clears [`CONVERTING`] when
-/// it is done. It
-/// takes its blocks all or none: if one has leases, it gives back the ones it took, waits
+/// it is done. It takes its blocks all or none: if one has leases, it gives back the ones it took, waits
 /// for that one, and starts again. So a conversion never holds a block while it waits,
 /// and readers, who wait only for blocks held, cannot wait for each other through it.
 ///
@@ -211,10 +210,10 @@ mod thread_slot {
 ///
 /// Where `membarrier(2)` can fence every thread of the process, the lock also has a
 /// [`Slot`] per thread (the first [`SLOTS`] threads that lease), and a lease on one
-/// block can be taken without a read-modify-write: the thread stores the block in its
-/// slot, then (with only a compiler fence between) loads the block's word, and keeps the
-/// lease if the word has [`FAST`] and neither [`CONVERTING`] nor [`MIXED`]; otherwise it
-/// clears the slot and leases in the word. Clones and further leases on the same block
+/// block can be taken without a read-modify-write: if the block's word has [`FAST`] and
+/// neither [`CONVERTING`] nor [`MIXED`], the thread stores the block in its slot, then
+/// (with only a compiler fence between) loads the word again, and keeps the lease if it
+/// still says so; otherwise it clears the slot and leases in the word. Clones and further leases on the same block
 /// count in the slot; dropping the last clears it. A conversion that takes a block with
 /// [`FAST`] then fences every thread (`MEMBARRIER_CMD_PRIVATE_EXPEDITED`) and loads the
 /// slots. That is the store-then-load on both sides of Dekker's algorithm, the fence
@@ -331,14 +330,10 @@ impl AccessLock {
         let first = (gpa >> BLOCK_SHIFT) as usize;
         let end = gpa.wrapping_add(len as u64).wrapping_sub(1);
         // Nearly every access stays inside one block.
-        if len != 0
-            && end >> BLOCK_SHIFT == first as u64
-            && first < self.blocks.len()
-            && let Some(lease) = self.lease_by_slot(first)
-        {
-            return (lease, false);
-        }
         if len != 0 && end >> BLOCK_SHIFT == first as u64 && first < self.blocks.len() {
+            if let Some(lease) = self.lease_by_slot(first) {
+                return (lease, false);
+            }
             let mixed = self.take_shared(first);
             if !mixed && !self.slots.is_empty() {
                 // All shared, and no conversion holds it while this lease is alive.
