@@ -18,10 +18,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use smallvec::SmallVec;
 use veil_attrs::{
-    AttrMap, AttrMapWriter, Attributes, FrameRange, Gfn, PAGE_SHIFT, PageState, RangeError,
+    AttrMap, AttrMapWriter, Attributes, FrameRange, PAGE_SHIFT, PageState, RangeError,
 };
 
-use crate::lease::{AccessLock, ExclusiveGuard};
+use crate::lease::ExclusiveGuard;
 use crate::memory::HostSafeMemory;
 use crate::model::{Op, Ops, Plan, RegionPlan, StepKind};
 use crate::sys::Access;
@@ -489,21 +489,14 @@ impl HostSafeMemory {
                 restore(map, &changes);
                 return Err(e);
             }
-            // Done and shared: blocks left with no private page need no checks again
-            // until a conversion makes one private.
-            if !to.is_private() {
-                let made_shared = changes.iter().filter(crosses).map(|c| c.range);
-                let guest = FrameRange::from_bounds(Gfn(0), Gfn(self.frames));
-                for block in self.lock.blocks_of(made_shared) {
-                    let all_shared = guest
-                        .and_then(|g| AccessLock::block_frames(block).intersection(&g))
-                        .and_then(|frames| map.runs(frames).ok())
-                        .is_some_and(|mut runs| runs.all(|run| !run.state.is_private()));
-                    if all_shared {
-                        self.lock.set_all_shared(block);
-                    }
-                }
-            }
+            // Blocks a conversion to shared leaves with no private page need no checks
+            // again until a conversion makes one private.
+            self.lock.count_private(
+                changes.iter().filter(crosses).map(|c| c.range),
+                to.is_private(),
+            );
+            #[cfg(debug_assertions)]
+            self.check_private_counts(map, changes.iter().filter(crosses).map(|c| c.range));
             let crossed = changes
                 .iter()
                 .filter(crosses)
@@ -547,6 +540,31 @@ impl HostSafeMemory {
             drop(order);
         }
         Ok(conversion)
+    }
+
+    /// Checks the lock's private-page counts of the blocks of `ranges` against `map`
+    /// (debug builds: every conversion in the tests).
+    #[cfg(debug_assertions)]
+    fn check_private_counts(&self, map: &AttrMap, ranges: impl IntoIterator<Item = FrameRange>) {
+        use crate::lease::AccessLock;
+        use veil_attrs::Gfn;
+        let guest = FrameRange::from_bounds(Gfn(0), Gfn(self.frames));
+        for block in self.lock.blocks_of(ranges) {
+            let frames = guest.and_then(|g| AccessLock::block_frames(block).intersection(&g));
+            let private: u64 = frames
+                .and_then(|f| map.runs(f).ok())
+                .map(|runs| {
+                    runs.filter(|run| run.state.is_private())
+                        .map(|run| run.range.pages())
+                        .sum()
+                })
+                .unwrap_or(0);
+            assert_eq!(
+                u64::from(self.lock.private_pages(block)),
+                private,
+                "block {block}'s private pages"
+            );
+        }
     }
 
     /// The calls that carry out `changes` (from setting some range to `to`) over the

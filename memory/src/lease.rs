@@ -20,7 +20,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicUsize, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering, compiler_fence};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -243,6 +243,10 @@ mod thread_slot {
 /// `Acquire`, and a conversion loads the slots `Acquire`.
 pub(crate) struct AccessLock {
     blocks: Box<[AtomicUsize]>,
+    /// How many pages of each block are private in the published attribute map: what
+    /// lets a conversion to shared clear [`MIXED`] without looking at the map. Only the
+    /// attribute map's writer changes them (`Relaxed`: its lock orders the writers).
+    private: Box<[AtomicU16]>,
     /// One per thread index, or none where the process cannot fence its threads.
     slots: Box<[Slot]>,
     /// How many times a conversion fenced every thread (tests).
@@ -304,12 +308,17 @@ impl AccessLock {
         // memory where it hands out fresh pages.
         let zeroed = Box::into_raw(vec![0usize; blocks].into_boxed_slice());
         const _: () = assert!(align_of::<AtomicUsize>() == align_of::<usize>());
+        let counts = Box::into_raw(vec![0u16; blocks].into_boxed_slice());
+        const _: () = assert!(align_of::<AtomicU16>() == align_of::<u16>());
         AccessLock {
             // SAFETY: `AtomicUsize` has the size and bit validity of `usize` (std's
             // documentation) and, checked above, its alignment, so the allocation is a
             // valid `[AtomicUsize]` of the same length, owned by the box alone; each word
             // is 0: no lease, no flag.
             blocks: unsafe { Box::from_raw(zeroed as *mut [AtomicUsize]) },
+            // SAFETY: as for `blocks`, with `AtomicU16` and `u16`; every count is 0, as
+            // every page of a new attribute map is shared.
+            private: unsafe { Box::from_raw(counts as *mut [AtomicU16]) },
             slots: (0..if slots { SLOTS } else { 0 })
                 .map(|_| Slot::default())
                 .collect(),
@@ -443,6 +452,57 @@ impl AccessLock {
         if let Some(word) = self.blocks.get(block) {
             word.fetch_and(!MIXED, Ordering::Release);
         }
+    }
+
+    /// Counts the pages of `ranges`, which a conversion that succeeded has just made
+    /// private (`to_private`) or shared, in their blocks' private pages, and clears
+    /// [`MIXED`] ([`set_all_shared`](Self::set_all_shared)) on every block a conversion
+    /// to shared leaves with none. Only the attribute map's writer calls it, with the
+    /// pages whose private bit the conversion flipped, so the counts follow the map.
+    pub(crate) fn count_private(
+        &self,
+        ranges: impl IntoIterator<Item = FrameRange>,
+        to_private: bool,
+    ) {
+        let shift = BLOCK_SHIFT - PAGE_SHIFT;
+        for range in ranges {
+            let mut start = range.start();
+            while start < range.end() {
+                let block = (start.0 >> shift) as usize;
+                let end = range.end().min(Self::block_frames(block).end());
+                let Some(count) = self.private.get(block) else {
+                    break;
+                };
+                // At most a block's 512 pages.
+                let pages = (end.0 - start.0) as u16;
+                let old = count.load(Ordering::Relaxed);
+                let new = if to_private {
+                    old.saturating_add(pages)
+                } else {
+                    // Fewer private pages than were made shared cannot happen; if it
+                    // did, the block would keep `MIXED` for good, which only costs
+                    // accesses a look at the map.
+                    old.checked_sub(pages).unwrap_or_else(|| {
+                        debug_assert!(
+                            false,
+                            "block {block}: {old} private pages, {pages} made shared"
+                        );
+                        u16::MAX
+                    })
+                };
+                count.store(new, Ordering::Relaxed);
+                if new == 0 {
+                    self.set_all_shared(block);
+                }
+                start = end;
+            }
+        }
+    }
+
+    /// How many pages of `block` are private, by [`count_private`](Self::count_private).
+    #[cfg(any(test, debug_assertions))]
+    pub(crate) fn private_pages(&self, block: usize) -> u16 {
+        self.private[block].load(Ordering::Relaxed)
     }
 
     /// The blocks holding any page of `ranges`, each once, in address order.
@@ -1144,6 +1204,52 @@ pub(crate) mod tests {
                 "{ranges:?}"
             );
         }
+    }
+
+    #[test]
+    fn private_page_counts_clear_mixed_only_on_the_blocks_they_empty() {
+        let lock = AccessLock::new(3 * BLOCK_SIZE);
+        let per_block = BLOCK_SIZE >> PAGE_SHIFT;
+        let r = |start: u64, pages: u64| FrameRange::new(Gfn(start), pages).unwrap();
+        let mixed = |block: usize| lock.blocks[block].load(Ordering::SeqCst) & MIXED != 0;
+        // Three pages at the end of block 0 and two at the start of block 1, and one
+        // in block 2.
+        let across = r(per_block - 3, 5);
+        let third = r(2 * per_block + 9, 1);
+        drop(lock.write_frames([across, third]));
+        lock.count_private([across, third], true);
+        assert_eq!(
+            [0, 1, 2].map(|b| lock.private_pages(b)),
+            [3, 2, 1],
+            "pages counted in the block each lies in"
+        );
+        assert!((0..3).all(mixed));
+        // Block 1's two pages go shared: only it is all shared again.
+        lock.count_private([r(per_block, 2)], false);
+        assert_eq!([0, 1, 2].map(|b| lock.private_pages(b)), [3, 0, 1]);
+        assert!(mixed(0) && !mixed(1) && mixed(2));
+        // One of block 0's three: still mixed.
+        lock.count_private([r(per_block - 1, 1)], false);
+        assert_eq!(lock.private_pages(0), 2);
+        assert!(mixed(0));
+        // A whole block made private and shared again, with the rest.
+        let whole = r(per_block, per_block);
+        drop(lock.write_frames([whole]));
+        lock.count_private([whole], true);
+        assert_eq!(lock.private_pages(1), 512);
+        lock.count_private([r(per_block - 3, 2), whole, third], false);
+        assert_eq!([0, 1, 2].map(|b| lock.private_pages(b)), [0, 0, 0]);
+        assert!(!(0..3).any(mixed));
+        // Ranges past the lock's blocks count nothing and do not panic.
+        lock.count_private([r(3 * per_block, 4)], true);
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "private pages")]
+    fn more_pages_made_shared_than_were_private_is_a_bug_debug_builds_catch() {
+        let lock = AccessLock::new(BLOCK_SIZE);
+        lock.count_private([FrameRange::new(Gfn(0), 1).unwrap()], false);
     }
 
     #[test]
