@@ -522,6 +522,26 @@ impl RegionPlan<'_> {
         self.plan.bytes_discarded += self.changed_bytes_within(range);
     }
 
+    /// Adds a discard of `store` over each of [`changed_runs`](Self::changed_runs): pages
+    /// of the region that did not change keep their contents. The same as a
+    /// [`discard`](Self::discard) per changed run, without looking up the changed bytes
+    /// of each: they are the run's.
+    pub fn discard_changed_runs(&mut self, store: Store) {
+        let (changes, range, to_private) = (self.changes, self.range, self.to_private());
+        let runs = changes
+            .iter()
+            .filter(|c| c.previous.attributes.is_private() != to_private)
+            .filter_map(|c| c.range.intersection(&range));
+        for run in runs {
+            self.plan.discards.push(Op {
+                region: self.index,
+                kind: StepKind::Discard(store),
+                range: run,
+            });
+            self.plan.bytes_discarded += run.size();
+        }
+    }
+
     /// The bytes of changed runs inside `range`, found by binary search (a discard per
     /// changed run costs one lookup each, not a walk of every change).
     fn changed_bytes_within(&self, range: FrameRange) -> u64 {

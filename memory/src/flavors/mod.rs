@@ -54,9 +54,6 @@ fn protect_host_view(region: &mut RegionPlan<'_>) {
     let Some(span) = region.span() else { return };
     region.protect(span);
     if region.policy() == ContentPolicy::Discard {
-        let runs: smallvec::SmallVec<[_; 4]> = region.changed_runs().collect();
-        for run in runs {
-            region.discard(Store::View, run);
-        }
+        region.discard_changed_runs(Store::View);
     }
 }
