@@ -49,7 +49,9 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// have diverged they share no node, so every set changes its map in place: no copy,
 /// whatever the map holds. The swap pays arc-swap's debts with a locked
 /// compare-exchange on each of the nine debt slots of every thread that has read the
-/// map, so a write's fixed cost grows with the number of reading threads.
+/// map, so a write's fixed cost grows with the number of reading threads: on the machine
+/// below, about 10 ns a write for each thread that has read an arc-swap value in the
+/// process (arc-swap keeps a node for as many threads as have been alive at once).
 ///
 /// Measured on a shared 2-core machine (`cargo bench -p veil-attrs -- concurrent`), in
 /// the benchmark's 64 GiB guest after 100,000 scattered conversions (every 1 GiB region
@@ -57,8 +59,8 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// 11 ns plain and 135 ns published (3.8 us when a write published a clone and copied
 /// the region's bitmap), one page set back and forth 120 ns published, and an aligned
 /// 1 GiB set about 113 ns plain and 240 ns published. veil-memory's 4 KiB round trip,
-/// two published writes and everything else two conversions do, takes about 3,100
-/// user-space instructions. [`update`](ConcurrentAttrMap::update) publishes once for
+/// two published writes and everything else two conversions do, takes about 4,100
+/// user-space instructions, 340 to 420 ns with warm caches. [`update`](ConcurrentAttrMap::update) publishes once for
 /// all the sets it makes: batch where you can.
 ///
 /// A write that finds its spare pinned pays a clone instead (the 64-slot root), and
