@@ -101,7 +101,7 @@ impl HostSafeMemory {
     /// Reads `buf.len()` bytes at `gpa`, all or nothing, refusing private memory.
     pub fn host_read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), HostAccessError> {
         let (span, offset) = self.span_for(gpa, buf.len())?;
-        let (_lease, ptr) = span.lease(offset, buf.len())?;
+        let (_lease, ptr) = span.lease_in(&self.lock, offset, buf.len())?;
         // SAFETY: `ptr..ptr + len` is shared host view memory, kept accessible by the
         // lease; `buf` is a distinct Rust buffer.
         unsafe { VolatileSlice::new(ptr, buf.len()) }.copy_to(buf);
@@ -111,7 +111,7 @@ impl HostSafeMemory {
     /// Writes `buf` at `gpa`, all or nothing, refusing private memory.
     pub fn host_write(&self, gpa: u64, buf: &[u8]) -> Result<(), HostAccessError> {
         let (span, offset) = self.span_for(gpa, buf.len())?;
-        let (_lease, ptr) = span.lease(offset, buf.len())?;
+        let (_lease, ptr) = span.lease_in(&self.lock, offset, buf.len())?;
         // SAFETY: as in `host_read`.
         unsafe { VolatileSlice::new(ptr, buf.len()) }.copy_from(buf);
         Ok(())

@@ -114,6 +114,21 @@ impl GuestSpan {
         offset: u64,
         count: usize,
     ) -> Result<(HostAccessLease<'_>, *mut u8), HostAccessError> {
+        self.lease_in(&self.lock, offset, count)
+    }
+
+    /// [`lease`](Self::lease) through `lock`, which must be the span's own (every span
+    /// of a memory shares the memory's): `host_read` passes the memory's, loaded beside
+    /// the span lookup rather than after it, which took a 16-byte read from about 11.5
+    /// to 8.8 ns.
+    #[inline(always)]
+    pub(crate) fn lease_in<'a>(
+        &'a self,
+        lock: &'a AccessLock,
+        offset: u64,
+        count: usize,
+    ) -> Result<(HostAccessLease<'a>, *mut u8), HostAccessError> {
+        debug_assert!(std::ptr::eq(lock, &*self.lock), "a lease in another lock");
         let gpa = self.start.0.wrapping_add(offset);
         let inside = offset
             .checked_add(count as u64)
@@ -124,7 +139,7 @@ impl GuestSpan {
                 len: count,
             });
         }
-        let (lease, mixed) = self.lock.lease(gpa, count);
+        let (lease, mixed) = lock.lease(gpa, count);
         // Blocks whose pages are all shared need no look at the map.
         if mixed {
             self.attrs.read(|map| check_shared(map, gpa, count))?;
