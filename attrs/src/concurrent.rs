@@ -60,8 +60,9 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// the region's bitmap), one page set back and forth 120 ns published, and an aligned
 /// 1 GiB set about 113 ns plain and 240 ns published. veil-memory's 4 KiB round trip,
 /// two published writes and everything else two conversions do, takes about 4,100
-/// user-space instructions, 340 to 420 ns with warm caches. [`update`](ConcurrentAttrMap::update) publishes once for
-/// all the sets it makes: batch where you can.
+/// user-space instructions, 340 to 420 ns with warm caches.
+/// [`update`](ConcurrentAttrMap::update) publishes once for all the sets it makes: batch
+/// where you can.
 ///
 /// A write that finds its spare pinned pays a clone instead (the 64-slot root), and
 /// then it and the next few writes copy the paths they change while the clone and the

@@ -55,7 +55,8 @@ use veil_memory::vm_memory::{
 };
 use veil_memory::{
     ContentPolicy, ConversionStats, Flavor, GUEST_MEMFD_FLAG_INIT_SHARED, GUEST_MEMFD_FLAG_MMAP,
-    HostCaps, HostSafeMemory, KvmSideMapping, RecordingAttributesVm, RegionSpec, Syscall, Syscalls,
+    HostCaps, HostSafeMemory, KernelSyscalls, KvmSideMapping, RecordingAttributesVm, RegionSpec,
+    Syscall, Syscalls,
 };
 
 const GIB: u64 = 1 << 30;
@@ -244,16 +245,27 @@ impl Syscalls for NoCalls {
     }
 }
 
+/// `len` bytes of in-place memory with `Discard` from guest-physical 0, whose system
+/// calls go to `syscalls`: what the round trips convert.
+fn round_trip_memory(
+    vm: &VmFd,
+    caps: &HostCaps,
+    len: u64,
+    syscalls: Arc<dyn Syscalls>,
+) -> HostSafeMemory {
+    HostSafeMemory::builder()
+        .guest_memfd_source(vm)
+        .kvm_side_mapping(caps.kvm_side_mapping.mapping)
+        .syscalls(syscalls)
+        .region(RegionSpec::new(0, len, Flavor::IN_PLACE).policy(ContentPolicy::Discard))
+        .build()
+        .expect("in-place memory")
+}
+
 /// Median ns of a round trip of `range` in memory like `round_trips`' whose system
 /// calls are skipped, back to back, so veil's code and data stay in the caches.
 fn own_work_round_trip(vm: &VmFd, caps: &HostCaps, len: u64, range: FrameRange) -> f64 {
-    let mem = HostSafeMemory::builder()
-        .guest_memfd_source(vm)
-        .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-        .syscalls(Arc::new(NoCalls))
-        .region(RegionSpec::new(0, len, Flavor::IN_PLACE).policy(ContentPolicy::Discard))
-        .build()
-        .expect("in-place memory");
+    let mem = round_trip_memory(vm, caps, len, Arc::new(NoCalls));
     let mut batches: Vec<f64> = (0..101)
         .map(|_| timed(|| (0..1000).for_each(|_| veil_round_trip(&mem, range))))
         .map(|t| t.as_nanos() as f64 / 1000.0)
@@ -268,12 +280,7 @@ fn round_trips(vm: &VmFd, caps: &HostCaps, wanted: impl Fn(&str) -> bool) {
             continue;
         }
         let len = 64 << 20;
-        let mem = HostSafeMemory::builder()
-            .guest_memfd_source(vm)
-            .kvm_side_mapping(caps.kvm_side_mapping.mapping)
-            .region(RegionSpec::new(0, len, Flavor::IN_PLACE).policy(ContentPolicy::Discard))
-            .build()
-            .expect("in-place memory");
+        let mem = round_trip_memory(vm, caps, len, Arc::new(KernelSyscalls));
         let separate = caps.kvm_side_mapping.mapping == KvmSideMapping::Separate;
         let raw = Raw::new(vm, len, separate);
         let off = 16 << 20;

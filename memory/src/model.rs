@@ -447,7 +447,7 @@ pub struct RegionPlan<'a> {
     pub(crate) plan: &'a mut Plan,
 }
 
-impl RegionPlan<'_> {
+impl<'a> RegionPlan<'a> {
     /// The region's guest-physical range.
     pub fn region(&self) -> FrameRange {
         self.range
@@ -470,10 +470,9 @@ impl RegionPlan<'_> {
 
     /// The runs of this region whose private bit changes, in address order. Tag-only
     /// changes cost no system call and are not among them.
-    pub fn changed_runs(&self) -> impl Iterator<Item = FrameRange> + '_ {
-        let to_private = self.to_private();
-        let range = self.range;
-        self.changes
+    pub fn changed_runs(&self) -> impl Iterator<Item = FrameRange> + use<'a> {
+        let (changes, range, to_private) = (self.changes, self.range, self.to_private());
+        changes
             .iter()
             .filter(move |c| c.previous.attributes.is_private() != to_private)
             .filter_map(move |c| c.range.intersection(&range))
@@ -527,12 +526,7 @@ impl RegionPlan<'_> {
     /// [`discard`](Self::discard) per changed run, without looking up the changed bytes
     /// of each: they are the run's.
     pub fn discard_changed_runs(&mut self, store: Store) {
-        let (changes, range, to_private) = (self.changes, self.range, self.to_private());
-        let runs = changes
-            .iter()
-            .filter(|c| c.previous.attributes.is_private() != to_private)
-            .filter_map(|c| c.range.intersection(&range));
-        for run in runs {
+        for run in self.changed_runs() {
             self.plan.discards.push(Op {
                 region: self.index,
                 kind: StepKind::Discard(store),

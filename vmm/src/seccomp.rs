@@ -275,8 +275,9 @@ mod lists {
 
     /// A vCPU thread's own calls: the guest, the port-I/O hypercall's registers,
     /// conversions in every flavor (attributes; protections; discarding by punching or
-    /// removing pages; fencing the threads that may hold the memory), and device models, which write the console, raise interrupts by
-    /// writing an eventfd, and end the VM by kicking the other vCPUs.
+    /// removing pages; fencing the threads that may hold the memory), and device models,
+    /// which write the console, raise interrupts by writing an eventfd, and end the VM by
+    /// kicking the other vCPUs.
     fn vcpu() -> Vec<Allowed> {
         vec![
             one_of(
