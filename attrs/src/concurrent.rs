@@ -59,8 +59,8 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// 11 ns plain and 135 ns published (3.8 us when a write published a clone and copied
 /// the region's bitmap), one page set back and forth 120 ns published, and an aligned
 /// 1 GiB set about 113 ns plain and 240 ns published. veil-memory's 4 KiB round trip,
-/// two published writes and everything else two conversions do, takes about 4,100
-/// user-space instructions, 340 to 420 ns with warm caches.
+/// two published writes and everything else two conversions do, takes about 3,750
+/// user-space instructions, 300 to 315 ns with warm caches.
 /// [`update`](ConcurrentAttrMap::update) publishes once for all the sets it makes: batch
 /// where you can.
 ///

@@ -43,6 +43,7 @@ impl Changes {
     }
 
     /// The total number of frames that changed.
+    #[inline]
     pub fn pages(&self) -> u64 {
         self.0.iter().map(|c| c.range.pages()).sum()
     }
@@ -68,6 +69,7 @@ impl Changes {
 impl Deref for Changes {
     type Target = [Change];
 
+    #[inline]
     fn deref(&self) -> &[Change] {
         &self.0
     }

@@ -109,6 +109,7 @@ pub struct FrameRange {
 
 impl FrameRange {
     /// The range of `pages` frames starting at `start`.
+    #[inline]
     pub const fn new(start: Gfn, pages: u64) -> Result<Self, RangeError> {
         let gpa = start.0.saturating_mul(PAGE_SIZE);
         if pages == 0 {
@@ -128,6 +129,7 @@ impl FrameRange {
 
     /// The frames covering the byte range `[gpa, gpa + size)`, which must be page aligned,
     /// non-empty and must not wrap around the 64-bit address space.
+    #[inline]
     pub const fn from_gpa(gpa: u64, size: u64) -> Result<Self, RangeError> {
         if !gpa.is_multiple_of(PAGE_SIZE) {
             return Err(RangeError::UnalignedAddress { gpa });
@@ -148,6 +150,7 @@ impl FrameRange {
     }
 
     /// The range `[start, end)`, or `None` when it is empty or ends past [`MAX_FRAMES`].
+    #[inline]
     pub const fn from_bounds(start: Gfn, end: Gfn) -> Option<Self> {
         if start.0 < end.0 && end.0 <= MAX_FRAMES {
             Some(FrameRange { start, end })
@@ -202,12 +205,14 @@ impl FrameRange {
     }
 
     /// The frames both ranges hold, if any.
+    #[inline]
     pub fn intersection(&self, other: &FrameRange) -> Option<FrameRange> {
         FrameRange::from_bounds(self.start.max(other.start), self.end.min(other.end))
     }
 
     /// Fails with [`RangeError::OutOfBounds`] unless the range ends at or before frame
     /// `frames`; `limit` is the guest size in bytes, named in the error.
+    #[inline]
     pub const fn check_within(self, frames: u64, limit: u64) -> Result<Self, RangeError> {
         if self.end.0 <= frames {
             Ok(self)
