@@ -455,11 +455,15 @@ impl HostSafeMemory {
                     }
                 };
                 self.plan_into(&mut plan, regions, &some, to);
-                changes.extend(some.iter().map(|c| StateChange {
-                    range: c.range,
-                    old: c.previous,
-                    new: target,
-                }));
+                // One push each: for the common single change, `extend`'s reserve and
+                // fill loops cost more than the change itself.
+                for c in some.iter() {
+                    changes.push(StateChange {
+                        range: c.range,
+                        old: c.previous,
+                        new: target,
+                    });
+                }
             }
             if changes.is_empty() {
                 return Ok((Conversion::default(), None, None));
