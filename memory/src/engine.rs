@@ -312,11 +312,10 @@ type Covering = SmallVec<[usize; 2]>;
 /// The listeners a conversion tells.
 type Told = SmallVec<[Arc<dyn ConversionListener>; 2]>;
 
-/// What a conversion carries out of the attribute map's update: what it did, the
-/// notification lock with the listeners to tell (if any were subscribed), and the
-/// host-access lock (if it took access away).
+/// What a conversion carries out of the attribute map's update besides what it did
+/// (which it writes in place): the notification lock with the listeners to tell (if any
+/// were subscribed), and the host-access lock (if it took access away).
 type Held<'a> = (
-    Conversion,
     Option<(MutexGuard<'a, ()>, Told)>,
     Option<ExclusiveGuard<'a>>,
 );
@@ -441,16 +440,19 @@ impl HostSafeMemory {
             covered.push((range, self.covering(range)?));
         }
         let target = PageState::new(to);
+        // Filled in place by the update, which saves moving it out of the closure, the
+        // update and its result.
+        let mut conversion = Conversion::default();
         let convert = |map: &mut AttrMapWriter<'_>| -> Result<Held<'_>, ConvertError> {
             // What changed, as listeners and the caller are told; also what a rollback
             // restores.
-            let mut changes = StateChanges::new();
+            let changes = &mut conversion.changes;
             let mut plan = Plan::default();
             for (range, regions) in &covered {
                 let some = match map.set_state(*range, target) {
                     Ok(c) => c,
                     Err(e) => {
-                        restore(map, &changes);
+                        restore(map, changes);
                         return Err(e.into());
                     }
                 };
@@ -466,7 +468,7 @@ impl HostSafeMemory {
                 }
             }
             if changes.is_empty() {
-                return Ok((Conversion::default(), None, None));
+                return Ok((None, None));
             }
             // The listeners subscribed now, as the writer, are the ones told: a listener
             // subscribing later starts from a state holding this conversion. Without
@@ -489,8 +491,8 @@ impl HostSafeMemory {
                 self.lock
                     .write_frames(changes.iter().filter(crosses).map(|c| c.range))
             });
-            if let Err(e) = self.execute(&plan, &changes, to, map) {
-                restore(map, &changes);
+            if let Err(e) = self.execute(&plan, changes, to, map) {
+                restore(map, changes);
                 return Err(e);
             }
             // Blocks a conversion to shared leaves with no private page need no checks
@@ -507,12 +509,9 @@ impl HostSafeMemory {
                 .map(|c| c.range.pages())
                 .sum();
             self.stats.converted(crossed, to, map);
-            let conversion = Conversion {
-                pages_changed: changes.iter().map(|c| c.range.pages()).sum(),
-                bytes_discarded: plan.bytes_discarded,
-                changes,
-            };
-            Ok((conversion, notify, exclusive))
+            conversion.pages_changed = changes.iter().map(|c| c.range.pages()).sum();
+            conversion.bytes_discarded = plan.bytes_discarded;
+            Ok((notify, exclusive))
         };
         // A range already in state `to` changes nothing and publishes nothing.
         let outcome = match self.attrs.try_update(convert) {
@@ -533,7 +532,7 @@ impl HostSafeMemory {
                 self.attrs.update(convert)
             }
         };
-        let (conversion, notify, exclusive) = outcome?;
+        let (notify, exclusive) = outcome?;
         drop(exclusive);
         if let Some((order, told)) = notify {
             for change in &conversion.changes {
