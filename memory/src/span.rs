@@ -65,7 +65,11 @@ pub fn host_access_error(e: &GuestMemoryError) -> Option<&HostAccessError> {
 }
 
 /// Fails with [`HostAccessError::Private`] if any byte of `[gpa, gpa + len)` is private.
-#[inline]
+///
+/// Out of line: only accesses to blocks that hold private pages need it, and inlined
+/// into every access it changed how the all-shared path compiled (a 16-byte
+/// `host_read` took 10.4 ns instead of 8.8).
+#[inline(never)]
 fn check_shared(map: &AttrMap, gpa: u64, len: usize) -> Result<(), HostAccessError> {
     let not_memory = || HostAccessError::NotGuestMemory { addr: gpa, len };
     if len == 0 {
