@@ -154,7 +154,11 @@ impl GuestSpan {
 
     /// [`lease`](Self::lease), failing as `vm-memory` expects of a region: an access
     /// outside it is an invalid region address.
-    #[inline]
+    ///
+    /// Out of line: it keeps `vm-memory`'s slice iterator, which calls it on every access
+    /// through `Bytes`, smaller (16-byte reads through slices took about 52 ns instead of
+    /// 55).
+    #[inline(never)]
     fn region_lease(
         &self,
         offset: u64,
