@@ -60,7 +60,7 @@ use crate::range::{FrameRange, Gfn, RangeError};
 /// the region's bitmap), one page set back and forth 120 ns published, and an aligned
 /// 1 GiB set about 113 ns plain and 240 ns published. veil-memory's 4 KiB round trip,
 /// two published writes and everything else two conversions do, takes about 3,750
-/// user-space instructions, 300 to 315 ns with warm caches.
+/// user-space instructions, 300 to 345 ns with warm caches.
 /// [`update`](ConcurrentAttrMap::update) publishes once for all the sets it makes: batch
 /// where you can.
 ///

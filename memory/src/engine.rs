@@ -457,6 +457,7 @@ impl HostSafeMemory {
                     }
                 };
                 self.plan_into(&mut plan, regions, &some, to);
+                conversion.pages_changed += some.pages();
                 // One push each: for the common single change, `extend`'s reserve and
                 // fill loops cost more than the change itself.
                 for c in some.iter() {
@@ -509,7 +510,6 @@ impl HostSafeMemory {
                 .map(|c| c.range.pages())
                 .sum();
             self.stats.converted(crossed, to, map);
-            conversion.pages_changed = changes.iter().map(|c| c.range.pages()).sum();
             conversion.bytes_discarded = plan.bytes_discarded;
             Ok((notify, exclusive))
         };
